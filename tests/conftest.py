@@ -1,0 +1,209 @@
+"""Shared helpers: homes with a fake core, and a real `vegavisor.py run` to watch."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+from typing import Dict
+from typing import List
+from typing import Optional
+from typing import Sequence
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VEGAVISOR = ROOT / "vegavisor.py"
+FAKE_CORE = ROOT / "fakes" / "core.py"
+sys.path.insert(0, str(ROOT))
+
+# Intervals short enough for tests, long enough that a loaded 2-core machine keeps up.
+FAST_CONFIG = {
+    "pollIntervalSeconds": 0.1,
+    "upgradePollIntervalSeconds": 0.05,
+    "rpcTimeoutSeconds": 2,
+    "restartsDelaySeconds": 0.1,
+    "restartsBackoffMaxSeconds": 0.2,
+    "stopSignalTimeoutSeconds": 2,
+    "maxNumberOfFirstConnectionRetries": 100,
+    "maxNumberOfRestartConnectionRetries": 100,
+}
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll `condition` until it is truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def read_records(path: Path) -> List[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Home:
+    """A vegavisor home made by `vegavisor.py init`, running fake cores."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = root / "home"
+        self.socket = str(root / "admin.sock")
+        self.record = root / "record.jsonl"
+        self.dn_home = root / "dn"
+
+    def init(self, with_data_node: bool = False) -> None:
+        args = ["init", "--home", str(self.path)] + (["--with-data-node"] if with_data_node else [])
+        done = run_vegavisor(args)
+        assert done.returncode == 0, done.stderr
+
+    def set_config(self, **keys: object) -> None:
+        """Rewrite top-level keys of config.toml (the rest of init's file stays)."""
+        path = self.path / "config.toml"
+        text = path.read_text()
+        for key, value in keys.items():
+            line = f"{key} = {toml_value(value)}"
+            text, n = re.subn(rf"(?m)^{key} = .*$", line, text)
+            if not n:
+                text = line + "\n" + text
+        path.write_text(text)
+
+    def install_version(self, folder: str, version: str, core_args: Sequence[str] = (),
+                        data_node: bool = False, data_node_args: Sequence[str] = ()) -> Path:
+        """A version folder with a fake core binary reporting `version` and its run-config."""
+        from fakes.core import make_binary
+        target = self.path / folder
+        target.mkdir(parents=True, exist_ok=True)
+        make_binary(target / "vega", version)
+        lines = [
+            f"name = {json.dumps(version)}",
+            "[vega.binary]",
+            'path = "vega"',
+            f"args = {toml_value(self.core_args(core_args))}",
+            "[vega.rpc]",
+            f"socketPath = {json.dumps(self.socket)}",
+            'httpPath = "/rpc"',
+        ]
+        if data_node:
+            args = ["datanode", "start", "--home", str(self.dn_home), "--record", str(self.record)]
+            lines += ["[data_node.binary]", 'path = "vega"',
+                      f"args = {toml_value(args + list(data_node_args))}"]
+        (target / "run-config.toml").write_text("\n".join(lines) + "\n")
+        return target
+
+    def core_args(self, extra: Sequence[str]) -> List[str]:
+        return ["node", "--admin-socket", self.socket, "--record", str(self.record)] + list(extra)
+
+    def records(self, event: Optional[str] = None, role: Optional[str] = None) -> List[dict]:
+        return [r for r in read_records(self.record)
+                if (event is None or r.get("event") == event)
+                and (role is None or r.get("role") == role)]
+
+    def kill_leftovers(self) -> None:
+        """Children run in their own sessions: kill any recorded one still alive."""
+        for record in self.records("start"):
+            pid = record["pid"]
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(self.root).encode() in cmdline:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+class Visor:
+    """A real `vegavisor.py run` subprocess, its output in a file."""
+
+    def __init__(self, home: Home, python: str = sys.executable,
+                 env: Optional[Dict[str, str]] = None) -> None:
+        self.home = home
+        self.output = home.root / f"visor-{time.monotonic_ns()}.log"
+        self._file = open(self.output, "wb")
+        self.proc = subprocess.Popen(
+            [python, str(VEGAVISOR), "run", "--home", str(home.path)],
+            stdout=self._file, stderr=subprocess.STDOUT, env=env, cwd=str(home.root))
+
+    def log(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 15) -> re.Match:
+        return wait_for(lambda: re.search(pattern, self.log()), timeout,
+                        f"log line {pattern!r}; log so far:\n{self.log()}")
+
+    def wait_exit(self, timeout: float = 20) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"visor still running after {timeout}s; log:\n{self.log()}")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._file.close()
+
+
+def run_vegavisor(args: Sequence[str], python: str = sys.executable, timeout: float = 30,
+                  env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    return subprocess.run([python, str(VEGAVISOR)] + list(args), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def short_tmp() -> Path:
+    """A short temporary folder: unix socket paths must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="vv-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def home(short_tmp: Path) -> Home:
+    home = Home(short_tmp)
+    home.init()
+    home.set_config(**FAST_CONFIG)
+    yield home
+    home.kill_leftovers()
+
+
+@pytest.fixture
+def start_visor(home: Home) -> Callable[..., Visor]:
+    started: List[Visor] = []
+
+    def start(**kwargs: object) -> Visor:
+        visor = Visor(home, **kwargs)
+        started.append(visor)
+        return visor
+    yield start
+    for visor in started:
+        visor.close()
+    home.kill_leftovers()

@@ -1,0 +1,206 @@
+"""Pure decisions: exit status words, backoff, args, admin answers, log lines."""
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+import vegavisor
+
+
+@pytest.mark.parametrize(("returncode", "words"), [
+    pytest.param(0, "exited with status 0", id="zero"),
+    pytest.param(3, "exited with status 3", id="three"),
+    pytest.param(-signal.SIGSEGV, "terminated by SIGSEGV", id="segv"),
+    pytest.param(-signal.SIGKILL, "terminated by SIGKILL", id="kill"),
+    pytest.param(-200, "terminated by signal 200", id="unknown-signal"),
+])
+def test_describe_exit_status(returncode, words):
+    assert vegavisor.describe_exit_status(returncode) == words
+
+
+@pytest.mark.parametrize(("attempt", "base", "cap", "delay"), [
+    pytest.param(1, 5, 60, 5, id="first"),
+    pytest.param(2, 5, 60, 10, id="doubles"),
+    pytest.param(4, 5, 60, 40, id="fourth"),
+    pytest.param(5, 5, 60, 60, id="capped"),
+    pytest.param(10**9, 5, 60, 60, id="huge-attempt"),
+    pytest.param(3, 0, 60, 0, id="no-delay"),
+    pytest.param(3, 10, 2, 10, id="cap-below-base"),
+])
+def test_restart_delay(attempt, base, cap, delay):
+    assert vegavisor.restart_delay(attempt, base, cap) == delay
+
+
+@pytest.mark.parametrize(("restarts", "uptime", "after"), [
+    pytest.param(2, 10.0, 3, id="short-lived-counts"),
+    pytest.param(1, 599.9, 2, id="just-under-reset"),
+    pytest.param(3, 600.0, 1, id="long-lived-resets"),
+])
+def test_count_restart(restarts, uptime, after):
+    assert vegavisor.count_restart(restarts, uptime, 600) == after
+
+
+@pytest.mark.parametrize(("tag", "folders", "expected"), [
+    pytest.param("v0.74.0", {}, "/h/v0.74.0", id="tag"),
+    pytest.param("v0.74.0", {"v0.74.0": "custom"}, "/h/custom", id="mapped"),
+    pytest.param("v1", {"v0.74.0": "custom"}, "/h/v1", id="other-mapping"),
+])
+def test_folder_for_tag(tag, folders, expected):
+    assert vegavisor.folder_for_tag(Path("/h"), tag, folders) == Path(expected)
+
+
+@pytest.mark.parametrize("tag", ["../etc", "..", "a/b", "", "current"])
+def test_folder_for_tag_refuses_tags_that_leave_home(tag):
+    with pytest.raises(vegavisor.VisorError, match="cannot name a folder inside /h"):
+        vegavisor.folder_for_tag(Path("/h"), tag, {})
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    pytest.param(("node",), ("node", "--snapshot.load-from-block-height", "100"), id="added"),
+    pytest.param(("node", "--snapshot.load-from-block-height=5"),
+                 ("node", "--snapshot.load-from-block-height=5"), id="kept-equals"),
+    pytest.param(("node", "--snapshot.load-from-block-height", "5"),
+                 ("node", "--snapshot.load-from-block-height", "5"), id="kept"),
+])
+def test_with_snapshot_flag(args, expected):
+    assert vegavisor.with_snapshot_flag(args, 100) == expected
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    pytest.param(("datanode", "start", "--home", "h"), ("datanode", "start", "--home", "h"),
+                 id="already"),
+    pytest.param(("start", "--home", "h"), ("datanode", "start", "--home", "h"), id="old-binary"),
+    pytest.param((), (), id="empty"),
+])
+def test_data_node_args(args, expected):
+    assert vegavisor.data_node_args(args) == expected
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    pytest.param(("--home", "/a"), "/a", id="separate"),
+    pytest.param(("--home=/b",), "/b", id="equals"),
+    pytest.param(("--home", "/a", "--home=/b"), "/b", id="last-wins"),
+    pytest.param(("--home",), None, id="dangling"),
+    pytest.param(("--homes", "/a"), None, id="other-flag"),
+])
+def test_flag_value(args, expected):
+    assert vegavisor.flag_value(args, "--home") == expected
+
+
+def answer(result, error=None, id=7) -> bytes:
+    return json.dumps({"result": result, "error": error, "id": id}).encode()
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    pytest.param(answer({"AcceptedReleaseInfo": None, "ReadyToUpgrade": False}),
+                 vegavisor.UpgradeStatus(False, "", 0), id="before-first-block"),
+    pytest.param(answer({"AcceptedReleaseInfo": {"VegaReleaseTag": "", "UpgradeBlockHeight": 0},
+                         "ReadyToUpgrade": False}),
+                 vegavisor.UpgradeStatus(False, "", 0), id="no-proposal"),
+    pytest.param(answer({"AcceptedReleaseInfo": {"VegaReleaseTag": "v0.74.0",
+                                                 "UpgradeBlockHeight": 1034000},
+                         "ReadyToUpgrade": True}),
+                 vegavisor.UpgradeStatus(True, "v0.74.0", 1034000), id="ready"),
+])
+def test_parse_upgrade_status(body, status):
+    assert vegavisor.parse_upgrade_status(body, 7) == status
+
+
+@pytest.mark.parametrize(("body", "problem"), [
+    pytest.param(b"<html>", "answer is not JSON", id="not-json"),
+    pytest.param(b"[]", "not a JSON-RPC object", id="array"),
+    pytest.param(answer(None, error="boom"), "core answered with an error: boom", id="error"),
+    pytest.param(answer({"ReadyToUpgrade": False}, id=8), "request id 8, not 7", id="wrong-id"),
+    pytest.param(answer(None), "result is not an UpgradeStatus: null", id="null-result"),
+    pytest.param(answer({"AcceptedReleaseInfo": None, "ReadyToUpgrade": "yes"}),
+                 "result is not an UpgradeStatus", id="ready-string"),
+    pytest.param(answer({"AcceptedReleaseInfo": "v1", "ReadyToUpgrade": False}),
+                 "AcceptedReleaseInfo is not a release", id="info-string"),
+    pytest.param(answer({"AcceptedReleaseInfo": {"VegaReleaseTag": "v1",
+                                                 "UpgradeBlockHeight": "9"},
+                         "ReadyToUpgrade": False}),
+                 "AcceptedReleaseInfo is not a release", id="height-string"),
+    pytest.param(answer({"AcceptedReleaseInfo": {"VegaReleaseTag": "v1",
+                                                 "UpgradeBlockHeight": -1},
+                         "ReadyToUpgrade": False}),
+                 "AcceptedReleaseInfo is not a release", id="negative-height"),
+])
+def test_parse_upgrade_status_rejects(body, problem):
+    with pytest.raises(vegavisor.AdminError, match=problem):
+        vegavisor.parse_upgrade_status(body, 7)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["AcceptedReleaseInfo", "ReadyToUpgrade", "VegaReleaseTag",
+                         "UpgradeBlockHeight", "result", "error", "id", "x"]), inner, max_size=4),
+    max_leaves=12))
+def test_any_admin_answer_is_a_status_or_an_admin_error(value):
+    body = json.dumps(value).encode()
+    try:
+        status = vegavisor.parse_upgrade_status(body, 7)
+    except vegavisor.AdminError:
+        return
+    assert isinstance(status.ready, bool) and isinstance(status.tag, str)
+    assert isinstance(status.height, int) and status.height >= 0
+
+
+@pytest.mark.parametrize(("output", "height"), [
+    pytest.param('{"LatestSegment":{"from_height":1,"to_height":1033500}}', 1033500, id="json"),
+    pytest.param("Error: no history segments found\n", None, id="none"),
+])
+def test_parse_latest_segment(output, height):
+    assert vegavisor.parse_latest_segment(output) == height
+
+
+@pytest.mark.parametrize("output", ["", "{}", '{"LatestSegment":{"to_height":"x"}}'])
+def test_parse_latest_segment_rejects(output):
+    with pytest.raises(vegavisor.VisorError):
+        vegavisor.parse_latest_segment(output)
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    pytest.param("https://api.github.com", None, id="https"),
+    pytest.param("http://127.0.0.1:8080", None, id="loopback-v4"),
+    pytest.param("http://127.9.9.9", None, id="loopback-range"),
+    pytest.param("http://[::1]:80/x", None, id="loopback-v6"),
+    pytest.param("http://localhost:9", None, id="localhost"),
+    pytest.param("http://api.github.com", "plain http:// to a host that is not loopback",
+                 id="http"),
+    pytest.param("http://10.0.0.1", "plain http://", id="private"),
+    pytest.param("http://localhost.evil.com", "plain http://", id="lookalike"),
+    pytest.param("file:///etc/passwd", "is not an https:// URL", id="file"),
+    pytest.param("https://", "has no host", id="no-host"),
+])
+def test_url_problem(url, problem):
+    found = vegavisor.url_problem(url)
+    assert found is None if problem is None else problem in found
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    pytest.param("core", "core", id="plain"),
+    pytest.param("a b", '"a b"', id="space"),
+    pytest.param("", '""', id="empty"),
+    pytest.param('say "hi"', '"say \\"hi\\""', id="quotes"),
+    pytest.param(12, "12", id="int"),
+    pytest.param(None, "null", id="none"),
+])
+def test_format_fact(value, shown):
+    assert vegavisor.format_fact(value) == shown
+
+
+def test_format_log_line_text_and_json():
+    ts = 1795737600.25  # 2026-11-27T00:00:00.250Z
+    text = vegavisor.format_log_line("text", ts, "info", "started", {"role": "core", "pid": 9})
+    assert text == "2026-11-27T00:00:00.250Z INFO  started role=core pid=9"
+    line = vegavisor.format_log_line("json", ts, "warn", "stopped", {"status": "exited"})
+    assert json.loads(line) == {"ts": "2026-11-27T00:00:00.250Z", "level": "warn",
+                                "logger": "vegavisor", "msg": "stopped", "status": "exited"}
