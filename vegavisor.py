@@ -11,10 +11,12 @@ Usage: python3 vegavisor.py run --home HOME   (see `vegavisor.py --help`)
 from __future__ import annotations
 
 import argparse
+import datetime
 import difflib
 import enum
 import errno
 import fcntl
+import hashlib
 import http.client
 import ipaddress
 import json
@@ -25,13 +27,18 @@ import random
 import re
 import select
 import shlex
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
 import time
+import types
+import urllib.error
 import urllib.parse
+import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Any
 from typing import Callable
@@ -73,6 +80,18 @@ STOP_POLL_SECONDS = 0.05
 # 2**64 * restartsDelaySeconds outlasts any backoff cap; beyond it floats overflow.
 MAX_BACKOFF_DOUBLINGS = 64
 
+# GitHub answers within seconds; a minute without a byte is a dead connection.
+HTTP_TIMEOUT_SECONDS = 60.0
+# Release lists and asset lists are ~100 KB a page; a release object is smaller.
+MAX_API_RESPONSE_BYTES = 32 * 1024 * 1024
+# 100 pages of 100 releases is far beyond vega's history; past it, a server loops.
+MAX_PAGES = 100
+# Big enough for throughput, small enough that memory stays flat for any asset size.
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+# A binary compresses 3-5x; 20x (and 64 MiB for a tiny asset) is a zip bomb's mark.
+MAX_UNPACK_RATIO = 20
+MIN_UNPACK_LIMIT_BYTES = 64 * 1024 * 1024
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -98,6 +117,10 @@ class ConfigError(VisorError):
 
 class AdminError(VisorError):
     """One admin-socket call failed; counted against the retry limits."""
+
+
+class InstallError(VisorError):
+    """A release could not be installed; nothing was left behind for its tag."""
 
 
 # --- typed records ---
@@ -167,17 +190,488 @@ class UpgradeStatus(NamedTuple):
 
 
 # --- TOML ---
-# (reader and writer: see below, filled in by the TOML section)
-def read_toml_text(text: str) -> dict:
-    """Placeholder until the module's own reader lands: tomllib only."""
-    import tomllib
-    return tomllib.loads(text)
+# The reader follows tomli's _parser.py (the code behind tomllib): no parser object,
+# small functions taking (src, pos) and returning the new pos and a value. On 3.11+
+# read_toml_text uses tomllib itself; _parse_toml gives 3.8-3.10 the same results.
+
+_ASCII_CTRL = frozenset(chr(i) for i in range(32)) | frozenset(chr(127))
+# TOML 1.0 forbids control characters except tab in strings and comments;
+# multi-line strings may also hold newlines.
+_ILLEGAL_IN_STRING = _ASCII_CTRL - frozenset("\t")
+_ILLEGAL_IN_MULTILINE_STRING = _ASCII_CTRL - frozenset("\t\n")
+_ILLEGAL_IN_COMMENT = _ILLEGAL_IN_STRING
+_WS = frozenset(" \t")
+_WS_AND_NEWLINE = _WS | frozenset("\n")
+_BARE_KEY_CHARS = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+)
+_KEY_INITIAL_CHARS = _BARE_KEY_CHARS | frozenset("\"'")
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_ESCAPES = types.MappingProxyType({
+    "\\b": "\b", "\\t": "\t", "\\n": "\n", "\\f": "\f",
+    "\\r": "\r", '\\"': '"', "\\\\": "\\",
+})
+_SPECIAL_FLOATS = frozenset(("inf", "nan", "+inf", "+nan", "-inf", "-nan"))
+# Underscores only between digits; no leading zeros; hex, octal and binary unsigned.
+_NUMBER_RE = re.compile(
+    r"0(?:x[0-9A-Fa-f](?:_?[0-9A-Fa-f])*|b[01](?:_?[01])*|o[0-7](?:_?[0-7])*)"
+    r"|[+-]?(?:0|[1-9](?:_?[0-9])*)"
+    r"(?P<float>(?:\.[0-9](?:_?[0-9])*)?(?:[eE][+-]?[0-9](?:_?[0-9])*)?)"
+)
+_TIME_RE = r"([01][0-9]|2[0-3]):([0-5][0-9]):([0-5][0-9])(?:\.([0-9]{1,6})[0-9]*)?"
+_LOCAL_TIME_RE = re.compile(_TIME_RE)
+_DATETIME_RE = re.compile(
+    r"([0-9]{4})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"(?:[Tt ]" + _TIME_RE + r"(?:([Zz])|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))?)?"
+)
+# tomllib's message suffix: "(at line 3, column 7)" or "(at end of document)".
+_TOMLLIB_WHERE_RE = re.compile(
+    r"(.*) \(at (?:line (\d+), column (\d+)|end of document)\)\Z", re.DOTALL
+)
 
 
 class TomlError(ValueError):
     def __init__(self, msg: str, line: int, col: int) -> None:
         super().__init__(f"{msg} (line {line}, column {col})")
         self.msg, self.line, self.col = msg, line, col
+
+
+class _Doc(NamedTuple):
+    """The document being read, and what TOML says may no longer change in it."""
+    data: dict
+    explicit: set  # keys of tables declared by a header or by a dotted key
+    frozen: set  # keys of inline tables and arrays: closed along with all below them
+    pending: list  # dotted-key tables, declared for good at the next header
+
+
+def read_toml_text(text: str) -> dict:
+    try:
+        import tomllib
+    except ImportError:
+        return _parse_toml(text)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise _from_tomllib_error(e, text) from None
+
+
+def _from_tomllib_error(e: ValueError, text: str) -> TomlError:
+    match = _TOMLLIB_WHERE_RE.match(str(e))
+    if not match:  # a message format we do not know: keep it whole
+        return TomlError(str(e), getattr(e, "lineno", 1), getattr(e, "colno", 1))
+    if match.group(2):
+        return TomlError(match.group(1), int(match.group(2)), int(match.group(3)))
+    src = text.replace("\r\n", "\n")
+    return _error(src, len(src), match.group(1))
+
+
+def _error(src: str, pos: int, msg: str) -> TomlError:
+    line = src.count("\n", 0, pos) + 1
+    return TomlError(msg, line, pos - src.rfind("\n", 0, pos))
+
+
+def _parse_toml(text: str) -> dict:
+    # TOML allows reading CRLF as LF everywhere, multi-line strings included.
+    src = text.replace("\r\n", "\n")
+    doc = _Doc({}, set(), set(), [])
+    header: tuple[str, ...] = ()
+    pos = 0
+    while True:
+        pos = _skip(src, pos, _WS)
+        char = src[pos:pos + 1]
+        if char == "\n":
+            pos += 1
+            continue
+        if not char:
+            return doc.data
+        if char in _KEY_INITIAL_CHARS:
+            pos = _key_value_rule(src, pos, doc, header)
+        elif char == "[":
+            doc.explicit.update(doc.pending)
+            doc.pending.clear()
+            pos, header = _header_rule(src, pos, doc)
+        elif char != "#":
+            raise _error(src, pos, "Invalid statement")
+        pos = _skip_comment(src, _skip(src, pos, _WS))
+        if pos < len(src) and src[pos] != "\n":
+            raise _error(src, pos, "Expected newline or end of document after a statement")
+        pos += 1
+
+
+def _skip(src: str, pos: int, chars: frozenset) -> int:
+    while pos < len(src) and src[pos] in chars:
+        pos += 1
+    return pos
+
+
+def _skip_until(src: str, pos: int, end: str, illegal: frozenset, eof_ok: bool) -> int:
+    """Return the position of `end`, refusing illegal characters before it."""
+    stop = src.find(end, pos)
+    if stop < 0:
+        if not eof_ok:
+            raise _error(src, len(src), f"Expected {end!r}")
+        stop = len(src)
+    for i in range(pos, stop):
+        if src[i] in illegal:
+            raise _error(src, i, f"Found invalid character {src[i]!r}")
+    return stop
+
+
+def _skip_comment(src: str, pos: int) -> int:
+    if src.startswith("#", pos):
+        return _skip_until(src, pos + 1, "\n", _ILLEGAL_IN_COMMENT, eof_ok=True)
+    return pos
+
+
+def _skip_array_whitespace(src: str, pos: int) -> int:
+    while True:
+        before = pos
+        pos = _skip_comment(src, _skip(src, pos, _WS_AND_NEWLINE))
+        if pos == before:
+            return pos
+
+
+def _is_frozen(frozen: set, key: tuple[str, ...]) -> bool:
+    return any(key[:i] in frozen for i in range(1, len(key) + 1))
+
+
+def _nest(src: str, pos: int, data: dict, key: tuple[str, ...], into_arrays: bool = True) -> dict:
+    """Return the table at `key`, creating missing ones; arrays of tables lead to their last."""
+    table = data
+    for part in key:
+        table = table.setdefault(part, {})
+        if into_arrays and isinstance(table, list):
+            table = table[-1]
+        if not isinstance(table, dict):
+            raise _error(src, pos, "Cannot overwrite a value")
+    return table
+
+
+def _header_rule(src: str, pos: int, doc: _Doc) -> tuple[int, tuple[str, ...]]:
+    closing = "]]" if src.startswith("[[", pos) else "]"
+    pos, key = _parse_key(src, _skip(src, pos + len(closing), _WS))
+    if closing == "]]":
+        _append_array_table(src, pos, doc, key)
+    else:
+        _declare_table(src, pos, doc, key)
+    if not src.startswith(closing, pos):
+        raise _error(src, pos, f"Expected {closing!r} at the end of a table declaration")
+    return pos + len(closing), key
+
+
+def _declare_table(src: str, pos: int, doc: _Doc, key: tuple[str, ...]) -> None:
+    if key in doc.explicit or _is_frozen(doc.frozen, key):
+        raise _error(src, pos, f"Cannot declare table {'.'.join(key)} twice")
+    doc.explicit.add(key)
+    _nest(src, pos, doc.data, key)
+
+
+def _append_array_table(src: str, pos: int, doc: _Doc, key: tuple[str, ...]) -> None:
+    if _is_frozen(doc.frozen, key):
+        raise _error(src, pos, f"Cannot extend the static array or inline table {'.'.join(key)}")
+    # A new element starts with a clean namespace: forget what the previous one declared.
+    for flags in (doc.explicit, doc.frozen):
+        flags.difference_update([k for k in flags if k[:len(key)] == key])
+    doc.explicit.add(key)
+    parent = _nest(src, pos, doc.data, key[:-1])
+    array = parent.setdefault(key[-1], [])
+    if not isinstance(array, list):
+        raise _error(src, pos, "Cannot overwrite a value")
+    array.append({})
+
+
+def _key_value_rule(src: str, pos: int, doc: _Doc, header: tuple[str, ...]) -> int:
+    pos, key, value = _parse_key_value(src, pos)
+    for i in range(1, len(key)):
+        if header + key[:i] in doc.explicit:
+            raise _error(src, pos, f"Cannot redefine table {'.'.join(header + key[:i])}")
+        doc.pending.append(header + key[:i])
+    if _is_frozen(doc.frozen, header + key[:-1]):
+        raise _error(src, pos, f"Cannot extend the inline table {'.'.join(header + key[:-1])}")
+    table = _nest(src, pos, doc.data, header + key[:-1])
+    if key[-1] in table:
+        raise _error(src, pos, "Cannot overwrite a value")
+    if isinstance(value, (dict, list)):
+        doc.frozen.add(header + key)
+    table[key[-1]] = value
+    return pos
+
+
+def _parse_key_value(src: str, pos: int) -> tuple[int, tuple[str, ...], object]:
+    pos, key = _parse_key(src, pos)
+    if not src.startswith("=", pos):
+        raise _error(src, pos, "Expected '=' after a key in a key/value pair")
+    pos, value = _parse_value(src, _skip(src, pos + 1, _WS))
+    return pos, key, value
+
+
+def _parse_key(src: str, pos: int) -> tuple[int, tuple[str, ...]]:
+    pos, part = _parse_key_part(src, pos)
+    key = (part,)
+    pos = _skip(src, pos, _WS)
+    while src.startswith(".", pos):
+        pos, part = _parse_key_part(src, _skip(src, pos + 1, _WS))
+        key += (part,)
+        pos = _skip(src, pos, _WS)
+    return pos, key
+
+
+def _parse_key_part(src: str, pos: int) -> tuple[int, str]:
+    char = src[pos:pos + 1]
+    if char in _BARE_KEY_CHARS:
+        end = _skip(src, pos, _BARE_KEY_CHARS)
+        return end, src[pos:end]
+    if char == "'":
+        return _parse_literal_string(src, pos)
+    if char == '"':
+        return _parse_basic_string(src, pos + 1, multiline=False)
+    raise _error(src, pos, "Invalid initial character for a key part")
+
+
+def _parse_value(src: str, pos: int) -> tuple[int, object]:
+    char = src[pos:pos + 1]
+    if char == '"' or char == "'":
+        return _parse_string(src, pos)
+    if src.startswith("true", pos):
+        return pos + 4, True
+    if src.startswith("false", pos):
+        return pos + 5, False
+    if char == "[":
+        return _parse_array(src, pos)
+    if char == "{":
+        return _parse_inline_table(src, pos)
+    return _parse_scalar(src, pos)
+
+
+def _parse_scalar(src: str, pos: int) -> tuple[int, object]:
+    """Dates and times, then numbers: the number pattern also matches a date's year."""
+    match = _DATETIME_RE.match(src, pos)
+    if match:
+        return match.end(), _to_datetime(src, pos, match)
+    match = _LOCAL_TIME_RE.match(src, pos)
+    if match:
+        return match.end(), _to_time(match.groups())
+    match = _NUMBER_RE.match(src, pos)
+    if match:
+        text = match.group()
+        return match.end(), float(text) if match.group("float") else int(text, 0)
+    for length in (3, 4):
+        if src[pos:pos + length] in _SPECIAL_FLOATS:
+            return pos + length, float(src[pos:pos + length])
+    raise _error(src, pos, "Invalid value")
+
+
+def _to_time(groups: tuple) -> datetime.time:
+    hour, minute, second, fraction = groups
+    micros = int(fraction.ljust(6, "0")) if fraction else 0
+    return datetime.time(int(hour), int(minute), int(second), micros)
+
+
+def _to_datetime(src: str, pos: int, match: re.Match) -> datetime.date:
+    year, month, day = (int(g) for g in match.groups()[:3])
+    try:
+        date = datetime.date(year, month, day)
+        if match.group(4) is None:
+            return date
+        moment = datetime.datetime.combine(date, _to_time(match.groups()[3:7]))
+    except ValueError:  # e.g. 2023-02-30
+        raise _error(src, pos, "Invalid date or datetime") from None
+    zulu, sign, hours, minutes = match.groups()[7:]
+    if zulu:
+        return moment.replace(tzinfo=datetime.timezone.utc)
+    if sign:
+        offset = datetime.timedelta(hours=int(hours), minutes=int(minutes))
+        return moment.replace(tzinfo=datetime.timezone(offset if sign == "+" else -offset))
+    return moment
+
+
+def _parse_array(src: str, pos: int) -> tuple[int, list]:
+    array: list = []
+    pos = _skip_array_whitespace(src, pos + 1)
+    while not src.startswith("]", pos):
+        pos, value = _parse_value(src, pos)
+        array.append(value)
+        pos = _skip_array_whitespace(src, pos)
+        if src.startswith(",", pos):
+            pos = _skip_array_whitespace(src, pos + 1)
+        elif not src.startswith("]", pos):
+            raise _error(src, pos, "Unclosed array")
+    return pos + 1, array
+
+
+def _parse_inline_table(src: str, pos: int) -> tuple[int, dict]:
+    table: dict = {}
+    frozen: set = set()
+    pos = _skip(src, pos + 1, _WS)
+    if src.startswith("}", pos):
+        return pos + 1, table
+    while True:
+        pos, key, value = _parse_key_value(src, pos)
+        _add_inline_entry(src, pos, table, frozen, key, value)
+        pos = _skip(src, pos, _WS)
+        if src.startswith("}", pos):
+            return pos + 1, table
+        if not src.startswith(",", pos):
+            raise _error(src, pos, "Unclosed inline table")
+        pos = _skip(src, pos + 1, _WS)
+
+
+def _add_inline_entry(
+    src: str, pos: int, table: dict, frozen: set, key: tuple[str, ...], value: object
+) -> None:
+    if _is_frozen(frozen, key):
+        raise _error(src, pos, f"Cannot extend the inline table or array {'.'.join(key)}")
+    nest = _nest(src, pos, table, key[:-1], into_arrays=False)
+    if key[-1] in nest:
+        raise _error(src, pos, f"Duplicate inline table key {key[-1]!r}")
+    nest[key[-1]] = value
+    if isinstance(value, (dict, list)):
+        frozen.add(key)
+
+
+def _parse_string(src: str, pos: int) -> tuple[int, str]:
+    if src.startswith('"""', pos) or src.startswith("'''", pos):
+        return _parse_multiline_string(src, pos)
+    if src.startswith("'", pos):
+        return _parse_literal_string(src, pos)
+    return _parse_basic_string(src, pos + 1, multiline=False)
+
+
+def _parse_literal_string(src: str, pos: int) -> tuple[int, str]:
+    end = _skip_until(src, pos + 1, "'", _ILLEGAL_IN_STRING, eof_ok=False)
+    return end + 1, src[pos + 1:end]
+
+
+def _parse_multiline_string(src: str, pos: int) -> tuple[int, str]:
+    delim = src[pos]
+    pos += 3
+    if src.startswith("\n", pos):  # a newline right after the opening is trimmed
+        pos += 1
+    if delim == "'":
+        end = _skip_until(src, pos, "'''", _ILLEGAL_IN_MULTILINE_STRING, eof_ok=False)
+        pos, result = end + 3, src[pos:end]
+    else:
+        pos, result = _parse_basic_string(src, pos, multiline=True)
+    # Up to two quotes may sit right before the closing three: '''a''''' is "a''".
+    extra = 0
+    while extra < 2 and src.startswith(delim, pos + extra):
+        extra += 1
+    return pos + extra, result + delim * extra
+
+
+def _parse_basic_string(src: str, pos: int, multiline: bool) -> tuple[int, str]:
+    """Read from just after the opening quote(s) to just after the closing ones."""
+    illegal = _ILLEGAL_IN_MULTILINE_STRING if multiline else _ILLEGAL_IN_STRING
+    closing = '"""' if multiline else '"'
+    parts = []
+    start = pos
+    while not src.startswith(closing, pos):
+        char = src[pos:pos + 1]
+        if char == "\\":
+            parts.append(src[start:pos])
+            pos, unescaped = _parse_escape(src, pos, multiline)
+            parts.append(unescaped)
+            start = pos
+        elif not char:
+            raise _error(src, pos, "Unterminated string")
+        elif char in illegal:
+            raise _error(src, pos, f"Illegal character {char!r}")
+        else:
+            pos += 1
+    parts.append(src[start:pos])
+    return pos + len(closing), "".join(parts)
+
+
+def _parse_escape(src: str, pos: int, multiline: bool) -> tuple[int, str]:
+    escape = src[pos:pos + 2]
+    if multiline and escape in ("\\ ", "\\\t", "\\\n"):
+        return _skip_line_ending_backslash(src, pos + 1), ""
+    if escape == "\\u" or escape == "\\U":
+        return _parse_hex_char(src, pos + 2, 4 if escape == "\\u" else 8)
+    if escape not in _ESCAPES:
+        raise _error(src, pos + 2, "Unescaped '\\' in a string")
+    return pos + 2, _ESCAPES[escape]
+
+
+def _skip_line_ending_backslash(src: str, pos: int) -> int:
+    """Skip the whitespace after a line-ending backslash, which must reach a newline."""
+    pos = _skip(src, pos, _WS)
+    if pos < len(src) and src[pos] != "\n":
+        raise _error(src, pos, "Unescaped '\\' in a string")
+    return _skip(src, pos, _WS_AND_NEWLINE)
+
+
+def _parse_hex_char(src: str, pos: int, length: int) -> tuple[int, str]:
+    digits = src[pos:pos + length]
+    if len(digits) != length or not _HEX_DIGITS.issuperset(digits):
+        raise _error(src, pos, "Invalid hex value")
+    code = int(digits, 16)
+    if 0xD800 <= code <= 0xDFFF or code > 0x10FFFF:
+        raise _error(src, pos + length, "Escaped character is not a Unicode scalar value")
+    return pos + length, chr(code)
+
+
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+_WRITER_ESCAPES = types.MappingProxyType({
+    "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\",
+})
+
+
+def write_toml(doc: dict) -> str:
+    """Write plain keys first, then one [a.b] section per table; the inverse of read_toml_text."""
+    lines: list = []
+    _write_table(lines, (), doc)
+    return "\n".join(lines).lstrip("\n") + "\n" if lines else ""
+
+
+def _write_table(lines: list, key: tuple[str, ...], table: dict) -> None:
+    values = [(k, v) for k, v in table.items() if not isinstance(v, dict)]
+    tables = [(k, v) for k, v in table.items() if isinstance(v, dict)]
+    if key and (values or not tables):  # [a.b] alone creates a; only empty leaves need a header
+        lines.extend(("", f"[{'.'.join(_format_key(k) for k in key)}]"))
+    for k, v in values:
+        lines.append(f"{_format_key(k)} = {_format_value(v, key + (k,))}")
+    for k, v in tables:
+        _write_table(lines, key + (k,), v)
+
+
+def _format_key(key: object) -> str:
+    if not isinstance(key, str):
+        raise ValueError(f"TOML keys must be strings, not {key!r}")
+    if key and _BARE_KEY_CHARS.issuperset(key):
+        return key
+    return _format_string(key)
+
+
+def _format_value(value: object, key: tuple[str, ...]) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX:
+        return str(value)
+    if isinstance(value, float):
+        if value != value and math.copysign(1.0, value) < 0:
+            return "-nan"  # repr() drops the sign of nan
+        return repr(value)  # 1.5, 1e+16, inf, -inf and nan are all TOML
+    if isinstance(value, str):
+        return _format_string(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_format_value(v, key) for v in value) + "]"
+    raise ValueError(f"cannot write {'.'.join(key)} = {value!r} as TOML")
+
+
+def _format_string(text: str) -> str:
+    chars = []
+    for char in text:
+        if char in _WRITER_ESCAPES:
+            chars.append(_WRITER_ESCAPES[char])
+        elif char in _ASCII_CTRL:
+            chars.append(f"\\u{ord(char):04x}")
+        elif "\ud800" <= char <= "\udfff":
+            raise ValueError(f"cannot write the lone surrogate {char!r} as TOML")
+        else:
+            chars.append(char)
+    return '"' + "".join(chars) + '"'
+
 
 # --- configuration ---
 
@@ -928,6 +1422,352 @@ def _send(child: Child, sig: int, group: bool = False) -> None:
         pass
 
 
+# --- release install ---
+
+class Asset(NamedTuple):
+    name: str
+    size: int
+    url: str  # the API URL; with Accept: application/octet-stream it redirects to the bytes
+    digest: Optional[str]  # "sha256:<hex>" on assets uploaded since mid-2025
+
+
+class Release(NamedTuple):
+    tag: str
+    id: int
+    assets: Tuple[Asset, ...]
+
+
+def host_platform() -> Tuple[str, str]:
+    """The {os} and {arch} of Vega's asset names for this host."""
+    system = {"linux": "linux", "darwin": "darwin"}.get(sys.platform, sys.platform)
+    machine = platform.machine().lower()
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+    return system, arch.get(machine, machine)
+
+
+def asset_name(template: str, host: Tuple[str, str]) -> str:
+    return template.replace("{os}", host[0]).replace("{arch}", host[1])
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for a log line or an error: no user:password@, no query string."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{parts.port}" if parts.port else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def next_page_url(link_header: Optional[str]) -> Optional[str]:
+    """The rel="next" URL of GitHub's Link header, None on the last page."""
+    for part in (link_header or "").split(","):
+        match = re.match(r'\s*<([^>]*)>\s*;\s*rel="?next"?\s*$', part)
+        if match:
+            return match.group(1)
+    return None
+
+
+def expected_checksum(tag: str, asset: Asset, pinned: Dict[str, str],
+                      required: bool) -> Optional[str]:
+    """The SHA-256 the download must have: pinned by the operator, else GitHub's digest."""
+    digest = asset.digest.lower() if asset.digest else None
+    pin = pinned.get(tag)
+    if pin and digest and pin != digest:
+        raise InstallError(f"[autoInstall.checksums] pins {tag} to {pin} but GitHub says "
+                           f"{asset.name} has {digest}; refusing both")
+    if required and not (pin or digest):
+        raise InstallError(f"{asset.name} of {tag} has no known SHA-256 (no GitHub digest, "
+                           f"nothing in [autoInstall.checksums]) and requireChecksum = true")
+    return pin or digest
+
+
+def _release_from_json(data: Any, url: str) -> Release:
+    if not isinstance(data, dict) or not isinstance(data.get("tag_name"), str) \
+            or isinstance(data.get("id"), bool) or not isinstance(data.get("id"), int):
+        raise InstallError(f"{redact_url(url)} did not answer with a release object")
+    return Release(data["tag_name"], data["id"], _assets_from_json(data.get("assets", []), url))
+
+
+def _assets_from_json(data: Any, url: str) -> Tuple[Asset, ...]:
+    if not isinstance(data, list):
+        raise InstallError(f"{redact_url(url)} did not answer with a list of assets")
+    return tuple(_asset_from_json(item, url) for item in data)
+
+
+def _asset_from_json(item: Any, url: str) -> Asset:
+    fields = item if isinstance(item, dict) else {}
+    name, size, api_url = fields.get("name"), fields.get("size"), fields.get("url")
+    digest = fields.get("digest")
+    if not isinstance(name, str) or not isinstance(api_url, str) or isinstance(size, bool) \
+            or not isinstance(size, int) or size < 0 or not (digest is None or (
+                isinstance(digest, str) and re.fullmatch(r"sha256:[0-9a-fA-F]{64}", digest))):
+        raise InstallError(f"{redact_url(url)} answered an asset that is not one: "
+                           f"{json.dumps(item)[:200]}")
+    return Asset(name, size, api_url, digest)
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects only to URLs vegavisor would fetch directly (no https -> http)."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> Optional[urllib.request.Request]:
+        problem = url_problem(newurl)
+        if problem:
+            raise InstallError(f"refused the redirect from {redact_url(req.full_url)}: {problem}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class GitHub:
+    """The few GitHub REST calls a release install needs (SPEC 1.6), over urllib."""
+
+    def __init__(self, api_url: str, owner: str, repository: str, token: Optional[str],
+                 timeout: float = HTTP_TIMEOUT_SECONDS) -> None:
+        self.repo_url = f"{api_url.rstrip('/')}/repos/{owner}/{repository}"
+        self.slug = f"{owner}/{repository}"
+        self._token = token  # sent in a header that is never logged nor redirected
+        self.timeout = timeout
+        self._opener = urllib.request.build_opener(_CheckedRedirects)
+
+    def open(self, url: str, accept: str) -> Any:
+        """GET url; the response, or InstallError naming the URL and the cause."""
+        problem = url_problem(url)
+        if problem:
+            raise InstallError(f"refused to fetch: {problem}")
+        request = urllib.request.Request(url, headers={
+            "Accept": accept, "User-Agent": f"vegavisor/{__version__}",
+            "X-GitHub-Api-Version": "2022-11-28"})
+        if self._token:
+            # Unredirected: the token must not follow a redirect to the storage host.
+            request.add_unredirected_header("Authorization", f"Bearer {self._token}")
+        try:
+            return self._opener.open(request, timeout=self.timeout)
+        except urllib.error.HTTPError as e:
+            raise InstallError(self.describe_http_error(url, e)) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", e)
+            raise InstallError(f"{redact_url(url)}: {reason}") from None
+
+    def describe_http_error(self, url: str, error: urllib.error.HTTPError) -> str:
+        headers = error.headers
+        if error.code in (403, 429) and headers.get("X-RateLimit-Remaining") == "0":
+            reset = headers.get("X-RateLimit-Reset", "")
+            when = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(reset)))
+                    if reset.isdigit() else "an unknown time")
+            hint = "" if self._token else "; set GITHUB_TOKEN for a higher limit"
+            return (f"GitHub's API rate limit is used up ({redact_url(url)} answered "
+                    f"{error.code}); it resets at {when}{hint}")
+        return f"{redact_url(url)} answered HTTP {error.code} {error.reason}"
+
+    def get_json(self, url: str) -> Tuple[Any, Optional[str]]:
+        """The parsed JSON answer and the URL of its next page, if any."""
+        with self.open(url, "application/vnd.github+json") as response:
+            body = response.read(MAX_API_RESPONSE_BYTES + 1)
+            link = response.headers.get("Link")
+        if len(body) > MAX_API_RESPONSE_BYTES:
+            raise InstallError(f"{redact_url(url)} answered more than "
+                               f"{MAX_API_RESPONSE_BYTES} bytes")
+        try:
+            return json.loads(body), next_page_url(link)
+        except ValueError:
+            raise InstallError(f"{redact_url(url)} did not answer JSON: {body[:80]!r}") from None
+
+    def get_pages(self, url: str) -> List[Any]:
+        """Every item of a paginated list, following Link rel="next"."""
+        items: List[Any] = []
+        for _ in range(MAX_PAGES):
+            page, url = self.get_json(url)
+            if not isinstance(page, list):
+                raise InstallError(f"{redact_url(url or '')} did not answer a list")
+            items += page
+            if not url:
+                return items
+        raise InstallError(f"{self.slug} has more than {MAX_PAGES} pages of results")
+
+    def find_release(self, tag: str) -> Release:
+        url = f"{self.repo_url}/releases/tags/{urllib.parse.quote(tag, safe='')}"
+        try:
+            return _release_from_json(self.get_json(url)[0], url)
+        except InstallError as e:
+            if "HTTP 404" not in str(e):
+                raise
+        # Not found by tag: the full list says whether it exists (a draft, say) or not.
+        releases = self.get_pages(f"{self.repo_url}/releases?per_page=100")
+        for data in releases:
+            if isinstance(data, dict) and data.get("tag_name") == tag:
+                return _release_from_json(data, url)
+        tags = [str(r.get("tag_name")) for r in releases if isinstance(r, dict)]
+        newest = ", ".join(tags[:10]) + (", ..." if len(tags) > 10 else "")
+        raise InstallError(f"{self.slug} has no release {tag}; its {len(tags)} releases "
+                           f"are: {newest or 'none'}")
+
+    def find_asset(self, release: Release, name: str) -> Asset:
+        assets = release.assets
+        if not any(a.name == name for a in assets):
+            url = f"{self.repo_url}/releases/{release.id}/assets?per_page=100"
+            assets = _assets_from_json(self.get_pages(url), url)
+        for asset in assets:
+            if asset.name == name:
+                return asset
+        names = ", ".join(a.name for a in assets) or "no assets"
+        raise InstallError(f"release {release.tag} of {self.slug} has no asset {name}; it "
+                           f"has: {names}")
+
+    def download(self, asset: Asset, target: Path, sha256: Optional[str]) -> None:
+        """Stream the asset to `target` in constant memory, checking size and SHA-256."""
+        digest, received = hashlib.sha256(), 0
+        with self.open(asset.url, "application/octet-stream") as response, \
+                open(target, "wb") as out:
+            try:
+                for chunk in iter(lambda: response.read(DOWNLOAD_CHUNK_BYTES), b""):
+                    received += len(chunk)
+                    if received > asset.size:
+                        break
+                    digest.update(chunk)
+                    out.write(chunk)
+            except http.client.IncompleteRead:
+                pass  # the size check below says what happened
+            except (OSError, http.client.HTTPException) as e:
+                raise InstallError(f"download of {asset.name} ({redact_url(asset.url)}) "
+                                   f"failed after {received} bytes: {e}") from None
+            out.flush()
+            os.fsync(out.fileno())
+        if received != asset.size:
+            raise InstallError(f"download of {asset.name} ({redact_url(asset.url)}) gave "
+                               f"{received} bytes, GitHub says it has {asset.size}")
+        if sha256 and "sha256:" + digest.hexdigest() != sha256:
+            raise InstallError(f"{asset.name} ({redact_url(asset.url)}) has SHA-256 "
+                               f"{digest.hexdigest()}, expected {sha256[len('sha256:'):]}; "
+                               f"the download is corrupt or not the published release")
+
+
+def unpack_zip(archive: Path, into: Path, max_bytes: int) -> List[str]:
+    """Unpack regular files and folders only, inside `into`, at most max_bytes in all."""
+    try:
+        with zipfile.ZipFile(archive) as z:
+            members = z.infolist()
+            for info in members:
+                _check_member(info, archive)
+            total = sum(info.file_size for info in members)
+            if total > max_bytes:
+                raise InstallError(f"{archive.name} would unpack to {total} bytes, more than "
+                                   f"the {max_bytes} allowed (a zip bomb?)")
+            for info in members:
+                _extract_member(z, info, into)
+            return [info.filename for info in members]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
+        raise InstallError(f"{archive.name} is not a valid zip archive: {e}") from None
+
+
+def _check_member(info: zipfile.ZipInfo, archive: Path) -> None:
+    name = info.filename
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name) or ".." in parts \
+            or "\0" in name:
+        raise InstallError(f"{archive.name} holds {name!r}, a path outside its folder")
+    kind = stat.S_IFMT(info.external_attr >> 16)
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        what = "a symlink" if kind == stat.S_IFLNK else "a device or special file"
+        raise InstallError(f"{archive.name} holds {name!r}, {what}; only files and folders "
+                           f"are unpacked")
+
+
+def _extract_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, into: Path) -> None:
+    target = into.joinpath(*[p for p in info.filename.split("/") if p not in ("", ".")])
+    if info.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Permission bits only: setuid, setgid and sticky bits never come from a download.
+    mode = (info.external_attr >> 16) & 0o777 or 0o644
+    with z.open(info) as source, open(target, "xb") as out:
+        shutil.copyfileobj(source, out, DOWNLOAD_CHUNK_BYTES)
+        out.flush()
+        os.fsync(out.fileno())
+    os.chmod(target, mode)
+
+
+def release_run_config(current: RunConfig, tag: str, binary_name: str) -> RunConfig:
+    """The new version's run-config, made from the current one (SPEC 1.6 step 3)."""
+    data_node = None
+    if current.data_node:
+        data_node = Binary(binary_name, data_node_args(current.data_node.args))
+    return RunConfig(tag, Binary(binary_name, current.vega.args), current.rpc, data_node)
+
+
+def run_config_document(run_config: RunConfig) -> dict:
+    doc: Dict[str, Any] = {
+        "name": run_config.name,
+        "vega": {
+            "binary": {"path": run_config.vega.path, "args": list(run_config.vega.args)},
+            "rpc": {"socketPath": run_config.rpc.socket_path,
+                    "httpPath": run_config.rpc.http_path},
+        },
+    }
+    if run_config.data_node:
+        doc["data_node"] = {"binary": {"path": run_config.data_node.path,
+                                       "args": list(run_config.data_node.args)}}
+    return doc
+
+
+def install_release(home: Path, config: Config, tag: str, folder: Path, current: RunConfig,
+                    token: Optional[str], log: Log) -> None:
+    """Download, verify and unpack `tag` into `folder`, which appears only when complete."""
+    auto = config.auto_install
+    github = GitHub(auto.github_api_url, auto.repository_owner, auto.repository, token)
+    staging = home / f".staging-{folder.name}-{os.getpid()}"
+    remove_tree(staging)
+    try:
+        # 1. find the release and its asset
+        release = github.find_release(tag)
+        asset = github.find_asset(release, asset_name(auto.asset.name, host_platform()))
+        checksum = expected_checksum(tag, asset, auto.checksums, auto.require_checksum)
+        # 2. download and verify it beside the target
+        (staging / "release").mkdir(parents=True)
+        started = time.monotonic()
+        log.info("downloading", tag=tag, asset=asset.name, size=asset.size,
+                 url=redact_url(asset.url), checksum=checksum or "unknown")
+        github.download(asset, staging / asset.name, checksum)
+        log.info("downloaded", tag=tag, asset=asset.name, size=asset.size,
+                 seconds=round(time.monotonic() - started, 3),
+                 verified="sha256" if checksum else "size only")
+        # 3. unpack, write the run-config, check the binary, move it into place
+        unpack_zip(staging / asset.name, staging / "release",
+                   max(MIN_UNPACK_LIMIT_BYTES, asset.size * MAX_UNPACK_RATIO))
+        stage_run_config(staging / "release", release_run_config(current, tag,
+                                                                  auto.asset.binary_name))
+        check_staged_version(staging / "release" / auto.asset.binary_name, tag)
+        os.rename(staging / "release", folder)
+        fsync_folder(home)
+        log.info("installed", tag=tag, folder=str(folder))
+    except VisorError as e:
+        raise InstallError(f"cannot install {tag} from {github.slug}: {e}") from None
+    except OSError as e:
+        raise InstallError(f"cannot install {tag} into {folder}: {e}") from None
+    finally:
+        remove_tree(staging)
+
+
+def stage_run_config(folder: Path, run_config: RunConfig) -> None:
+    binary = folder / run_config.vega.path
+    if not binary.is_file():
+        listing = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+        raise InstallError(f"the asset holds no {run_config.vega.path} at its root (it holds: "
+                           f"{listing}); check [autoInstall.asset] binaryName")
+    write_file_atomically(folder / RUN_CONFIG_FILE, write_toml(run_config_document(run_config)))
+
+
+def check_staged_version(binary: Path, tag: str) -> None:
+    """The unpacked binary must run and say it is `tag` before it is moved into place."""
+    version = binary_version(binary)
+    if version != tag:
+        raise InstallError(f"the asset's {binary.name} reports version {version}, not {tag}")
+
+
+def remove_tree(path: Path) -> None:
+    if path.is_symlink() or path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
 # --- supervisor ---
 
 class Phase(enum.Enum):
@@ -968,9 +1808,10 @@ class Supervisor:
     """Runs the version HOME/current names, restarts it on crashes, upgrades it when ready."""
 
     def __init__(self, home: Path, config: Config, log: Log, inbox: SignalInbox,
-                 clock: Callable[[], float] = time.monotonic,
+                 token: Optional[str], clock: Callable[[], float] = time.monotonic,
                  rng: Optional[random.Random] = None) -> None:
         self.home, self.config, self.log, self.inbox, self.clock = home, config, log, inbox, clock
+        self.token = token
         self.rng = rng or random.Random()
         self.phase = Phase.STARTING
 
@@ -994,7 +1835,7 @@ class Supervisor:
             outcome = self.watch(children, run_config.rpc, retry_limit)
             if isinstance(outcome, Ready):
                 # 3. upgrade: stop, install or find the folder, switch current
-                upgraded = self.upgrade(children, outcome.status)
+                upgraded = self.upgrade(children, outcome.status, run_config)
                 if upgraded is None:
                     break
                 folder, run_config = upgraded
@@ -1008,8 +1849,11 @@ class Supervisor:
                 raise VisorError(self.describe_unreachable(run_config.rpc, outcome, retry_limit))
             # 4. a crash: restart after a backoff, from the data node's history when there is one
             restarts = self.count_crash(outcome, restarts)
-            self.pause(restart_delay(restarts, self.config.restarts_delay,
-                                     self.config.restarts_backoff_max))
+            delay = restart_delay(restarts, self.config.restarts_delay,
+                                  self.config.restarts_backoff_max)
+            self.log.info("restarting", delay=delay, restart=restarts,
+                          limit=self.config.max_restarts)
+            self.pause(delay)
             core_args = self.restart_args(folder, run_config)
             retry_limit = self.config.max_restart_connection_retries
         self.log.info("vegavisor stopped", signal=self.inbox.stop_signal)
@@ -1132,8 +1976,8 @@ class Supervisor:
         self.log.info("core resumes from the data node's history", height=height)
         return with_snapshot_flag(args, height)
 
-    def upgrade(self, children: Sequence[Child],
-                status: UpgradeStatus) -> Optional[Tuple[Path, RunConfig]]:
+    def upgrade(self, children: Sequence[Child], status: UpgradeStatus,
+                current: RunConfig) -> Optional[Tuple[Path, RunConfig]]:
         """Stop the node at the upgrade block and make the new version current.
 
         None when visor was asked to stop meanwhile: the next run finds the node at
@@ -1147,7 +1991,7 @@ class Supervisor:
             return None
         folder = folder_for_tag(self.home, status.tag, self.config.upgrade_folders)
         if not folder.exists():
-            self.install_release(status.tag, folder)
+            self.install_release(status.tag, folder, current)
         if not (folder / RUN_CONFIG_FILE).is_file():
             raise VisorError(f"{folder} exists but has no {RUN_CONFIG_FILE}; finish preparing "
                              f"it for {status.tag} or remove it so it can be installed")
@@ -1157,14 +2001,14 @@ class Supervisor:
         self.log.info("switched", current=str(folder), tag=status.tag)
         return folder, run_config
 
-    def install_release(self, tag: str, folder: Path) -> None:
+    def install_release(self, tag: str, folder: Path, current: RunConfig) -> None:
         if not self.config.auto_install.enabled:
             raise VisorError(
                 f"release {tag} is not installed: {folder} does not exist and [autoInstall] "
                 f"enabled = false; create it with the release's binaries and a "
-                f"{RUN_CONFIG_FILE}, then restart vegavisor")
-        raise VisorError(f"release {tag} is not installed in {folder}: downloads are not "
-                         f"implemented yet")
+                f"{RUN_CONFIG_FILE}, or run `vegavisor prepare-upgrade --home {self.home} "
+                f"{tag}` with autoInstall on, then restart vegavisor")
+        install_release(self.home, self.config, tag, folder, current, self.token, self.log)
 
     def check_versions(self, folder: Path, run_config: RunConfig, tag: str) -> None:
         """Every binary of the new version must say it is `tag` before it may run."""
@@ -1301,13 +2145,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("vegavisor starting", version=__version__, home=str(home), pid=os.getpid(),
              python=platform.python_version())
     try:
-        return Supervisor(home, config, log, inbox).run()
+        return Supervisor(home, config, log, inbox, os.environ.get("GITHUB_TOKEN")).run()
     except VisorError as e:
         log.error("giving up", reason=str(e))
         return e.exit_code
     finally:
         inbox.restore()
         os.close(lock)
+
+
+def cmd_prepare_upgrade(args: argparse.Namespace) -> int:
+    home = resolve_home(args)
+    config, warnings = load_config(home)
+    log = Log(sys.stderr, config.logging.format, config.logging.level)
+    for warning in warnings:
+        log.warn("config warning", problem=warning)
+    folder = folder_for_tag(home, args.tag, config.upgrade_folders)
+    if (folder / RUN_CONFIG_FILE).is_file():
+        print(f"{args.tag} is already installed in {folder}")
+        return EXIT_OK
+    if folder.exists():
+        raise VisorError(f"{folder} exists but has no {RUN_CONFIG_FILE}; finish preparing it "
+                         f"for {args.tag} or remove it so it can be installed")
+    current, _ = load_run_config(current_folder(home, log))
+    install_release(home, config, args.tag, folder, current, os.environ.get("GITHUB_TOKEN"),
+                    log)
+    print(f"installed {args.tag} in {folder}")
+    return EXIT_OK
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -1328,6 +2192,11 @@ def _add_init_args(parser: argparse.ArgumentParser) -> None:
                         help="the genesis run-config also starts a data node")
 
 
+def _add_prepare_args(parser: argparse.ArgumentParser) -> None:
+    _add_home(parser)
+    parser.add_argument("tag", metavar="TAG", help="release tag, e.g. v0.74.0")
+
+
 def _add_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", choices=("human", "json"), default="human")
 
@@ -1342,6 +2211,8 @@ class Command(NamedTuple):
 COMMANDS = {
     "init": Command(cmd_init, _add_init_args, "create a new home with a commented config"),
     "run": Command(cmd_run, _add_home, "supervise the node and upgrade it when it is time"),
+    "prepare-upgrade": Command(cmd_prepare_upgrade, _add_prepare_args,
+                               "install a release into its folder now, without a node"),
     "version": Command(cmd_version, _add_output, "print vegavisor's version"),
 }
 

@@ -207,3 +207,36 @@ def start_visor(home: Home) -> Callable[..., Visor]:
     for visor in started:
         visor.close()
     home.kill_leftovers()
+
+
+def make_release_zip(dest: Path, version: str, binary_name: str = "vega") -> Path:
+    """A release asset as Vega publishes it: one zip, the binary at its root."""
+    import zipfile
+    from fakes.core import make_binary
+    binary = make_binary(dest.parent / f".{dest.name}.binary", version)
+    info = zipfile.ZipInfo(binary_name, date_time=(2026, 1, 1, 0, 0, 0))
+    info.external_attr = (0o100755 << 16)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(dest, "w") as z:
+        z.writestr(info, binary.read_bytes())
+    binary.unlink()
+    return dest
+
+
+def host_asset_name() -> str:
+    import vegavisor
+    return vegavisor.asset_name("vega-{os}-{arch}.zip", vegavisor.host_platform())
+
+
+def set_table(home: Home, table: str, **keys: object) -> None:
+    """Set keys of a [table] of init's config.toml (its key names are unique in the file)."""
+    path = home.path / "config.toml"
+    text = path.read_text()
+    header = f"[{table}]\n"
+    assert header in text, f"no {header!r} in config.toml"
+    for key, value in keys.items():
+        line = f"{json.dumps(key)} = {toml_value(value)}"
+        text, n = re.subn(rf"(?m)^{re.escape(key)} = .*$", line, text)
+        if not n:
+            text = text.replace(header, header + line + "\n", 1)
+    path.write_text(text)
