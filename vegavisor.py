@@ -1374,13 +1374,14 @@ class SignalInbox:
 
 class Child(NamedTuple):
     role: str  # "core" or "data node"
+    version: str  # the run-config's name
     path: Path
     argv: Tuple[str, ...]
     popen: "subprocess.Popen[bytes]"
     started: float  # monotonic
 
 
-def start_child(role: str, folder: Path, binary: Binary, args: Sequence[str],
+def start_child(role: str, version: str, folder: Path, binary: Binary, args: Sequence[str],
                 clock: Callable[[], float]) -> Child:
     """Start a binary with visor's environment, working folder and output streams."""
     path = resolve_binary(folder, binary)
@@ -1391,7 +1392,7 @@ def start_child(role: str, folder: Path, binary: Binary, args: Sequence[str],
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
     except OSError as e:
         raise VisorError(f"{role} binary {path} cannot be started: {e.strerror}") from None
-    return Child(role, path, argv, popen, clock())
+    return Child(role, version, path, argv, popen, clock())
 
 
 def stop_children(children: Sequence[Child], grace: float, inbox: SignalInbox, log: Log,
@@ -1399,19 +1400,20 @@ def stop_children(children: Sequence[Child], grace: float, inbox: SignalInbox, l
     """SIGTERM, up to `grace` seconds to exit, then SIGKILL to whatever is left."""
     for child in children:
         if child.popen.poll() is None:
-            log.info("stopping", role=child.role, pid=child.popen.pid, signal="SIGTERM")
+            log.info("stopping", role=child.role, pid=child.popen.pid, version=child.version,
+                     signal="SIGTERM")
             _send(child, signal.SIGTERM)
     deadline = clock() + grace
     while any(c.popen.poll() is None for c in children) and clock() < deadline:
         inbox.wait(min(STOP_POLL_SECONDS, deadline - clock()))
     for child in children:
         if child.popen.poll() is None:
-            log.warn("killing", role=child.role, pid=child.popen.pid, signal="SIGKILL",
-                     reason=f"still running {grace:g}s after SIGTERM")
+            log.warn("killing", role=child.role, pid=child.popen.pid, version=child.version,
+                     signal="SIGKILL", reason=f"still running {grace:g}s after SIGTERM")
             _send(child, signal.SIGKILL, group=True)
             child.popen.wait()
     for child in children:
-        log.info("stopped", role=child.role, pid=child.popen.pid,
+        log.info("stopped", role=child.role, pid=child.popen.pid, version=child.version,
                  status=describe_exit_status(child.popen.returncode))
 
 
@@ -1873,7 +1875,7 @@ class Supervisor:
         children: List[Child] = []
         try:
             for role, binary, args in binaries:
-                child = start_child(role, folder, binary, args, self.clock)
+                child = start_child(role, run_config.name, folder, binary, args, self.clock)
                 children.append(child)
                 self.log.info("started", role=role, pid=child.popen.pid, version=run_config.name,
                               attempt=restarts + 1, command=shlex.join(child.argv))

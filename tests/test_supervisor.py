@@ -41,8 +41,8 @@ def test_runs_the_node_and_sigterm_stops_it_with_exit_0(home, start_visor):
     assert visor.wait_exit() == 0
     assert not alive(pid)
     log = visor.log()
-    assert f"stopping role=core pid={pid} signal=SIGTERM" in log
-    assert f"stopped role=core pid={pid} status=\"exited with status 0\"" in log
+    assert f"stopping role=core pid={pid} version=v1 signal=SIGTERM" in log
+    assert f"stopped role=core pid={pid} version=v1 status=\"exited with status 0\"" in log
     assert "vegavisor stopped signal=SIGTERM" in log
     assert [r["event"] for r in home.records(role="core")].count("sigterm") == 1
 
@@ -119,8 +119,8 @@ def test_a_node_ignoring_sigterm_is_killed_after_the_grace(home, start_visor):
     visor.signal(signal.SIGTERM)
     assert visor.wait_exit() == 0
     assert not alive(pid)
-    assert f"killing role=core pid={pid} signal=SIGKILL reason=\"still running 0.5s after " \
-           f"SIGTERM\"" in visor.log()
+    assert f"killing role=core pid={pid} version=v1 signal=SIGKILL reason=\"still running " \
+           f"0.5s after SIGTERM\"" in visor.log()
     assert "status=\"terminated by SIGKILL\"" in visor.log()
 
 
