@@ -123,18 +123,16 @@ class Home:
                 and (role is None or r.get("role") == role)]
 
     def kill_leftovers(self) -> None:
-        """Children run in their own sessions: kill any recorded one still alive."""
-        for record in self.records("start"):
-            pid = record["pid"]
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
+        """Children run in their own sessions: kill any process still running from here."""
+        marker = str(self.root).encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
                 continue
-            if str(self.root).encode() in cmdline:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            try:
+                if marker in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
 
 
 class Visor:

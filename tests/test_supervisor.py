@@ -156,7 +156,7 @@ def test_data_node_runs_and_a_crash_restarts_core_from_its_history(home, start_v
     visor.wait_log("core resumes from the data node's history height=500")
     restarted = home.records("start", role="core")[1]
     assert restarted["argv"][-2:] == ["--snapshot.load-from-block-height", "500"]
-    assert len(started_pids(home, "datanode")) >= 2, "the data node was restarted too"
+    wait_for(lambda: len(started_pids(home, "datanode")) >= 2, 10, "the data node's restart")
     first_dn = started_pids(home, "datanode")[0]
     assert not alive(first_dn), "a crash brings the data node down"
     visor.signal(signal.SIGTERM)

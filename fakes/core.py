@@ -1,0 +1,1400 @@
+#!/usr/bin/env python3
+"""A fake `vega` binary (Vega core and data node), for testing vegavisor.
+
+    vega version [--output json]
+    vega node --admin-socket PATH [--upgrade-tag T --upgrade-height U] [faults]
+    vega datanode start [--record FILE]
+    vega datanode network-history latest-history-segment --home DIR --output json
+    vega make-binary DEST --version TAG
+
+The node simulates block production and a governance-scheduled protocol upgrade,
+and serves protocolupgrade.UpgradeStatus on its admin socket exactly as Vega core
+does (gorilla/rpc JSON-RPC 1.0 over HTTP/1.1 on a unix socket). Faults (crashes,
+slow starts, broken RPC answers, ignored signals) are scripted by flags, and
+`--record FILE` appends one JSON object a line for everything that happened.
+Nothing is random: the only inputs are the flags, the clock and signals.
+
+Tests import make_binary() to install copies reporting another version, e.g. as
+HOME/v0.74.0/vega. Standard library only; CPython 3.8 to 3.13. See `--help`.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.server
+import json
+import os
+import re
+import resource
+import select
+import signal
+import socketserver
+import stat
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+from typing import Callable
+from typing import Dict
+from typing import List
+from typing import NamedTuple
+from typing import Optional
+from typing import Sequence
+from typing import Tuple
+from typing import Union
+
+# The version this binary reports; make_binary() rewrites this exact line.
+VERSION = "v0.73.0"
+
+__all__ = ["VERSION", "FakeError", "make_binary", "main"]
+
+# --- constants ---
+
+# Finds the version line above in this file's text (for copies with another version).
+VERSION_LINE = re.compile(r'^VERSION = "[^"\n]*"$', re.MULTILINE)
+# What a version tag may hold, so that it fits between the quotes of that line.
+TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+# Every line on stdout starts with this, then the version, so a test can grep it.
+OUTPUT_PREFIX = "fake-vega"
+# The one JSON-RPC method core's admin server answers here, split as gorilla/rpc
+# splits "service.Method".
+RPC_SERVICE = "protocolupgrade"
+RPC_METHOD = "UpgradeStatus"
+# The content type core registers its JSON codec for (compared before any ';').
+JSON_MEDIA_TYPE = "application/json"
+# Core's default [Admin.Server] HTTPPath.
+DEFAULT_HTTP_PATH = "/rpc"
+# Where core keeps its config, under its --home.
+CORE_CONFIG_PATH = ("config", "node", "config.toml")
+# The main loop wakes at least this often; signals wake it at once (self-pipe).
+LOOP_TICK_SECONDS = 0.02
+# How often the admin server checks for shutdown: bounds how long a stop takes.
+SERVER_POLL_SECONDS = 0.05
+# Longest request or header line read, as http.server does (bigger: 414/431).
+MAX_LINE_BYTES = 65536
+# A dying process gets this long to die from its own signal before it exits.
+SELF_KILL_GRACE_SECONDS = 1.0
+# The garbage fault's answer: fixed bytes that no HTTP client can parse.
+GARBAGE_REPLY = b"\xff\x00\x13garbage\x00" + hashlib.sha256(b"fake-vega").digest()
+# The data node's history segments span this many blocks (from = to - 299).
+SEGMENT_BLOCKS = 300
+# The file under the data node's --home that holds the latest segment's height.
+SEGMENT_FILE = "fake-latest-segment"
+# Segment ids are IPFS ids (CIDv0): base58 of a sha256 multihash, "Qm" + 44 chars.
+BASE58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+SHA256_MULTIHASH = b"\x12\x20"
+# Faults that act on the connection, whatever the request; and faults that only
+# replace the answer to a well-formed UpgradeStatus call.
+TRANSPORT_FAULTS = ("hang", "garbage", "close", "slow")
+ANSWER_FAULTS = ("http400", "error-member", "null-result", "wrong-types")
+# Signals whose default action stops, continues or is ignored: no crash to play.
+HARMLESS_SIGNALS = ("SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGCONT", "SIGCHLD",
+                    "SIGURG", "SIGWINCH")
+# What the signals the node handles are called in the record and on stdout.
+SIGNAL_EVENTS = {signal.SIGTERM: "sigterm", signal.SIGINT: "sigint"}
+PLAIN_TEXT = "text/plain; charset=utf-8"
+JSON_TEXT = "application/json; charset=utf-8"
+
+# --- help ---
+
+HELP_NODE = """\
+block clock:
+  height = start height + whole --block-interval periods since the node started
+  (monotonic clock). A node started at height 0 is "before the first block"
+  until its first block: AcceptedReleaseInfo is null then.
+  --snapshot.load-from-block-height N (a visor appends it after an upgrade or a
+  crash restart) sets the start height to N, over --start-height.
+  The admin socket comes from --admin-socket, else from SocketPath (and the HTTP
+  path from HTTPPath) under [Admin.Server] in HOME/config/node/config.toml.
+
+scripted upgrade (--upgrade-tag T --upgrade-height U [--accept-height A]):
+  height < A   AcceptedReleaseInfo {"VegaReleaseTag":"","UpgradeBlockHeight":0}
+  height >= A  AcceptedReleaseInfo {"VegaReleaseTag":T,"UpgradeBlockHeight":U}
+  Blocks stop at U (core halts at the upgrade block); --ready-delay seconds
+  after reaching U, ReadyToUpgrade turns true.
+  The script is off (no proposal, blocks keep coming) when T is this binary's
+  own version, or when the start height is already >= U: that is the new
+  version restarted from the upgrade snapshot.
+
+signals:
+  SIGTERM, SIGINT  print "stopping", wait --stop-delay, remove the socket file,
+                   exit 0. When ReadyToUpgrade is true it SIGKILLs itself at
+                   once, as core does. With --ignore-sigterm both are recorded
+                   and ignored: only SIGKILL stops the node.
+
+faults:
+  --crash-at-height N      at height N exit with --crash-exit-code (default 1),
+                           or die by --crash-signal (no core file is written);
+                           the socket file is left behind, as after a crash.
+  --exit-zero-at-height N  at height N remove the socket file and exit 0.
+                           Both fire when the node makes block N: a node that
+                           starts at or past N (say, restarted from a snapshot)
+                           keeps running; one restarted below N fires again.
+  --socket-delay S         bind the admin socket only S seconds after start.
+  --rpc-fault MODE         from --rpc-fault-after-height on (default: always):
+    hang          read the request, never answer (until the node stops)
+    garbage       answer with fixed non-HTTP bytes, then close
+    close         accept the connection and close it at once, reading nothing
+    slow:SECONDS  answer correctly after SECONDS
+    http400       HTTP 400 text/plain "rpc: method not found" (gorilla/rpc style)
+    error-member  HTTP 200 {"result":null,"error":"some failure","id":ID}
+    null-result   HTTP 200 {"result":null,"error":null,"id":ID}
+    wrong-types   HTTP 200 {"result":{"AcceptedReleaseInfo":"not-a-release-info",
+                  "ReadyToUpgrade":"yes"},"error":null,"id":ID}
+  The first four act on every request on the socket; the last four replace
+  only the answer to a well-formed UpgradeStatus call.
+
+admin protocol (HTTP/1.1 on the unix socket; keep-alive and Connection: close):
+  POST /rpc  Content-Type: application/json (anything after ';' is ignored)
+  {"method":"protocolupgrade.UpgradeStatus","params":[null],"id":1}
+  200 application/json; charset=utf-8, one line:
+  {"result":{"AcceptedReleaseInfo":{"VegaReleaseTag":"v0.74.0",
+   "UpgradeBlockHeight":1034000},"ReadyToUpgrade":true},"error":null,"id":1}
+  Errors have text/plain bodies, as net/http and gorilla/rpc write them:
+    404  404 page not found                          (another path)
+    405  rpc: POST method required, received GET
+    415  rpc: unrecognized Content-Type: text/plain
+    400  a body that is not a JSON object (Go's decoder message, e.g. "EOF"),
+         rpc: service/method request ill-formed: "x",
+         rpc: can't find service "x.y", rpc: can't find method "protocolupgrade.X",
+         rpc: method request ill-formed: missing params field
+  A request without an id (or with "id":null) is a notification: 200, empty body.
+
+stdout:
+  "fake-vega VERSION node started pid=P height=H" at once, then one line each
+  for: the socket listening, the upgrade accepted, ready to upgrade, a signal,
+  a crash, the exit. No line per block.
+"""
+
+HELP_DATANODE = """\
+datanode start runs until SIGTERM or SIGINT (then exit 0), printing
+"fake-vega VERSION datanode started pid=P". --crash-after S exits 1 after S
+seconds; --ignore-sigterm records and ignores SIGTERM and SIGINT; --stop-delay S
+waits S seconds before exiting on a signal.
+
+datanode network-history latest-history-segment --home DIR --output json
+reads the height H in DIR/fake-latest-segment and prints
+{"LatestSegment":{"from_height":max(H-299,1),"to_height":H,"chain_id":"fake-chain",
+"history_segment_id":"Qm..."}}; without that file it prints
+"failed to get latest history segment: no history segments found" on stdout and
+exits 1, as the real data node does.
+"""
+
+HELP_RECORD = """\
+record (--record FILE, node and datanode):
+  One JSON object a line, each appended with one write (O_APPEND), so several
+  processes can share a file. Every event has: event, role ("core" or
+  "datanode"), pid, version, time (time.time()), then:
+    start             argv (the arguments after the program), program; core:
+                      start_height, snapshot_height (null without
+                      --snapshot.load-from-block-height), socket, http_path,
+                      upgrade ({tag, accept_height, upgrade_height,
+                      ready_delay} or null), upgrade_skipped (why the script
+                      is off, or null); datanode: home
+    socket-listening  socket, http_path
+    accepted          tag, upgrade_height, height
+    ready             tag, height
+    rpc               one per HTTP answer, written just before it is sent:
+                      http_method, path, method (JSON-RPC, or null), id,
+                      status, fault (or null), height, ready, tag
+    rpc-fault         a request left without an HTTP answer: fault (hang,
+                      garbage, close), height
+    sigterm, sigint   action: stop, kill (ready to upgrade: SIGKILLs itself),
+                      or ignore (--ignore-sigterm); ready
+    crash             height (datanode: after), code, signal (one is null)
+    exit              code, reason (signal, exit-zero-at-height, crash, error)
+  A process killed by a signal (SIGKILL, --crash-signal) has no exit event.
+"""
+
+HELP_MAIN = HELP_NODE + "\n" + HELP_DATANODE + "\n" + HELP_RECORD
+
+# --- errors and records ---
+
+
+class FakeError(Exception):
+    """A failure to report in one line (bad file, socket in the way), no traceback."""
+
+
+class UsageError(FakeError):
+    """Flags that do not go together: exit 2 with the usage, as argparse does."""
+
+
+class ReleaseInfo(NamedTuple):
+    tag: str
+    upgrade_height: int
+
+
+# AcceptedReleaseInfo when no proposal is accepted.
+NO_RELEASE = ReleaseInfo("", 0)
+
+
+class UpgradeScript(NamedTuple):
+    tag: str
+    accept_height: int
+    upgrade_height: int
+    ready_delay: float
+
+
+class ChainConfig(NamedTuple):
+    start_height: int
+    block_interval: float
+    upgrade: Optional[UpgradeScript]  # None: no proposal is ever accepted
+
+
+class ChainState(NamedTuple):
+    height: int
+    release: Optional[ReleaseInfo]  # None before the first block
+    ready: bool
+
+
+class RpcFault(NamedTuple):
+    mode: str
+    delay: float  # slow only
+    after_height: int  # the fault starts at this height
+
+
+class NodeConfig(NamedTuple):
+    chain: ChainConfig
+    upgrade_skipped: Optional[str]  # why a scripted upgrade is off, or None
+    socket_path: str
+    http_path: str
+    socket_delay: float
+    stop_delay: float
+    ignore_sigterm: bool
+    crash_at: Optional[int]
+    crash_exit_code: int
+    crash_signal: Optional[signal.Signals]
+    exit_zero_at: Optional[int]
+    fault: Optional[RpcFault]
+
+
+class HttpReply(NamedTuple):
+    status: int
+    headers: Tuple[Tuple[str, str], ...]
+    body: bytes
+    method: Optional[str]  # the JSON-RPC method, when the request named one
+    request_id: Any  # the JSON-RPC id, when the request had one
+    fault: Optional[str]  # the answer fault that shaped this reply
+
+
+class RpcRequest(NamedTuple):
+    method: str
+    params: Any  # MISSING when absent
+    request_id: Any  # None for a notification
+
+
+class RpcRequestError(Exception):
+    """A request gorilla/rpc answers with a plain-text 400."""
+
+
+# A JSON member that is absent (distinct from null).
+MISSING = object()
+
+# --- the block clock (pure) ---
+
+
+def choose_upgrade_script(
+    script: Optional[UpgradeScript], start_height: int, version: str
+) -> Tuple[Optional[UpgradeScript], Optional[str]]:
+    """Return the script to play, or None with the reason it is off."""
+    if script is None:
+        return None, None
+    if script.tag == version:
+        return None, "the upgrade tag is this binary's version"
+    if start_height >= script.upgrade_height:
+        return None, "the start height is at or past the upgrade height"
+    return script, None
+
+
+def count_blocks(elapsed: float, interval: float) -> int:
+    return int(elapsed // interval) if elapsed > 0 else 0
+
+
+def chain_state_at(chain: ChainConfig, elapsed: float) -> ChainState:
+    """What the node reports `elapsed` seconds after it started."""
+    blocks = count_blocks(elapsed, chain.block_interval)
+    if chain.start_height == 0 and blocks == 0:
+        return ChainState(0, None, False)
+    height = chain.start_height + blocks
+    script = chain.upgrade
+    if script is None:
+        return ChainState(height, NO_RELEASE, False)
+    height = min(height, script.upgrade_height)
+    if height < script.accept_height:
+        return ChainState(height, NO_RELEASE, False)
+    release = ReleaseInfo(script.tag, script.upgrade_height)
+    return ChainState(height, release, is_ready(chain, script, height, elapsed))
+
+
+def is_ready(chain: ChainConfig, script: UpgradeScript, height: int, elapsed: float) -> bool:
+    if height < script.upgrade_height:
+        return False
+    if script.ready_delay <= 0:
+        return True
+    halted_at = (script.upgrade_height - chain.start_height) * chain.block_interval
+    return elapsed >= halted_at + script.ready_delay
+
+
+def has_produced(block: Optional[int], start_height: int, height: int) -> bool:
+    """Whether this run made `block`: a node resumed at or past it never does."""
+    return block is not None and start_height < block <= height
+
+
+def scheduled_exit(config: NodeConfig, height: int) -> Optional[str]:
+    """"crash" or "exit-zero" when a scripted fault is due at this height."""
+    start_height = config.chain.start_height
+    if has_produced(config.crash_at, start_height, height):
+        return "crash"
+    if has_produced(config.exit_zero_at, start_height, height):
+        return "exit-zero"
+    return None
+
+
+def active_fault(fault: Optional[RpcFault], height: int) -> Optional[RpcFault]:
+    if fault is None or height < fault.after_height:
+        return None
+    return fault
+
+
+def decide_on_signal(ignore_signals: bool, ready: bool) -> str:
+    """"ignore", "kill" (ready to upgrade: die at once, as core) or "stop"."""
+    if ignore_signals:
+        return "ignore"
+    return "kill" if ready else "stop"
+
+
+# --- the admin protocol (pure) ---
+
+
+def describe_release(release: Optional[ReleaseInfo]) -> Optional[Dict[str, Any]]:
+    if release is None:
+        return None
+    return {"VegaReleaseTag": release.tag, "UpgradeBlockHeight": release.upgrade_height}
+
+
+def upgrade_status_result(state: ChainState) -> Dict[str, Any]:
+    return {
+        "AcceptedReleaseInfo": describe_release(state.release),
+        "ReadyToUpgrade": state.ready,
+    }
+
+
+def go_kind(value: Any) -> str:
+    """The JSON kind as Go's decoder names it in type errors."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def go_member(obj: Dict[str, Any], name: str) -> Any:
+    """A member as Go's decoder finds a struct field: case-insensitive, last wins."""
+    found = [value for key, value in obj.items() if key.lower() == name]
+    return found[-1] if found else MISSING
+
+
+def describe_json_error(text: str, position: int) -> str:
+    """Go's decoder message for invalid JSON (the common cases)."""
+    if position >= len(text):
+        return "unexpected EOF"
+    return "invalid character %r looking for beginning of value" % text[position]
+
+
+def decode_rpc_request(body: bytes) -> RpcRequest:
+    """Decode a body as gorilla/rpc's JSON codec does (first value, rest ignored)."""
+    text = body.decode("utf-8", "replace").lstrip(" \t\r\n")
+    if not text:
+        raise RpcRequestError("EOF")
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text)
+    except json.JSONDecodeError as exc:
+        raise RpcRequestError(describe_json_error(text, exc.pos)) from None
+    except RecursionError:
+        raise RpcRequestError("exceeded max depth") from None  # Go's limit is 10000
+    if value is None:  # null decodes into a struct as a no-op
+        return RpcRequest("", MISSING, None)
+    if not isinstance(value, dict):
+        raise RpcRequestError(
+            "json: cannot unmarshal %s into Go value of type json.serverRequest" % go_kind(value)
+        )
+    method = go_member(value, "method")
+    if method is MISSING or method is None:
+        method = ""
+    if not isinstance(method, str):
+        raise RpcRequestError(
+            "json: cannot unmarshal %s into Go struct field serverRequest.method "
+            "of type string" % go_kind(method)
+        )
+    request_id = go_member(value, "id")
+    if request_id is MISSING:
+        request_id = None
+    return RpcRequest(method, go_member(value, "params"), request_id)
+
+
+def check_rpc_method(method: str) -> None:
+    """Find "service.Method" as gorilla/rpc's service map does, or raise."""
+    parts = method.split(".")
+    if len(parts) != 2:
+        raise RpcRequestError("rpc: service/method request ill-formed: %s" % go_quote(method))
+    if parts[0] != RPC_SERVICE:
+        raise RpcRequestError("rpc: can't find service %s" % go_quote(method))
+    if parts[1] != RPC_METHOD:
+        raise RpcRequestError("rpc: can't find method %s" % go_quote(method))
+
+
+def check_rpc_params(params: Any) -> None:
+    """Params must be a JSON array (of any length: gorilla reads element 0)."""
+    if params is MISSING or params is None:
+        raise RpcRequestError("rpc: method request ill-formed: missing params field")
+    if not isinstance(params, list):
+        raise RpcRequestError(
+            "json: cannot unmarshal %s into Go value of type [1]interface {}" % go_kind(params)
+        )
+
+
+def go_quote(text: str) -> str:
+    """Go's %q for the plain strings seen here."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def plain_reply(status: int, text: str, method: Optional[str] = None) -> HttpReply:
+    return HttpReply(status, (("Content-Type", PLAIN_TEXT),), text.encode(), method, None, None)
+
+
+def not_found_reply() -> HttpReply:
+    headers = (("Content-Type", PLAIN_TEXT), ("X-Content-Type-Options", "nosniff"))
+    return HttpReply(404, headers, b"404 page not found\n", None, None, None)
+
+
+def rpc_body(result: Any, error: Any, request_id: Any) -> bytes:
+    """One line as Go's json.Encoder writes a serverResponse."""
+    response = {"result": result, "error": error, "id": request_id}
+    return (json.dumps(response, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+
+
+def answer_upgrade_status(
+    request: RpcRequest, state: ChainState, fault: Optional[str]
+) -> HttpReply:
+    """The answer to a well-formed UpgradeStatus call, as shaped by an answer fault."""
+    method, request_id = request.method, request.request_id
+    if fault == "http400":
+        return HttpReply(400, (("Content-Type", PLAIN_TEXT),), b"rpc: method not found",
+                         method, request_id, fault)
+    headers = (("X-Content-Type-Options", "nosniff"),)
+    if request_id is None:  # a notification: gorilla writes nothing
+        return HttpReply(200, headers, b"", method, None, fault)
+    result, error = upgrade_status_result(state), None
+    if fault == "error-member":
+        result, error = None, "some failure"
+    elif fault == "null-result":
+        result = None
+    elif fault == "wrong-types":
+        result = {"AcceptedReleaseInfo": "not-a-release-info", "ReadyToUpgrade": "yes"}
+    headers = (("Content-Type", JSON_TEXT),) + headers
+    return HttpReply(200, headers, rpc_body(result, error, request_id), method, request_id, fault)
+
+
+def answer_admin_request(
+    verb: str,
+    path: str,
+    content_type: str,
+    body: bytes,
+    http_path: str,
+    state: ChainState,
+    fault: Optional[str],
+) -> HttpReply:
+    """Answer one HTTP request as core's admin server (net/http + gorilla/rpc) does."""
+    if urllib.parse.urlsplit(path).path != http_path:
+        return not_found_reply()
+    if verb != "POST":
+        return plain_reply(405, "rpc: POST method required, received " + verb)
+    media_type = content_type.split(";", 1)[0]
+    if media_type.lower() != JSON_MEDIA_TYPE:
+        return plain_reply(415, "rpc: unrecognized Content-Type: " + media_type)
+    method = None
+    try:
+        request = decode_rpc_request(body)
+        method = request.method
+        check_rpc_method(request.method)
+        check_rpc_params(request.params)
+    except RpcRequestError as exc:
+        return plain_reply(400, str(exc), method)
+    return answer_upgrade_status(request, state, fault if fault in ANSWER_FAULTS else None)
+
+
+# --- formatting (pure) ---
+
+
+def version_hash(version: str) -> str:
+    """A git-sha-like 40-hex hash, fixed for a version and distinct between them."""
+    return hashlib.sha1(("fake-vega " + version).encode()).hexdigest()
+
+
+def format_version(version: str, output: str) -> str:
+    if output == "json":
+        return json.dumps({"version": version, "hash": version_hash(version)})
+    return "Vega CLI %s (%s)" % (version, version_hash(version))
+
+
+def format_line(version: str, message: str, facts: Dict[str, Any]) -> str:
+    words = ["%s=%s" % (key, value) for key, value in facts.items()]
+    return " ".join([OUTPUT_PREFIX, version, message] + words)
+
+
+def base58(data: bytes) -> str:
+    number, digits = int.from_bytes(data, "big"), []
+    while number:
+        number, digit = divmod(number, 58)
+        digits.append(BASE58_ALPHABET[digit])
+    return "".join(reversed(digits))
+
+
+def describe_segment(to_height: int) -> Dict[str, Any]:
+    digest = hashlib.sha256(b"fake-segment-%d" % to_height).digest()
+    return {
+        "from_height": max(to_height - (SEGMENT_BLOCKS - 1), 1),
+        "to_height": to_height,
+        "chain_id": "fake-chain",
+        "history_segment_id": base58(SHA256_MULTIHASH + digest),
+    }
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def parse_signal(text: str) -> signal.Signals:
+    """"SEGV", "SIGSEGV", "segv" or "11" -> signal.SIGSEGV (only signals that kill)."""
+    name = text.strip().upper()
+    try:
+        if name.isdigit():
+            signum = signal.Signals(int(name))
+        else:
+            signum = signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError("unknown signal %r" % text) from None
+    if signum.name in HARMLESS_SIGNALS:
+        raise argparse.ArgumentTypeError("%s does not kill a process" % signum.name)
+    return signum
+
+
+def parse_rpc_fault(text: str) -> RpcFault:
+    """"hang", ... or "slow:SECONDS" (after_height is filled in later)."""
+    mode, _, argument = text.partition(":")
+    if mode == "slow":
+        return RpcFault(mode, parse_seconds(argument), 0)
+    if mode not in TRANSPORT_FAULTS + ANSWER_FAULTS or argument:
+        choices = ", ".join(TRANSPORT_FAULTS[:-1] + ("slow:SECONDS",) + ANSWER_FAULTS)
+        raise argparse.ArgumentTypeError("unknown fault %r (one of: %s)" % (text, choices))
+    return RpcFault(mode, 0.0, 0)
+
+
+def parse_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number of seconds: %r" % text) from None
+    if not seconds >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError("seconds must be >= 0: %r" % text)
+    return seconds
+
+
+def parse_interval(text: str) -> float:
+    seconds = parse_seconds(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("the block interval must be > 0: %r" % text)
+    return seconds
+
+
+def parse_height(text: str) -> int:
+    try:
+        height = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a block height: %r" % text) from None
+    if height < 0:
+        raise argparse.ArgumentTypeError("a block height must be >= 0: %r" % text)
+    return height
+
+
+def parse_block(text: str) -> int:
+    """A block a node can make: height 1 or more (height 0 is before the first)."""
+    height = parse_height(text)
+    if height < 1:
+        raise argparse.ArgumentTypeError("a block height must be >= 1: %r" % text)
+    return height
+
+
+def parse_toml_string(text: str) -> Optional[str]:
+    """The value of a TOML basic or literal string, or None for anything else."""
+    text = text.strip()
+    match = re.match(r'^"((?:[^"\\]|\\.)*)"\s*(#.*)?$', text)
+    if match:
+        try:
+            return json.loads('"%s"' % match.group(1))  # TOML's escapes are JSON's, mostly
+        except ValueError:
+            return None
+    match = re.match(r"^'([^']*)'\s*(#.*)?$", text)
+    return match.group(1) if match else None
+
+
+def read_admin_server_keys(text: str) -> Dict[str, str]:
+    """SocketPath and HTTPPath under [Admin.Server] in core's config.toml."""
+    table, found = "", {}
+    for line in text.splitlines():
+        header = re.match(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$", line)
+        if header:
+            table = re.sub(r"\s*\.\s*", ".", header.group(1))
+            continue
+        pair = re.match(r"^\s*(SocketPath|HTTPPath)\s*=(.*)$", line)
+        if table == "Admin.Server" and pair:
+            value = parse_toml_string(pair.group(2))
+            if value is not None:
+                found[pair.group(1)] = value
+    return found
+
+
+# --- reporting ---
+
+
+class Reporter:
+    """Prints life lines on stdout and appends events to the --record file."""
+
+    def __init__(self, version: str, role: str, record_path: Optional[str]) -> None:
+        self.version = version
+        self.role = role
+        self._lock = threading.Lock()
+        self._record_fd: Optional[int] = None
+        if record_path:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+            try:
+                self._record_fd = os.open(record_path, flags, 0o644)
+            except OSError as exc:
+                raise FakeError("cannot open --record file %s: %s" % (record_path, exc)) from None
+
+    def say(self, message: str, **facts: Any) -> None:
+        line = format_line(self.version, message, facts)
+        with self._lock:
+            try:
+                print(line, flush=True)
+            except OSError:  # nobody reads stdout any more: keep running
+                pass
+
+    def record(self, event: str, **fields: Any) -> None:
+        if self._record_fd is None:
+            return
+        entry = {"event": event, "role": self.role, "pid": os.getpid(),
+                 "version": self.version, "time": time.time()}
+        entry.update(fields)
+        line = json.dumps(entry, ensure_ascii=False) + "\n"
+        os.write(self._record_fd, line.encode())  # one write: atomic with O_APPEND
+
+
+def warn(message: str) -> None:
+    print("%s %s warning: %s" % (OUTPUT_PREFIX, VERSION, message), file=sys.stderr, flush=True)
+
+
+# --- signals ---
+
+
+class SignalInbox:
+    """Signal handlers only note the signal and poke a pipe; the main loop acts."""
+
+    def __init__(self, signums: Sequence[int]) -> None:
+        self._pending: List[int] = []
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        for signum in signums:
+            signal.signal(signum, self._note)
+
+    def _note(self, signum: int, frame: object) -> None:
+        self._pending.append(signum)
+        try:
+            os.write(self._write_fd, b"!")
+        except OSError:  # pipe full: the loop wakes anyway
+            pass
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a signal arrives or `timeout` seconds pass."""
+        readable, _, _ = select.select([self._read_fd], [], [], timeout)
+        if readable:
+            try:
+                os.read(self._read_fd, 4096)
+            except BlockingIOError:
+                pass
+
+    def take(self) -> List[int]:
+        taken = self._pending[:]
+        del self._pending[: len(taken)]  # a signal noted meanwhile stays
+        return taken
+
+
+def die_by_signal(signum: int) -> None:
+    """Kill this process with `signum` (no core file); never returns."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if signum != signal.SIGKILL:
+        signal.signal(signum, signal.SIG_DFL)
+    sys.stdout.flush()
+    os.kill(os.getpid(), signum)
+    time.sleep(SELF_KILL_GRACE_SECONDS)  # blocked somehow: leave as a shell would report it
+    os._exit(128 + signum)
+
+
+def note_signal(reporter: Reporter, signum: int, ignore_signals: bool, ready: bool) -> str:
+    """Decide what a signal does, and say and record it; return the action."""
+    action = decide_on_signal(ignore_signals, ready)
+    event, name = SIGNAL_EVENTS[signal.Signals(signum)], signal_name(signum)
+    reporter.record(event, action=action, ready=ready)
+    messages = {"ignore": "ignoring signal", "kill": "ready to upgrade: killing itself",
+                "stop": "stopping"}
+    reporter.say(messages[action], signal=name)
+    return action
+
+
+# --- the node's shared state ---
+
+
+class Node:
+    """The simulated chain, as the main loop and the admin threads both see it.
+
+    observe() reads the clock and reports the upgrade's transitions (accepted,
+    ready) once, under a lock, so the record shows them before any RPC answer
+    that reveals them.
+    """
+
+    def __init__(self, config: NodeConfig, reporter: Reporter, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.reporter = reporter
+        self._clock = clock
+        self._started_at = clock()
+        self._lock = threading.Lock()
+        self._accepted_reported = False
+        self._ready_reported = False
+
+    def observe(self) -> ChainState:
+        with self._lock:
+            state = chain_state_at(self.config.chain, self._clock() - self._started_at)
+            self._report_transitions(state)
+            return state
+
+    def _report_transitions(self, state: ChainState) -> None:
+        release = state.release
+        if release and release.tag and not self._accepted_reported:
+            self._accepted_reported = True
+            facts = {"tag": release.tag, "upgrade_height": release.upgrade_height,
+                     "height": state.height}
+            self.reporter.say("upgrade accepted", **facts)
+            self.reporter.record("accepted", **facts)
+        if state.ready and not self._ready_reported and release is not None:
+            self._ready_reported = True
+            self.reporter.say("ready to upgrade", tag=release.tag, height=state.height)
+            self.reporter.record("ready", tag=release.tag, height=state.height)
+
+
+# --- the admin socket ---
+
+
+class AdminServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """Core's admin server: one thread per connection, none waited for at exit."""
+
+    daemon_threads = True
+
+    def __init__(self, path: str, node: Node) -> None:
+        self.node = node
+        self.stopping = threading.Event()  # wakes hanging and slow answers at exit
+        super().__init__(path, AdminHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):  # a client gone away is no news
+            warn("admin connection failed: %r" % (error,))
+
+
+class AdminHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: AdminServer
+
+    def handle_one_request(self) -> None:
+        node = self.server.node
+        fault = active_fault(node.config.fault, node.observe().height)
+        if fault is not None and fault.mode == "close":
+            self.drop_request(fault.mode)
+            return
+        if not self.read_request():
+            return
+        body = self.read_body()
+        if body is None:
+            return
+        self.answer(body)
+
+    def read_request(self) -> bool:
+        """Read the request line and headers (http.server answers malformed ones)."""
+        self.raw_requestline = self.rfile.readline(MAX_LINE_BYTES + 1)
+        if not self.raw_requestline:
+            self.close_connection = True
+            return False
+        if len(self.raw_requestline) > MAX_LINE_BYTES:
+            self.send_error(414)
+            return False
+        return self.parse_request()
+
+    def read_body(self) -> Optional[bytes]:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return read_chunked(self.rfile)
+        length = self.headers.get("Content-Length", "0").strip() or "0"
+        if not length.isdigit():
+            self.send_error(400)
+            return None
+        return self.rfile.read(int(length))
+
+    def answer(self, body: bytes) -> None:
+        node = self.server.node
+        fault = active_fault(node.config.fault, node.observe().height)
+        mode = fault.mode if fault is not None else None
+        if mode in ("hang", "garbage"):
+            self.drop_request(mode)
+            return
+        if fault is not None and mode == "slow":
+            self.server.stopping.wait(fault.delay)
+        state = node.observe()
+        reply = answer_admin_request(
+            self.command, self.path, self.headers.get("Content-Type", ""), body,
+            node.config.http_path, state, mode,
+        )
+        # Recorded before it is sent: whoever holds the answer finds it in the record.
+        node.reporter.record(
+            "rpc", http_method=self.command, path=self.path, method=reply.method,
+            id=reply.request_id, status=reply.status,
+            fault=mode if mode == "slow" else reply.fault,
+            height=state.height, ready=state.ready,
+            tag=state.release.tag if state.release else None,
+        )
+        self.send_reply(reply)
+
+    def drop_request(self, mode: str) -> None:
+        """Leave the request without an HTTP answer, as the fault says."""
+        self.close_connection = True
+        node = self.server.node
+        node.reporter.record("rpc-fault", fault=mode, height=node.observe().height)
+        if mode == "hang":
+            self.server.stopping.wait()
+        elif mode == "garbage":
+            self.wfile.write(GARBAGE_REPLY)
+
+    def send_reply(self, reply: HttpReply) -> None:
+        self.send_response_only(reply.status)
+        self.send_header("Date", self.date_time_string())
+        for name, value in reply.headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(reply.body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if getattr(self, "command", None) != "HEAD":
+            self.wfile.write(reply.body)
+
+    def send_error(
+        self, code: int, message: Optional[str] = None, explain: Optional[str] = None
+    ) -> None:
+        """Malformed requests get net/http's plain "400 Bad Request" and a close."""
+        self.close_connection = True
+        phrase = http.server.BaseHTTPRequestHandler.responses.get(code, ("Error",))[0]
+        self.send_reply(plain_reply(code, "%d %s" % (code, phrase)))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the record file holds the traffic."""
+
+
+def read_chunked(rfile: Any) -> bytes:
+    """A chunked request body (trailers skipped)."""
+    chunks = []
+    while True:
+        size_line = rfile.readline(MAX_LINE_BYTES).split(b";", 1)[0].strip()
+        size = int(size_line or b"0", 16)
+        if size == 0:
+            break
+        chunks.append(rfile.read(size))
+        rfile.readline(MAX_LINE_BYTES)
+    while rfile.readline(MAX_LINE_BYTES) not in (b"\r\n", b"\n", b""):
+        pass
+    return b"".join(chunks)
+
+
+def remove_stale_socket(path: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FakeError("%s exists and is not a socket; remove it or choose another "
+                        "--admin-socket" % path)
+    os.unlink(path)
+
+
+def open_admin_socket(path: str, node: Node) -> Tuple[AdminServer, Tuple[int, int]]:
+    """Bind the socket (a stale one is removed) and serve it in a thread."""
+    remove_stale_socket(path)
+    try:
+        server = AdminServer(path, node)
+    except OSError as exc:
+        raise FakeError("cannot listen on admin socket %s: %s" % (path, exc)) from None
+    identity = socket_identity(path)
+    thread = threading.Thread(target=server.serve_forever, args=(SERVER_POLL_SECONDS,),
+                              name="admin-socket", daemon=True)
+    thread.start()
+    return server, identity
+
+
+def socket_identity(path: str) -> Tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def close_admin_socket(server: AdminServer, path: str, identity: Tuple[int, int]) -> None:
+    """Stop serving and remove the socket file, unless another process owns it now."""
+    server.stopping.set()
+    server.shutdown()
+    server.server_close()
+    try:
+        if socket_identity(path) == identity:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# --- the node ---
+
+
+class NodeRun:
+    """One run of `node`: the main loop, which alone acts on signals and faults."""
+
+    def __init__(self, config: NodeConfig, reporter: Reporter, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.reporter = reporter
+        self.clock = clock
+        self.node = Node(config, reporter, clock)
+        self.server: Optional[AdminServer] = None
+        self.identity = (0, 0)
+
+    def run(self, inbox: SignalInbox) -> int:
+        socket_due = self.clock() + self.config.socket_delay
+        while True:
+            # 1. Open the admin socket once its delay is over.
+            if self.server is None and self.clock() >= socket_due:
+                self.listen()
+            # 2. Advance the chain (accepted and ready are reported once).
+            state = self.node.observe()
+            # 3. Act on signals noted since the last turn.
+            for signum in inbox.take():
+                code = self.act_on_signal(signum)
+                if code is not None:
+                    return code
+            # 4. Play the scripted exits.
+            due = scheduled_exit(self.config, state.height)
+            if due == "crash":
+                return self.crash(self.config.crash_at)
+            if due == "exit-zero":
+                return self.exit_zero(self.config.exit_zero_at)
+            inbox.wait(LOOP_TICK_SECONDS)
+
+    def listen(self) -> None:
+        config = self.config
+        self.server, self.identity = open_admin_socket(config.socket_path, self.node)
+        self.reporter.say("admin socket listening", path=config.socket_path,
+                          http_path=config.http_path)
+        self.reporter.record("socket-listening", socket=config.socket_path,
+                             http_path=config.http_path)
+
+    def act_on_signal(self, signum: int) -> Optional[int]:
+        ready = self.node.observe().ready  # fresh: an RPC may have just said ready
+        action = note_signal(self.reporter, signum, self.config.ignore_sigterm, ready)
+        if action == "ignore":
+            return None
+        if action == "kill":
+            die_by_signal(signal.SIGKILL)
+        time.sleep(self.config.stop_delay)  # a slow shutdown; signals wait meanwhile
+        return self.leave(0, "signal")
+
+    def crash(self, height: int) -> int:
+        """Die as a crashed core does, at the scripted height (a late tick notwithstanding)."""
+        crash_signal = self.config.crash_signal
+        if crash_signal is not None:
+            self.reporter.say("crashing", height=height, signal=crash_signal.name)
+            self.reporter.record("crash", height=height, code=None, signal=crash_signal.name)
+            die_by_signal(crash_signal)
+        code = self.config.crash_exit_code
+        self.reporter.say("crashing", height=height, code=code)
+        self.reporter.record("crash", height=height, code=code, signal=None)
+        self.reporter.record("exit", code=code, reason="crash")
+        return code  # the socket file stays behind, as after a real crash
+
+    def exit_zero(self, height: int) -> int:
+        self.reporter.say("exiting unexpectedly", height=height, code=0)
+        return self.leave(0, "exit-zero-at-height")
+
+    def leave(self, code: int, reason: str) -> int:
+        """A clean exit: stop serving, remove the socket file, record it."""
+        if self.server is not None:
+            close_admin_socket(self.server, self.config.socket_path, self.identity)
+        self.reporter.say("stopped", code=code)
+        self.reporter.record("exit", code=code, reason=reason)
+        return code
+
+
+# --- the data node ---
+
+
+class DatanodeConfig(NamedTuple):
+    crash_after: Optional[float]
+    stop_delay: float
+    ignore_sigterm: bool
+
+
+def run_datanode(
+    config: DatanodeConfig, reporter: Reporter, inbox: SignalInbox, clock: Callable[[], float]
+) -> int:
+    """Run until a signal stops it (exit 0) or --crash-after is over (exit 1)."""
+    started_at = clock()
+    while True:
+        for signum in inbox.take():
+            if note_signal(reporter, signum, config.ignore_sigterm, ready=False) == "stop":
+                time.sleep(config.stop_delay)
+                return leave_datanode(reporter, 0, "signal")
+        crash_after = config.crash_after
+        if crash_after is not None and clock() - started_at >= crash_after:
+            reporter.say("crashing", code=1)
+            reporter.record("crash", after=crash_after, code=1, signal=None)
+            return leave_datanode(reporter, 1, "crash")
+        inbox.wait(LOOP_TICK_SECONDS)
+
+
+def leave_datanode(reporter: Reporter, code: int, reason: str) -> int:
+    reporter.say("stopped", code=code)
+    reporter.record("exit", code=code, reason=reason)
+    return code
+
+
+def read_latest_segment(home: str) -> Optional[int]:
+    """The height in HOME/fake-latest-segment, or None when there is no such file."""
+    path = os.path.join(home, SEGMENT_FILE)
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise FakeError("cannot read %s: %s" % (path, exc)) from None
+    if not text.isdigit() or int(text) < 1:
+        raise FakeError("%s must hold a block height (an integer >= 1), not %r" % (path, text))
+    return int(text)
+
+
+# --- copies with another version ---
+
+
+def make_binary(dest: Union[str, os.PathLike], version: str) -> Path:
+    """Write a copy of this file that reports `version`, mode 0o755; return its path.
+
+    The copy replaces the file at `dest` atomically (parent folders are created),
+    so it can be installed over a binary that is running.
+    """
+    if not TAG_PATTERN.fullmatch(version):
+        raise ValueError("not a version tag: %r (letters, digits, '.', '_', '+', '-')" % version)
+    source = Path(__file__).read_text(encoding="utf-8")
+    text, count = VERSION_LINE.subn('VERSION = "%s"' % version, source, count=1)
+    if count != 1:
+        raise FakeError("%s has no VERSION line to replace" % __file__)
+    path = Path(dest)
+    if path.is_dir():
+        raise FakeError("%s is a folder: give the path of the binary to write" % path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=".fake-vega-", dir=str(path.parent))
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(staging, 0o755)
+        os.replace(staging, str(path))
+    except BaseException:
+        os.unlink(staging)
+        raise
+    return path
+
+
+# --- commands ---
+
+
+def cmd_version(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    print(format_version(VERSION, args.output))
+    return 0
+
+
+def cmd_make_binary(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    try:
+        print(make_binary(args.dest, args.version))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+def cmd_node(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    config = build_node_config(args)
+    inbox = SignalInbox(tuple(SIGNAL_EVENTS))  # before the first line: a signal may follow it
+    reporter = Reporter(VERSION, "core", args.record)
+    start_height = config.chain.start_height
+    reporter.say("node started", pid=os.getpid(), height=start_height)
+    script = config.chain.upgrade
+    reporter.record(
+        "start", argv=list(argv), program=sys.argv[0], start_height=start_height,
+        snapshot_height=args.snapshot_height, socket=config.socket_path,
+        http_path=config.http_path, upgrade=script._asdict() if script else None,
+        upgrade_skipped=config.upgrade_skipped,
+    )
+    if config.upgrade_skipped:
+        reporter.say("upgrade script off", reason=json.dumps(config.upgrade_skipped))
+    try:
+        return NodeRun(config, reporter, time.monotonic).run(inbox)
+    except FakeError:
+        reporter.record("exit", code=1, reason="error")
+        raise
+
+
+def cmd_datanode_start(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    inbox = SignalInbox(tuple(SIGNAL_EVENTS))  # before the first line: a signal may follow it
+    reporter = Reporter(VERSION, "datanode", args.record)
+    reporter.say("datanode started", pid=os.getpid())
+    reporter.record("start", argv=list(argv), program=sys.argv[0], home=args.home)
+    config = DatanodeConfig(args.crash_after, args.stop_delay, args.ignore_sigterm)
+    return run_datanode(config, reporter, inbox, time.monotonic)
+
+
+def cmd_latest_segment(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    height = read_latest_segment(args.home)
+    if height is None:
+        print("failed to get latest history segment: no history segments found", flush=True)
+        return 1
+    segment = describe_segment(height)
+    if args.output == "json":
+        print(json.dumps({"LatestSegment": segment}, separators=(",", ":")))
+    else:
+        print(" ".join("%s=%s" % item for item in segment.items()))
+    return 0
+
+
+def build_node_config(args: argparse.Namespace) -> NodeConfig:
+    """Check the node's flags together and turn them into a NodeConfig."""
+    socket_path, http_path = find_admin_socket(args)
+    start_height = args.start_height
+    if args.snapshot_height is not None:
+        start_height = args.snapshot_height
+    script = read_upgrade_script(args)
+    script, skipped = choose_upgrade_script(script, start_height, VERSION)
+    fault = args.rpc_fault
+    if fault is not None:
+        fault = fault._replace(after_height=args.rpc_fault_after_height)
+    return NodeConfig(
+        chain=ChainConfig(start_height, args.block_interval, script),
+        upgrade_skipped=skipped,
+        socket_path=socket_path,
+        http_path=http_path,
+        socket_delay=args.socket_delay,
+        stop_delay=args.stop_delay,
+        ignore_sigterm=args.ignore_sigterm,
+        crash_at=args.crash_at_height,
+        crash_exit_code=args.crash_exit_code,
+        crash_signal=args.crash_signal,
+        exit_zero_at=args.exit_zero_at_height,
+        fault=fault,
+    )
+
+
+def read_upgrade_script(args: argparse.Namespace) -> Optional[UpgradeScript]:
+    tag, upgrade_height = args.upgrade_tag, args.upgrade_height
+    if tag is None and upgrade_height is None:
+        return None
+    if tag is None or upgrade_height is None:
+        raise UsageError("--upgrade-tag and --upgrade-height go together")
+    if args.accept_height > upgrade_height:
+        raise UsageError("--accept-height must not be above --upgrade-height")
+    return UpgradeScript(tag, args.accept_height, upgrade_height, args.ready_delay)
+
+
+def find_admin_socket(args: argparse.Namespace) -> Tuple[str, str]:
+    """--admin-socket and --admin-http-path, else [Admin.Server] of core's config."""
+    keys: Dict[str, str] = {}
+    if args.home is not None and (args.admin_socket is None or args.admin_http_path is None):
+        keys = read_core_config(os.path.join(args.home, *CORE_CONFIG_PATH))
+    socket_path = args.admin_socket or keys.get("SocketPath")
+    if not socket_path:
+        raise UsageError("no admin socket: pass --admin-socket, or --home with SocketPath "
+                         "under [Admin.Server] in HOME/%s" % "/".join(CORE_CONFIG_PATH))
+    return socket_path, args.admin_http_path or keys.get("HTTPPath") or DEFAULT_HTTP_PATH
+
+
+def read_core_config(path: str) -> Dict[str, str]:
+    try:
+        return read_admin_server_keys(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FakeError("cannot read %s: %s" % (path, exc)) from None
+
+
+# --- command line ---
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, epilog=HELP_MAIN, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    add_version_command(commands)
+    add_node_command(commands)
+    add_datanode_commands(commands)
+    add_make_binary_command(commands)
+    return parser
+
+
+def add_version_command(commands: Any) -> None:
+    version = commands.add_parser(
+        "version", allow_abbrev=False, help="print the version",
+        description='Print "Vega CLI VERSION (HASH)", or with --output json one line '
+                    '{"version": VERSION, "hash": HASH} (HASH: 40 hex digits).',
+    )
+    version.add_argument("--output", choices=("human", "json"), default="human",
+                         help="output format (default: human)")
+    version.set_defaults(handler=cmd_version)
+
+
+def add_node_command(commands: Any) -> None:
+    node = commands.add_parser(
+        "node", allow_abbrev=False, help="run the fake core node",
+        description="Run a fake Vega core: a block clock, a scripted upgrade and faults,\n"
+                    "with the admin socket served as core serves it. Unknown flags are\n"
+                    "ignored with a warning.",
+        epilog=HELP_NODE + "\n" + HELP_RECORD,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = node.add_argument_group("where")
+    where.add_argument("--home", metavar="DIR", help="core home: the admin socket is read "
+                       "from DIR/config/node/config.toml unless --admin-socket is given")
+    where.add_argument("--tendermint-home", metavar="DIR", help="accepted and ignored")
+    where.add_argument("--admin-socket", metavar="PATH", help="unix socket to serve")
+    where.add_argument("--admin-http-path", metavar="PATH",
+                       help="HTTP path of the admin RPC (default: HTTPPath from the "
+                            "config, else %s)" % DEFAULT_HTTP_PATH)
+    where.add_argument("--record", metavar="FILE", help="append events as JSON lines")
+    chain = node.add_argument_group("block clock")
+    chain.add_argument("--start-height", type=parse_height, default=0, metavar="N",
+                       help="height at start (default: 0)")
+    chain.add_argument("--snapshot.load-from-block-height", dest="snapshot_height",
+                       type=parse_height, metavar="N",
+                       help="core's flag: restart from the snapshot at N (start height N)")
+    chain.add_argument("--block-interval", type=parse_interval, default=0.1, metavar="SECONDS",
+                       help="seconds per block (default: 0.1)")
+    upgrade = node.add_argument_group("scripted upgrade")
+    upgrade.add_argument("--upgrade-tag", metavar="TAG", help="tag of the accepted release")
+    upgrade.add_argument("--accept-height", type=parse_height, default=0, metavar="A",
+                         help="height at which the proposal is accepted (default: 0, "
+                              "at the first block)")
+    upgrade.add_argument("--upgrade-height", type=parse_height, metavar="U",
+                         help="the upgrade block: blocks stop there")
+    upgrade.add_argument("--ready-delay", type=parse_seconds, default=0.0, metavar="SECONDS",
+                         help="ReadyToUpgrade turns true this long after reaching U (default: 0)")
+    stop = node.add_argument_group("stopping")
+    stop.add_argument("--stop-delay", type=parse_seconds, default=0.0, metavar="SECONDS",
+                      help="a slow shutdown: wait this long after SIGTERM (default: 0)")
+    stop.add_argument("--ignore-sigterm", action="store_true",
+                      help="record SIGTERM and SIGINT and ignore them")
+    faults = node.add_argument_group("faults")
+    faults.add_argument("--crash-at-height", type=parse_block, metavar="N",
+                        help="crash when the height reaches N")
+    faults.add_argument("--crash-exit-code", type=int, default=1, metavar="CODE",
+                        help="exit code of that crash (default: 1)")
+    faults.add_argument("--crash-signal", type=parse_signal, metavar="NAME",
+                        help="crash by this signal instead, e.g. SEGV")
+    faults.add_argument("--exit-zero-at-height", type=parse_block, metavar="N",
+                        help="exit 0 when the height reaches N")
+    faults.add_argument("--socket-delay", type=parse_seconds, default=0.0, metavar="SECONDS",
+                        help="a slow start: create the socket only after this long")
+    faults.add_argument("--rpc-fault", type=parse_rpc_fault, metavar="MODE",
+                        help="hang, garbage, close, slow:SECONDS, http400, error-member, "
+                             "null-result or wrong-types (see below)")
+    faults.add_argument("--rpc-fault-after-height", type=parse_height, default=0, metavar="N",
+                        help="the fault starts at height N (default: from the start)")
+    node.set_defaults(handler=cmd_node)
+
+
+def add_datanode_commands(commands: Any) -> None:
+    datanode = commands.add_parser(
+        "datanode", allow_abbrev=False, help="run or query the fake data node",
+        description="The fake data node.", epilog=HELP_DATANODE + "\n" + HELP_RECORD,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = datanode.add_subparsers(dest="datanode_command", metavar="COMMAND")
+    actions.required = True
+    start = actions.add_parser(
+        "start", allow_abbrev=False, help="run until SIGTERM or SIGINT",
+        description="Run the fake data node until SIGTERM or SIGINT (exit 0). Other\n"
+                    "arguments are ignored with a warning.",
+        epilog=HELP_RECORD, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    start.add_argument("--home", metavar="DIR", help="data node home (recorded only)")
+    start.add_argument("--record", metavar="FILE", help="append events as JSON lines")
+    start.add_argument("--crash-after", type=parse_seconds, metavar="SECONDS",
+                       help="exit 1 after this long")
+    start.add_argument("--stop-delay", type=parse_seconds, default=0.0, metavar="SECONDS",
+                       help="a slow shutdown: wait this long after SIGTERM (default: 0)")
+    start.add_argument("--ignore-sigterm", action="store_true",
+                       help="record SIGTERM and SIGINT and ignore them")
+    start.set_defaults(handler=cmd_datanode_start)
+    history = actions.add_parser("network-history", allow_abbrev=False,
+                                 help="network history commands")
+    history_actions = history.add_subparsers(dest="history_command", metavar="COMMAND")
+    history_actions.required = True
+    latest = history_actions.add_parser(
+        "latest-history-segment", allow_abbrev=False,
+        help="print the latest history segment",
+        description="Print the segment ending at the height in HOME/%s, or exit 1 with "
+                    "\"no history segments found\" when that file is absent." % SEGMENT_FILE,
+    )
+    latest.add_argument("--home", metavar="DIR", required=True, help="data node home")
+    latest.add_argument("--output", choices=("human", "json"), default="human",
+                        help="output format (default: human)")
+    latest.set_defaults(handler=cmd_latest_segment)
+
+
+def add_make_binary_command(commands: Any) -> None:
+    make = commands.add_parser(
+        "make-binary", allow_abbrev=False, help="write a copy reporting another version",
+        description="Write a copy of this fake at DEST (mode 0755, replaced atomically) "
+                    "whose version is TAG, and print its path.",
+    )
+    make.add_argument("dest", metavar="DEST", help="path of the copy, e.g. HOME/v0.74.0/vega")
+    make.add_argument("--version", required=True, metavar="TAG", help="version of the copy")
+    make.set_defaults(handler=cmd_make_binary)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(arguments)
+    if unknown:
+        warn("ignoring unknown arguments: %s" % " ".join(unknown))
+    try:
+        return args.handler(args, arguments)
+    except UsageError as exc:
+        parser.error(str(exc))  # exits 2
+    except FakeError as exc:
+        print("%s %s error: %s" % (OUTPUT_PREFIX, VERSION, exc), file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
