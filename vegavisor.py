@@ -33,6 +33,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import types
 import urllib.error
@@ -79,6 +80,13 @@ BINARY_QUERY_TIMEOUT_SECONDS = 60.0
 STOP_POLL_SECONDS = 0.05
 # 2**64 * restartsDelaySeconds outlasts any backoff cap; beyond it floats overflow.
 MAX_BACKOFF_DOUBLINGS = 64
+# A prefetch retries for days if it must; 10 minutes apart keeps GitHub's budget.
+PREFETCH_RETRY_MAX_SECONDS = 600.0
+# From this many failed prefetches on, each failure is an error: the block may be near
+# (UpgradeStatus says which block, not how far away it is).
+PREFETCH_ERROR_AFTER_ATTEMPTS = 3
+# What `status` reads to report the prefetch (written atomically by `run`).
+PREFETCH_STATE_FILE = ".prefetch.json"
 
 # GitHub answers within seconds; a minute without a byte is a dead connection.
 HTTP_TIMEOUT_SECONDS = 60.0
@@ -136,6 +144,7 @@ class AutoInstallConfig(NamedTuple):
     repository: str
     github_api_url: str
     prefetch: bool
+    prefetch_retry_delay: float
     require_checksum: bool
     checksums: Dict[str, str]
     asset: AssetConfig
@@ -797,6 +806,7 @@ AUTO_INSTALL_KEYS = (
     Key("repository", "repository", _nonempty_text, "vega"),
     Key("githubApiUrl", "github_api_url", _api_url, "https://api.github.com"),
     Key("prefetch", "prefetch", _flag, True),
+    Key("prefetchRetryDelaySeconds", "prefetch_retry_delay", _positive_seconds, 30),
     Key("requireChecksum", "require_checksum", _flag, False),
 )
 ASSET_KEYS = (
@@ -1614,13 +1624,16 @@ class GitHub:
         raise InstallError(f"release {release.tag} of {self.slug} has no asset {name}; it "
                            f"has: {names}")
 
-    def download(self, asset: Asset, target: Path, sha256: Optional[str]) -> None:
+    def download(self, asset: Asset, target: Path, sha256: Optional[str],
+                 cancel: threading.Event) -> None:
         """Stream the asset to `target` in constant memory, checking size and SHA-256."""
         digest, received = hashlib.sha256(), 0
         with self.open(asset.url, "application/octet-stream") as response, \
                 open(target, "wb") as out:
             try:
                 for chunk in iter(lambda: response.read(DOWNLOAD_CHUNK_BYTES), b""):
+                    if cancel.is_set():
+                        raise InstallError(f"download of {asset.name} was cancelled")
                     received += len(chunk)
                     if received > asset.size:
                         break
@@ -1712,7 +1725,8 @@ def run_config_document(run_config: RunConfig) -> dict:
 
 
 def install_release(home: Path, config: Config, tag: str, folder: Path, current: RunConfig,
-                    token: Optional[str], log: Log) -> None:
+                    token: Optional[str], log: Log,
+                    cancel: Optional[threading.Event] = None) -> None:
     """Download, verify and unpack `tag` into `folder`, which appears only when complete."""
     auto = config.auto_install
     github = GitHub(auto.github_api_url, auto.repository_owner, auto.repository, token)
@@ -1728,7 +1742,7 @@ def install_release(home: Path, config: Config, tag: str, folder: Path, current:
         started = time.monotonic()
         log.info("downloading", tag=tag, asset=asset.name, size=asset.size,
                  url=redact_url(asset.url), checksum=checksum or "unknown")
-        github.download(asset, staging / asset.name, checksum)
+        github.download(asset, staging / asset.name, checksum, cancel or threading.Event())
         log.info("downloaded", tag=tag, asset=asset.name, size=asset.size,
                  seconds=round(time.monotonic() - started, 3),
                  verified="sha256" if checksum else "size only")
@@ -1738,8 +1752,8 @@ def install_release(home: Path, config: Config, tag: str, folder: Path, current:
         stage_run_config(staging / "release", release_run_config(current, tag,
                                                                   auto.asset.binary_name))
         check_staged_version(staging / "release" / auto.asset.binary_name, tag)
-        os.rename(staging / "release", folder)
-        fsync_folder(home)
+        log.info("version checked", tag=tag, binary=auto.asset.binary_name, version=tag)
+        move_into_place(staging / "release", folder)
         log.info("installed", tag=tag, folder=str(folder))
     except VisorError as e:
         raise InstallError(f"cannot install {tag} from {github.slug}: {e}") from None
@@ -1758,6 +1772,35 @@ def stage_run_config(folder: Path, run_config: RunConfig) -> None:
     write_file_atomically(folder / RUN_CONFIG_FILE, write_toml(run_config_document(run_config)))
 
 
+def move_into_place(staged: Path, folder: Path) -> None:
+    """Rename the complete release folder into place; another installer may have won."""
+    try:
+        os.rename(staged, folder)
+    except OSError as e:
+        if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) \
+                or not (folder / RUN_CONFIG_FILE).is_file():
+            raise
+    fsync_folder(folder.parent)
+
+
+def remove_stale_staging(home: Path) -> None:
+    """Staging folders left by an installer that died (kill -9, power loss)."""
+    for path in home.glob(".staging-*-*"):
+        pid = path.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not process_exists(int(pid)):
+            remove_tree(path)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def check_staged_version(binary: Path, tag: str) -> None:
     """The unpacked binary must run and say it is `tag` before it is moved into place."""
     version = binary_version(binary)
@@ -1768,6 +1811,145 @@ def check_staged_version(binary: Path, tag: str) -> None:
 def remove_tree(path: Path) -> None:
     if path.is_symlink() or path.exists():
         shutil.rmtree(path, ignore_errors=True)
+
+
+# --- prefetch ---
+
+class Prefetch:
+    """Installs an accepted release in a thread while the old version keeps running.
+
+    Only the supervision loop calls its methods; the thread only runs
+    install_release and leaves its error (or None) behind for collect().
+    """
+
+    def __init__(self, home: Path, config: Config, token: Optional[str], log: Log,
+                 clock: Callable[[], float]) -> None:
+        self.home, self.config, self.token, self.log, self.clock = home, config, token, log, clock
+        self.tag, self.folder, self.staged = "", home, False
+        self.attempts, self.next_try, self.last_error = 0, 0.0, ""
+        self.thread: Optional[threading.Thread] = None
+        self.cancel = threading.Event()
+        self.error: Optional[str] = None
+        self.restore_state()
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.auto_install.enabled and self.config.auto_install.prefetch
+
+    def update(self, tag: str, current: RunConfig, current_folder: Path) -> None:
+        """After each admin answer: start, collect or retry the install of `tag`."""
+        if tag != self.tag:
+            self.abandon()
+            self.tag = tag
+        if not tag or not self.enabled:
+            return
+        if self.thread is not None:
+            if self.thread.is_alive():
+                return
+            self.collect()
+        try:
+            self.folder = folder_for_tag(self.home, tag, self.config.upgrade_folders)
+        except VisorError:
+            return  # the upgrade itself reports it, at the block
+        if self.staged or self.folder.exists() or self.folder == current_folder:
+            return
+        if self.clock() >= self.next_try:
+            self.start(current)
+
+    def start(self, current: RunConfig) -> None:
+        self.attempts += 1
+        self.cancel, self.error = threading.Event(), None
+        self.log.info("prefetching", tag=self.tag, folder=str(self.folder), attempt=self.attempts)
+        self.thread = threading.Thread(target=self.install, args=(self.folder, current),
+                                       name=f"prefetch-{self.tag}", daemon=True)
+        self.thread.start()
+        self.save_state("downloading")
+
+    def install(self, folder: Path, current: RunConfig) -> None:
+        """The thread: the same verified install as at the block, cancellable."""
+        try:
+            install_release(self.home, self.config, self.tag, folder, current, self.token,
+                            self.log, self.cancel)
+        except VisorError as e:
+            self.error = str(e)
+        except Exception as e:  # a bug must not kill the thread silently
+            self.error = f"unexpected {type(e).__name__}: {e}"
+
+    def collect(self) -> None:
+        """The finished thread's outcome: staged, or a failure to retry later."""
+        self.thread = None
+        if self.error is None:
+            self.staged = True
+            self.log.info("prefetched", tag=self.tag, folder=str(self.folder))
+            self.save_state("staged")
+            return
+        self.last_error = self.error
+        delay = restart_delay(self.attempts, self.config.auto_install.prefetch_retry_delay,
+                              PREFETCH_RETRY_MAX_SECONDS)
+        self.next_try = self.clock() + delay
+        level = "error" if self.attempts >= PREFETCH_ERROR_AFTER_ATTEMPTS else "warn"
+        self.log.emit(level, "prefetch failed", tag=self.tag, attempt=self.attempts,
+                      retry_in=delay, error=self.error)
+        self.save_state("failed")
+
+    def settle(self, tag: str, stopping: Callable[[], bool]) -> bool:
+        """At the upgrade block: let an install of `tag` under way finish.
+
+        True when this prefetch installed and checked the folder, so nothing is left
+        to verify; False when the upgrade must install or check it itself.
+        """
+        if tag != self.tag:
+            self.abandon()
+            return False
+        if self.thread is not None:
+            self.log.info("waiting for the prefetch to finish", tag=tag)
+            while self.thread.is_alive() and not stopping():
+                self.thread.join(STOP_POLL_SECONDS)
+            if self.thread.is_alive():
+                self.cancel.set()
+                self.thread.join()
+            self.collect()
+        return self.staged and (self.folder / RUN_CONFIG_FILE).is_file()
+
+    def close(self) -> None:
+        """Visor stops: an install under way is cancelled (its staging folder removed)."""
+        if self.thread is not None:
+            self.cancel.set()
+            self.thread.join()
+            self.thread = None
+
+    def abandon(self) -> None:
+        """The accepted tag changed: cancel its install, remove what it staged."""
+        self.close()
+        current = os.path.realpath(self.home / CURRENT_LINK)
+        if self.staged and self.tag and os.path.realpath(self.folder) != current:
+            self.log.info("removing abandoned prefetch", tag=self.tag, folder=str(self.folder))
+            remove_tree(self.folder)
+            self.save_state("abandoned")
+        self.tag, self.staged, self.attempts, self.next_try = "", False, 0, 0.0
+
+    def save_state(self, state: str) -> None:
+        record = {"tag": self.tag, "folder": str(self.folder), "state": state,
+                  "attempts": self.attempts, "lastError": self.last_error or None,
+                  "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        try:
+            write_file_atomically(self.home / PREFETCH_STATE_FILE, json.dumps(record) + "\n")
+        except OSError as e:
+            self.log.warn("prefetch state not saved", error=e.strerror)
+
+    def restore_state(self) -> None:
+        """A release this visor staged before a restart needs no second check."""
+        try:
+            record = json.loads((self.home / PREFETCH_STATE_FILE).read_text())
+            tag, folder, state = record["tag"], Path(record["folder"]), record["state"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        try:
+            expected = folder_for_tag(self.home, tag, self.config.upgrade_folders)
+        except (VisorError, TypeError):
+            return
+        if state == "staged" and folder == expected and (folder / RUN_CONFIG_FILE).is_file():
+            self.tag, self.folder, self.staged = tag, folder, True
 
 
 # --- supervisor ---
@@ -1815,6 +1997,7 @@ class Supervisor:
         self.home, self.config, self.log, self.inbox, self.clock = home, config, log, inbox, clock
         self.token = token
         self.rng = rng or random.Random()
+        self.prefetch = Prefetch(home, config, token, log, clock)
         self.phase = Phase.STARTING
 
     def enter(self, phase: Phase, **facts: Any) -> None:
@@ -1823,6 +2006,13 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervise until stopped (0) or until there is no way on (VisorError)."""
+        try:
+            return self.supervise()
+        finally:
+            self.prefetch.close()
+
+    def supervise(self) -> int:
+        remove_stale_staging(self.home)
         folder = current_folder(self.home, self.log)
         run_config = self.read_run_config(folder)
         core_args = run_config.vega.args
@@ -1834,7 +2024,7 @@ class Supervisor:
             children = self.start(folder, run_config, core_args, restarts)
             # 2. watch them and poll core's admin socket until something happens
             self.enter(Phase.RUNNING, version=run_config.name)
-            outcome = self.watch(children, run_config.rpc, retry_limit)
+            outcome = self.watch(children, folder, run_config, retry_limit)
             if isinstance(outcome, Ready):
                 # 3. upgrade: stop, install or find the folder, switch current
                 upgraded = self.upgrade(children, outcome.status, run_config)
@@ -1884,8 +2074,10 @@ class Supervisor:
             raise
         return children
 
-    def watch(self, children: Sequence[Child], rpc: RpcConfig, retry_limit: int) -> Any:
+    def watch(self, children: Sequence[Child], folder: Path, run_config: RunConfig,
+              retry_limit: int) -> Any:
         """Poll the admin socket and watch the children until one of the outcomes happens."""
+        rpc = run_config.rpc
         failures, tag, answered = 0, "", False
         next_poll = self.clock() + self.config.poll_interval
         while not self.inbox.stop_signal:
@@ -1910,6 +2102,7 @@ class Supervisor:
                     if status.tag != tag:
                         self.log_accepted(status, tag)
                         tag = status.tag
+                    self.prefetch.update(tag, run_config, folder)
                 interval = self.config.upgrade_poll_interval if tag else self.config.poll_interval
                 next_poll = self.clock() + interval
             self.inbox.wait(next_poll - self.clock())
@@ -1987,6 +2180,7 @@ class Supervisor:
         """
         self.enter(Phase.UPGRADING, tag=status.tag)
         self.log.info("ready to upgrade", tag=status.tag, height=status.height)
+        verified = self.prefetch.settle(status.tag, lambda: bool(self.inbox.stop_signal))
         self.pause(self.config.stop_delay)
         self.stop(children)
         if self.inbox.stop_signal:
@@ -1994,11 +2188,13 @@ class Supervisor:
         folder = folder_for_tag(self.home, status.tag, self.config.upgrade_folders)
         if not folder.exists():
             self.install_release(status.tag, folder, current)
+            verified = True
         if not (folder / RUN_CONFIG_FILE).is_file():
             raise VisorError(f"{folder} exists but has no {RUN_CONFIG_FILE}; finish preparing "
                              f"it for {status.tag} or remove it so it can be installed")
         run_config = self.read_run_config(folder)
-        self.check_versions(folder, run_config, status.tag)
+        if not verified:
+            self.check_versions(folder, run_config, status.tag)
         switch_current(self.home, folder)
         self.log.info("switched", current=str(folder), tag=status.tag)
         return folder, run_config
@@ -2066,8 +2262,10 @@ enabled = true
 repositoryOwner = "vegaprotocol"
 repository = "vega"
 githubApiUrl = "https://api.github.com"
-# Download, verify and stage an accepted release long before the upgrade block.
+# Download, verify and stage an accepted release long before the upgrade block;
+# a failed attempt is retried after this delay, doubling up to 10 minutes.
 prefetch = true
+prefetchRetryDelaySeconds = 30
 # Refuse an asset whose SHA-256 is not known (GitHub digest or [autoInstall.checksums]).
 requireChecksum = false
 
