@@ -85,11 +85,19 @@ PREFETCH_RETRY_MAX_SECONDS = 600.0
 # From this many failed prefetches on, each failure is an error: the block may be near
 # (UpgradeStatus says which block, not how far away it is).
 PREFETCH_ERROR_AFTER_ATTEMPTS = 3
-# What `status` reads to report the prefetch (written atomically by `run`).
+# State files in HOME, each written atomically by `run` and read by `status`:
+# the prefetch, the run (phase, restarts, children) and the upgrade journal.
 PREFETCH_STATE_FILE = ".prefetch.json"
+RUN_STATE_FILE = ".run-state.json"
+JOURNAL_FILE = ".upgrade-journal.json"
+JOURNAL_STEPS = ("ready", "stopped", "installed", "switched", "started", "done")
+# lastPollOk in the run state is refreshed this often, not on every 2 s poll.
+RUN_STATE_POLL_WRITE_SECONDS = 60.0
+# prctl(2) option: the signal a child gets when its parent dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
+# After SIGKILL a process is gone within milliseconds unless stuck in the kernel.
+LEFTOVER_KILL_WAIT_SECONDS = 5.0
 
-# GitHub answers within seconds; a minute without a byte is a dead connection.
-HTTP_TIMEOUT_SECONDS = 60.0
 # Release lists and asset lists are ~100 KB a page; a release object is smaller.
 MAX_API_RESPONSE_BYTES = 32 * 1024 * 1024
 # 100 pages of 100 releases is far beyond vega's history; past it, a server loops.
@@ -145,6 +153,7 @@ class AutoInstallConfig(NamedTuple):
     github_api_url: str
     prefetch: bool
     prefetch_retry_delay: float
+    http_timeout: float
     require_checksum: bool
     checksums: Dict[str, str]
     asset: AssetConfig
@@ -807,6 +816,7 @@ AUTO_INSTALL_KEYS = (
     Key("githubApiUrl", "github_api_url", _api_url, "https://api.github.com"),
     Key("prefetch", "prefetch", _flag, True),
     Key("prefetchRetryDelaySeconds", "prefetch_retry_delay", _positive_seconds, 30),
+    Key("httpTimeoutSeconds", "http_timeout", _positive_seconds, 60),
     Key("requireChecksum", "require_checksum", _flag, False),
 )
 ASSET_KEYS = (
@@ -1389,6 +1399,7 @@ class Child(NamedTuple):
     argv: Tuple[str, ...]
     popen: "subprocess.Popen[bytes]"
     started: float  # monotonic
+    start_time: Optional[int]  # /proc start time: tells the process from a reused pid
 
 
 def start_child(role: str, version: str, folder: Path, binary: Binary, args: Sequence[str],
@@ -1399,10 +1410,33 @@ def start_child(role: str, version: str, folder: Path, binary: Binary, args: Seq
     argv = (str(path),) + tuple(args)
     try:
         # Own session: a Ctrl-C meant for visor must not reach the node; visor stops it.
-        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
+                                 preexec_fn=die_with_parent())
     except OSError as e:
         raise VisorError(f"{role} binary {path} cannot be started: {e.strerror}") from None
-    return Child(role, version, path, argv, popen, clock())
+    return Child(role, version, path, argv, popen, clock(), process_start_time(popen.pid))
+
+
+def die_with_parent() -> Optional[Callable[[], None]]:
+    """A preexec_fn asking Linux to SIGTERM the child when visor dies (even by SIGKILL).
+
+    Built before the fork, so the child only makes one libc call. Elsewhere None: a
+    restarted visor still finds and stops the leftover children it recorded.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_parent_death_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # visor died before the call: nobody will signal us
+            os.kill(os.getpid(), signal.SIGKILL)
+    return set_parent_death_signal
 
 
 def stop_children(children: Sequence[Child], grace: float, inbox: SignalInbox, log: Log,
@@ -1533,7 +1567,7 @@ class GitHub:
     """The few GitHub REST calls a release install needs (SPEC 1.6), over urllib."""
 
     def __init__(self, api_url: str, owner: str, repository: str, token: Optional[str],
-                 timeout: float = HTTP_TIMEOUT_SECONDS) -> None:
+                 timeout: float) -> None:
         self.repo_url = f"{api_url.rstrip('/')}/repos/{owner}/{repository}"
         self.slug = f"{owner}/{repository}"
         self._token = token  # sent in a header that is never logged nor redirected
@@ -1729,7 +1763,8 @@ def install_release(home: Path, config: Config, tag: str, folder: Path, current:
                     cancel: Optional[threading.Event] = None) -> None:
     """Download, verify and unpack `tag` into `folder`, which appears only when complete."""
     auto = config.auto_install
-    github = GitHub(auto.github_api_url, auto.repository_owner, auto.repository, token)
+    github = GitHub(auto.github_api_url, auto.repository_owner, auto.repository, token,
+                    auto.http_timeout)
     staging = home / f".staging-{folder.name}-{os.getpid()}"
     remove_tree(staging)
     try:
@@ -1813,13 +1848,51 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-# --- prefetch ---
+# --- background installs ---
+
+class BackgroundInstall:
+    """install_release in a thread: polling goes on meanwhile and a stop can cancel it."""
+
+    def __init__(self, home: Path, config: Config, tag: str, folder: Path, current: RunConfig,
+                 token: Optional[str], log: Log) -> None:
+        self.tag, self.folder = tag, folder
+        self.cancel = threading.Event()
+        self.error: Optional[str] = None
+        self.thread = threading.Thread(target=self.install, name=f"install-{tag}", daemon=True,
+                                       args=(home, config, current, token, log))
+        self.thread.start()
+
+    def install(self, home: Path, config: Config, current: RunConfig, token: Optional[str],
+                log: Log) -> None:
+        try:
+            install_release(home, config, self.tag, self.folder, current, token, log,
+                            self.cancel)
+        except VisorError as e:
+            self.error = str(e)
+        except Exception as e:  # a bug must not end the thread without a word
+            self.error = f"unexpected {type(e).__name__}: {e}"
+
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def wait(self, stopping: Callable[[], bool]) -> Optional[str]:
+        """The outcome: None when installed, else why not (a stop cancels the install)."""
+        while self.thread.is_alive() and not stopping():
+            self.thread.join(STOP_POLL_SECONDS)
+        if self.thread.is_alive():
+            self.stop()
+        return self.error
+
+    def stop(self) -> None:
+        self.cancel.set()
+        self.thread.join()
+
 
 class Prefetch:
-    """Installs an accepted release in a thread while the old version keeps running.
+    """Installs an accepted release while the old version still runs (SPEC 2.4).
 
-    Only the supervision loop calls its methods; the thread only runs
-    install_release and leaves its error (or None) behind for collect().
+    Only the supervision loop calls it; the install itself runs in a BackgroundInstall.
     """
 
     def __init__(self, home: Path, config: Config, token: Optional[str], log: Log,
@@ -1827,9 +1900,7 @@ class Prefetch:
         self.home, self.config, self.token, self.log, self.clock = home, config, token, log, clock
         self.tag, self.folder, self.staged = "", home, False
         self.attempts, self.next_try, self.last_error = 0, 0.0, ""
-        self.thread: Optional[threading.Thread] = None
-        self.cancel = threading.Event()
-        self.error: Optional[str] = None
+        self.job: Optional[BackgroundInstall] = None
         self.restore_state()
 
     @property
@@ -1843,8 +1914,8 @@ class Prefetch:
             self.tag = tag
         if not tag or not self.enabled:
             return
-        if self.thread is not None:
-            if self.thread.is_alive():
+        if self.job is not None:
+            if self.job.running:
                 return
             self.collect()
         try:
@@ -1858,38 +1929,26 @@ class Prefetch:
 
     def start(self, current: RunConfig) -> None:
         self.attempts += 1
-        self.cancel, self.error = threading.Event(), None
         self.log.info("prefetching", tag=self.tag, folder=str(self.folder), attempt=self.attempts)
-        self.thread = threading.Thread(target=self.install, args=(self.folder, current),
-                                       name=f"prefetch-{self.tag}", daemon=True)
-        self.thread.start()
+        self.job = BackgroundInstall(self.home, self.config, self.tag, self.folder, current,
+                                     self.token, self.log)
         self.save_state("downloading")
 
-    def install(self, folder: Path, current: RunConfig) -> None:
-        """The thread: the same verified install as at the block, cancellable."""
-        try:
-            install_release(self.home, self.config, self.tag, folder, current, self.token,
-                            self.log, self.cancel)
-        except VisorError as e:
-            self.error = str(e)
-        except Exception as e:  # a bug must not kill the thread silently
-            self.error = f"unexpected {type(e).__name__}: {e}"
-
     def collect(self) -> None:
-        """The finished thread's outcome: staged, or a failure to retry later."""
-        self.thread = None
-        if self.error is None:
+        """The finished install's outcome: staged, or a failure to retry later."""
+        job, self.job = self.job, None
+        if job is not None and job.error is None:
             self.staged = True
             self.log.info("prefetched", tag=self.tag, folder=str(self.folder))
             self.save_state("staged")
             return
-        self.last_error = self.error
+        self.last_error = job.error if job is not None and job.error else "cancelled"
         delay = restart_delay(self.attempts, self.config.auto_install.prefetch_retry_delay,
                               PREFETCH_RETRY_MAX_SECONDS)
         self.next_try = self.clock() + delay
         level = "error" if self.attempts >= PREFETCH_ERROR_AFTER_ATTEMPTS else "warn"
         self.log.emit(level, "prefetch failed", tag=self.tag, attempt=self.attempts,
-                      retry_in=delay, error=self.error)
+                      retry_in=delay, error=self.last_error)
         self.save_state("failed")
 
     def settle(self, tag: str, stopping: Callable[[], bool]) -> bool:
@@ -1901,22 +1960,17 @@ class Prefetch:
         if tag != self.tag:
             self.abandon()
             return False
-        if self.thread is not None:
+        if self.job is not None:
             self.log.info("waiting for the prefetch to finish", tag=tag)
-            while self.thread.is_alive() and not stopping():
-                self.thread.join(STOP_POLL_SECONDS)
-            if self.thread.is_alive():
-                self.cancel.set()
-                self.thread.join()
+            self.job.wait(stopping)
             self.collect()
         return self.staged and (self.folder / RUN_CONFIG_FILE).is_file()
 
     def close(self) -> None:
         """Visor stops: an install under way is cancelled (its staging folder removed)."""
-        if self.thread is not None:
-            self.cancel.set()
-            self.thread.join()
-            self.thread = None
+        if self.job is not None:
+            self.job.stop()
+            self.job = None
 
     def abandon(self) -> None:
         """The accepted tag changed: cancel its install, remove what it staged."""
@@ -1931,7 +1985,7 @@ class Prefetch:
     def save_state(self, state: str) -> None:
         record = {"tag": self.tag, "folder": str(self.folder), "state": state,
                   "attempts": self.attempts, "lastError": self.last_error or None,
-                  "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                  "updated": utc_now()}
         try:
             write_file_atomically(self.home / PREFETCH_STATE_FILE, json.dumps(record) + "\n")
         except OSError as e:
@@ -1939,17 +1993,76 @@ class Prefetch:
 
     def restore_state(self) -> None:
         """A release this visor staged before a restart needs no second check."""
-        try:
-            record = json.loads((self.home / PREFETCH_STATE_FILE).read_text())
-            tag, folder, state = record["tag"], Path(record["folder"]), record["state"]
-        except (OSError, ValueError, KeyError, TypeError):
+        record = read_json_file(self.home / PREFETCH_STATE_FILE)
+        tag, folder = record.get("tag"), record.get("folder")
+        if record.get("state") != "staged" or not isinstance(tag, str) or not tag:
             return
         try:
             expected = folder_for_tag(self.home, tag, self.config.upgrade_folders)
-        except (VisorError, TypeError):
+        except VisorError:
             return
-        if state == "staged" and folder == expected and (folder / RUN_CONFIG_FILE).is_file():
-            self.tag, self.folder, self.staged = tag, folder, True
+        if folder == str(expected) and (expected / RUN_CONFIG_FILE).is_file():
+            self.tag, self.folder, self.staged = tag, expected, True
+
+
+# --- state files ---
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def read_json_file(path: Path) -> Dict[str, Any]:
+    """A state file's object; {} when it is missing or unreadable (state is advisory)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def read_journal(home: Path) -> Optional[Dict[str, Any]]:
+    """An upgrade that a previous run began and did not finish, if any."""
+    record = read_json_file(home / JOURNAL_FILE)
+    tag, height, step = record.get("tag"), record.get("height"), record.get("step")
+    if not isinstance(tag, str) or not tag or step not in JOURNAL_STEPS or step == "done" \
+            or isinstance(height, bool) or not isinstance(height, int) or height < 0:
+        return None
+    return record
+
+
+def process_start_time(pid: int) -> Optional[int]:
+    """Field 22 of /proc/<pid>/stat: with the pid, it names one process for good."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat_line.rsplit(")", 1)[1].split()[19])
+
+
+def is_same_process(pid: int, argv: Sequence[str], start_time: Optional[int]) -> bool:
+    """True when pid is still the process that was started as argv at start_time."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    except OSError:
+        return False
+    return [os.fsdecode(a) for a in cmdline] == list(argv) \
+        and process_start_time(pid) == start_time
+
+
+def stop_leftover(pid: int, grace: float, log: Log, clock: Callable[[], float]) -> None:
+    """Stop a process visor did not start in this life: SIGTERM, grace, SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, LEFTOVER_KILL_WAIT_SECONDS)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = clock() + wait
+        while process_start_time(pid) is not None and clock() < deadline:
+            time.sleep(STOP_POLL_SECONDS)
+        if process_start_time(pid) is None:
+            return
+    raise VisorError(f"process {pid} left by an earlier vegavisor survives SIGKILL; "
+                     f"stop it by hand before starting vegavisor again")
 
 
 # --- supervisor ---
@@ -1989,7 +2102,13 @@ class Ready(NamedTuple):
 
 
 class Supervisor:
-    """Runs the version HOME/current names, restarts it on crashes, upgrades it when ready."""
+    """Runs the version HOME/current names, restarts it on crashes, upgrades it when ready.
+
+    What it is doing is kept in HOME's state files: the children it started (so a
+    visor restarted after kill -9 stops them first) and the upgrade journal (so it
+    finishes an upgrade that was under way instead of running the old version past
+    the upgrade block).
+    """
 
     def __init__(self, home: Path, config: Config, log: Log, inbox: SignalInbox,
                  token: Optional[str], clock: Callable[[], float] = time.monotonic,
@@ -1999,10 +2118,16 @@ class Supervisor:
         self.rng = rng or random.Random()
         self.prefetch = Prefetch(home, config, token, log, clock)
         self.phase = Phase.STARTING
+        self.started = utc_now()
+        self.folder, self.version, self.children = home, "", []  # type: Path, str, List[Child]
+        self.restarts_total, self.accepted, self.last_poll_ok = 0, UpgradeStatus(False, "", 0), ""
+        self.last_state_write = -math.inf
+        self.journal: Dict[str, Any] = {}
 
     def enter(self, phase: Phase, **facts: Any) -> None:
         self.log.debug("phase", was=self.phase.value, now=phase.value, **facts)
         self.phase = phase
+        self.save_state()
 
     def run(self) -> int:
         """Supervise until stopped (0) or until there is no way on (VisorError)."""
@@ -2010,36 +2135,55 @@ class Supervisor:
             return self.supervise()
         finally:
             self.prefetch.close()
+            self.children = []
+            self.save_state()
 
     def supervise(self) -> int:
+        # 1. clear what an earlier visor killed with -9 may have left: children, staging
+        self.stop_leftovers()
         remove_stale_staging(self.home)
         folder = current_folder(self.home, self.log)
         run_config = self.read_run_config(folder)
         core_args = run_config.vega.args
+        # 2. an upgrade under way when that visor died is finished before anything runs
+        journal = read_journal(self.home)
+        if journal:
+            self.log.warn("resuming upgrade", tag=journal["tag"], height=journal["height"],
+                          step=journal["step"])
+            self.journal = journal
+            status = UpgradeStatus(True, journal["tag"], journal["height"])
+            upgraded = self.finish_upgrade(status, run_config, verified=False)
+            if upgraded is None:
+                return self.stopped()
+            folder, run_config = upgraded
+            core_args = with_snapshot_flag(run_config.vega.args, status.height)
         retry_limit = self.config.max_first_connection_retries
         restarts = 0
         while not self.inbox.stop_signal:
-            # 1. start every binary of the current version
+            # 3. start every binary of the current version
+            self.folder, self.version = folder, run_config.name
             self.enter(Phase.STARTING, version=run_config.name)
-            children = self.start(folder, run_config, core_args, restarts)
-            # 2. watch them and poll core's admin socket until something happens
+            self.children = self.start(folder, run_config, core_args, restarts)
+            if self.journal:
+                self.write_journal("started")
+            # 4. watch them and poll core's admin socket until something happens
             self.enter(Phase.RUNNING, version=run_config.name)
-            outcome = self.watch(children, folder, run_config, retry_limit)
+            outcome = self.watch(self.children, folder, run_config, retry_limit)
             if isinstance(outcome, Ready):
-                # 3. upgrade: stop, install or find the folder, switch current
-                upgraded = self.upgrade(children, outcome.status, run_config)
+                # 5. upgrade: stop, install or find the folder, switch current
+                upgraded = self.upgrade(self.children, outcome.status, run_config)
                 if upgraded is None:
                     break
                 folder, run_config = upgraded
                 core_args = with_snapshot_flag(run_config.vega.args, outcome.status.height)
                 retry_limit, restarts = self.config.max_first_connection_retries, 0
                 continue
-            self.stop(children)
+            self.stop(self.children)
             if isinstance(outcome, Stopped):
                 break
             if isinstance(outcome, Unreachable):
                 raise VisorError(self.describe_unreachable(run_config.rpc, outcome, retry_limit))
-            # 4. a crash: restart after a backoff, from the data node's history when there is one
+            # 6. a crash: restart after a backoff, from the data node's history when there is one
             restarts = self.count_crash(outcome, restarts)
             delay = restart_delay(restarts, self.config.restarts_delay,
                                   self.config.restarts_backoff_max)
@@ -2048,8 +2192,53 @@ class Supervisor:
             self.pause(delay)
             core_args = self.restart_args(folder, run_config)
             retry_limit = self.config.max_restart_connection_retries
+        return self.stopped()
+
+    def stopped(self) -> int:
         self.log.info("vegavisor stopped", signal=self.inbox.stop_signal)
         return EXIT_OK
+
+    def stopping(self) -> bool:
+        return bool(self.inbox.stop_signal)
+
+    def stop_leftovers(self) -> None:
+        """Children of an earlier visor that still run (it was killed) are stopped first."""
+        for child in read_json_file(self.home / RUN_STATE_FILE).get("children") or []:
+            try:
+                pid, argv, start_time = child["pid"], child["argv"], child["startTime"]
+            except (KeyError, TypeError):
+                continue
+            if isinstance(pid, int) and is_same_process(pid, argv, start_time):
+                self.log.warn("stopping a child left by an earlier vegavisor",
+                              role=child.get("role"), pid=pid)
+                stop_leftover(pid, self.config.stop_signal_timeout, self.log, self.clock)
+
+    def save_state(self, poll_only: bool = False) -> None:
+        """What `status` reads, and what a restarted visor needs to stop leftovers."""
+        now = self.clock()
+        if poll_only and now - self.last_state_write < RUN_STATE_POLL_WRITE_SECONDS:
+            return
+        self.last_state_write = now
+        children = [{"role": c.role, "pid": c.popen.pid, "argv": list(c.argv),
+                     "startTime": c.start_time} for c in self.children
+                    if c.popen.returncode is None]
+        record = {"pid": os.getpid(), "started": self.started, "phase": self.phase.value,
+                  "version": self.version, "folder": str(self.folder),
+                  "restarts": self.restarts_total, "lastPollOk": self.last_poll_ok or None,
+                  "acceptedTag": self.accepted.tag, "upgradeHeight": self.accepted.height,
+                  "children": children}
+        try:
+            write_file_atomically(self.home / RUN_STATE_FILE, json.dumps(record) + "\n")
+        except OSError as e:
+            self.log.warn("run state not saved", file=str(self.home / RUN_STATE_FILE),
+                          error=e.strerror)
+
+    def write_journal(self, step: str) -> None:
+        self.journal = dict(self.journal, step=step, updated=utc_now())
+        write_file_atomically(self.home / JOURNAL_FILE, json.dumps(self.journal) + "\n")
+        self.log.debug("journal", step=step, tag=self.journal.get("tag"))
+        if step == "done":
+            self.journal = {}
 
     def read_run_config(self, folder: Path) -> RunConfig:
         run_config, warnings = load_run_config(folder)
@@ -2078,7 +2267,7 @@ class Supervisor:
               retry_limit: int) -> Any:
         """Poll the admin socket and watch the children until one of the outcomes happens."""
         rpc = run_config.rpc
-        failures, tag, answered = 0, "", False
+        failures, answered = 0, False
         next_poll = self.clock() + self.config.poll_interval
         while not self.inbox.stop_signal:
             for child in children:
@@ -2099,14 +2288,25 @@ class Supervisor:
                     failures, answered = 0, True
                     if status.ready:
                         return Ready(status)
-                    if status.tag != tag:
-                        self.log_accepted(status, tag)
-                        tag = status.tag
-                    self.prefetch.update(tag, run_config, folder)
-                interval = self.config.upgrade_poll_interval if tag else self.config.poll_interval
+                    self.note_answer(status)
+                    self.prefetch.update(status.tag, run_config, folder)
+                interval = (self.config.upgrade_poll_interval if self.accepted.tag
+                            else self.config.poll_interval)
                 next_poll = self.clock() + interval
             self.inbox.wait(next_poll - self.clock())
         return Stopped(self.inbox.stop_signal)
+
+    def note_answer(self, status: UpgradeStatus) -> None:
+        """A good admin answer: the upgrade journal is done, the state file current."""
+        self.last_poll_ok = utc_now()
+        if self.journal.get("step") == "started":
+            self.write_journal("done")
+            self.log.info("upgrade complete", tag=self.version)
+        if status.tag != self.accepted.tag:
+            self.log_accepted(status, self.accepted.tag)
+            self.accepted = status
+            self.save_state()
+        self.save_state(poll_only=True)
 
     def log_poll_failure(self, rpc: RpcConfig, error: AdminError, failures: int, limit: int,
                          answered: bool) -> None:
@@ -2135,6 +2335,7 @@ class Supervisor:
         self.enter(Phase.STOPPING)
         stop_children(children, self.config.stop_signal_timeout, self.inbox, self.log,
                       self.clock)
+        self.save_state()
 
     def pause(self, seconds: float) -> None:
         """Wait, unless visor is asked to stop meanwhile."""
@@ -2152,6 +2353,7 @@ class Supervisor:
         if restarts > limit:
             raise VisorError(f"{child.role} {child.path} {status}; it was restarted {limit} "
                              f"times already (maxNumberOfRestarts = {limit}), giving up")
+        self.restarts_total += 1
         self.enter(Phase.RESTARTING, restart=restarts)
         return restarts
 
@@ -2175,20 +2377,33 @@ class Supervisor:
                 current: RunConfig) -> Optional[Tuple[Path, RunConfig]]:
         """Stop the node at the upgrade block and make the new version current.
 
-        None when visor was asked to stop meanwhile: the next run finds the node at
-        the upgrade block again and upgrades then.
+        None when visor was asked to stop meanwhile: the journal makes the next run
+        finish the upgrade before it starts anything.
         """
         self.enter(Phase.UPGRADING, tag=status.tag)
         self.log.info("ready to upgrade", tag=status.tag, height=status.height)
-        verified = self.prefetch.settle(status.tag, lambda: bool(self.inbox.stop_signal))
+        target = folder_for_tag(self.home, status.tag, self.config.upgrade_folders)
+        self.journal = {"tag": status.tag, "height": status.height, "from": self.folder.name,
+                        "to": target.name, "started": utc_now()}
+        self.write_journal("ready")
+        verified = self.prefetch.settle(status.tag, self.stopping)
         self.pause(self.config.stop_delay)
         self.stop(children)
+        self.write_journal("stopped")
         if self.inbox.stop_signal:
             return None
+        return self.finish_upgrade(status, current, verified)
+
+    def finish_upgrade(self, status: UpgradeStatus, current: RunConfig,
+                       verified: bool) -> Optional[Tuple[Path, RunConfig]]:
+        """With the node stopped: find or install the release, check it, switch current."""
+        self.enter(Phase.UPGRADING, tag=status.tag)
         folder = folder_for_tag(self.home, status.tag, self.config.upgrade_folders)
         if not folder.exists():
-            self.install_release(status.tag, folder, current)
+            if not self.install_at_block(status.tag, folder, current):
+                return None
             verified = True
+        self.write_journal("installed")
         if not (folder / RUN_CONFIG_FILE).is_file():
             raise VisorError(f"{folder} exists but has no {RUN_CONFIG_FILE}; finish preparing "
                              f"it for {status.tag} or remove it so it can be installed")
@@ -2196,17 +2411,34 @@ class Supervisor:
         if not verified:
             self.check_versions(folder, run_config, status.tag)
         switch_current(self.home, folder)
+        self.write_journal("switched")
         self.log.info("switched", current=str(folder), tag=status.tag)
         return folder, run_config
 
-    def install_release(self, tag: str, folder: Path, current: RunConfig) -> None:
+    def install_at_block(self, tag: str, folder: Path, current: RunConfig) -> bool:
+        """Install now, retrying as crash restarts do; False when visor is asked to stop."""
         if not self.config.auto_install.enabled:
             raise VisorError(
                 f"release {tag} is not installed: {folder} does not exist and [autoInstall] "
                 f"enabled = false; create it with the release's binaries and a "
                 f"{RUN_CONFIG_FILE}, or run `vegavisor prepare-upgrade --home {self.home} "
                 f"{tag}` with autoInstall on, then restart vegavisor")
-        install_release(self.home, self.config, tag, folder, current, self.token, self.log)
+        attempt = 0
+        while True:
+            attempt += 1
+            job = BackgroundInstall(self.home, self.config, tag, folder, current, self.token,
+                                    self.log)
+            error = job.wait(self.stopping)
+            if error is None or self.stopping():
+                return error is None
+            limit = self.config.max_restarts
+            if attempt > limit:
+                raise InstallError(error)
+            delay = restart_delay(attempt, self.config.restarts_delay,
+                                  self.config.restarts_backoff_max)
+            self.log.error("install failed", tag=tag, attempt=attempt, limit=limit,
+                           retry_in=delay, error=error)
+            self.pause(delay)
 
     def check_versions(self, folder: Path, run_config: RunConfig, tag: str) -> None:
         """Every binary of the new version must say it is `tag` before it may run."""
@@ -2266,6 +2498,8 @@ githubApiUrl = "https://api.github.com"
 # a failed attempt is retried after this delay, doubling up to 10 minutes.
 prefetch = true
 prefetchRetryDelaySeconds = 30
+# A GitHub request or download that sends nothing for this long has failed.
+httpTimeoutSeconds = 60
 # Refuse an asset whose SHA-256 is not known (GitHub digest or [autoInstall.checksums]).
 requireChecksum = false
 

@@ -78,7 +78,7 @@ def test_empty_config_takes_every_default():
         auto_install=vegavisor.AutoInstallConfig(
             enabled=True, repository_owner="vegaprotocol", repository="vega",
             github_api_url="https://api.github.com", prefetch=True,
-            prefetch_retry_delay=30.0, require_checksum=False,
+            prefetch_retry_delay=30.0, http_timeout=60.0, require_checksum=False,
             checksums={}, asset=vegavisor.AssetConfig("vega-{os}-{arch}.zip", "vega")),
         logging=vegavisor.LoggingConfig("text", "info"),
     )

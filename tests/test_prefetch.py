@@ -179,7 +179,7 @@ def test_repeated_failures_become_errors_and_wait_for_the_backoff(home, github, 
     prefetch, current, stream = make_prefetch(home, github, clock, prefetchRetryDelaySeconds=10)
     for attempt in (1, 2, 3):
         drive(prefetch, "v2", current, home, lambda: prefetch.attempts == attempt
-              and prefetch.thread is None and prefetch.last_error, f"attempt {attempt} failed")
+              and prefetch.job is None and prefetch.last_error, f"attempt {attempt} failed")
         requests = len(github.requests)
         prefetch.update("v2", current, home.path / "genesis")
         assert len(github.requests) == requests, "no retry before the backoff elapsed"
@@ -197,7 +197,7 @@ def test_an_operator_prepared_folder_is_left_alone(home, github):
     home.install_version("v2", "v2")
     prefetch, current, stream = make_prefetch(home, github, Clock())
     prefetch.update("v2", current, home.path / "genesis")
-    assert prefetch.thread is None and github.requests == []
+    assert prefetch.job is None and github.requests == []
     assert prefetch.settle("v2", lambda: False) is False, "its version is still checked"
     prefetch.update("v3", current, home.path / "genesis")
     assert (home.path / "v2").exists(), "not ours to remove"
