@@ -1137,8 +1137,11 @@ class Log:
         self, stream: TextIO, fmt: str = "text", level: str = "info",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.stream, self.fmt, self.clock = stream, fmt, clock
-        self.min_rank = LOG_LEVELS.index(level)
+        self.stream, self.clock = stream, clock
+        self.configure(LoggingConfig(fmt, level))
+
+    def configure(self, settings: LoggingConfig) -> None:
+        self.fmt, self.min_rank = settings.format, LOG_LEVELS.index(settings.level)
 
     def emit(self, level: str, msg: str, **facts: Any) -> None:
         if LOG_LEVELS.index(level) < self.min_rank:
@@ -1331,21 +1334,25 @@ def lock_home(home: Path) -> int:
     return fd
 
 
-def write_file_atomically(path: Path, text: str, mode: int = 0o644) -> None:
-    """Readers see the old file or the new one, never half of one, even after a crash."""
+def write_file_atomically(path: Path, text: str, mode: int = 0o644,
+                          durable: bool = True) -> None:
+    """Readers see the old file or the new one, never half of one; durable: even after
+    a power loss (fsync of the file and its folder)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(temporary, path)
     except BaseException:
         if temporary.exists():
             temporary.unlink()
         raise
-    fsync_folder(path.parent)
+    if durable:
+        fsync_folder(path.parent)
 
 
 # --- processes ---
@@ -1355,6 +1362,7 @@ class SignalInbox:
 
     def __init__(self) -> None:
         self.stop_signal = ""
+        self.reload_requested = False
         self._read, self._write = os.pipe()
         for fd in (self._read, self._write):
             os.set_blocking(fd, False)
@@ -1366,6 +1374,7 @@ class SignalInbox:
         self._previous_wakeup = signal.set_wakeup_fd(self._write)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._record_stop)
+        self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._record_reload)
         # A Python handler is needed for SIGCHLD to reach the wakeup fd at all.
         self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._ignore)
 
@@ -1387,6 +1396,9 @@ class SignalInbox:
 
     def _record_stop(self, signum: int, frame: Any) -> None:
         self.stop_signal = self.stop_signal or signal.Signals(signum).name
+
+    def _record_reload(self, signum: int, frame: Any) -> None:
+        self.reload_requested = True
 
     def _ignore(self, signum: int, frame: Any) -> None:
         pass
@@ -1440,7 +1452,7 @@ def die_with_parent() -> Optional[Callable[[], None]]:
 
 
 def stop_children(children: Sequence[Child], grace: float, inbox: SignalInbox, log: Log,
-                  clock: Callable[[], float]) -> None:
+                  clock: Callable[[], float], tick: Callable[[], None] = lambda: None) -> None:
     """SIGTERM, up to `grace` seconds to exit, then SIGKILL to whatever is left."""
     for child in children:
         if child.popen.poll() is None:
@@ -1450,6 +1462,7 @@ def stop_children(children: Sequence[Child], grace: float, inbox: SignalInbox, l
     deadline = clock() + grace
     while any(c.popen.poll() is None for c in children) and clock() < deadline:
         inbox.wait(min(STOP_POLL_SECONDS, deadline - clock()))
+        tick()
     for child in children:
         if child.popen.poll() is None:
             log.warn("killing", role=child.role, pid=child.popen.pid, version=child.version,
@@ -2065,6 +2078,78 @@ def stop_leftover(pid: int, grace: float, log: Log, clock: Callable[[], float]) 
                      f"stop it by hand before starting vegavisor again")
 
 
+# --- systemd and metrics ---
+
+class Notifier:
+    """sd_notify(3) over $NOTIFY_SOCKET, in plain socket code; silent without systemd."""
+
+    def __init__(self, env: Dict[str, str], clock: Callable[[], float]) -> None:
+        path = env.get("NOTIFY_SOCKET", "")
+        self.address = "\0" + path[1:] if path.startswith("@") else path
+        self.clock = clock
+        self.watchdog = watchdog_interval(env, os.getpid())
+        self.next_watchdog = clock()
+        self.sock: Optional[socket.socket] = None
+        if self.address:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+    def send(self, *fields: str) -> None:
+        if self.sock is None:
+            return
+        try:
+            self.sock.sendto("\n".join(fields).encode(), self.address)
+        except OSError:
+            pass  # systemd gone or restarting: supervision goes on without it
+
+    def tick(self) -> None:
+        """WATCHDOG=1 at half of WATCHDOG_USEC, as long as the loop calls this."""
+        if self.watchdog and self.clock() >= self.next_watchdog:
+            self.send("WATCHDOG=1")
+            self.next_watchdog = self.clock() + self.watchdog
+
+    def seconds_to_tick(self) -> float:
+        return self.next_watchdog - self.clock() if self.watchdog else math.inf
+
+
+def watchdog_interval(env: Dict[str, str], pid: int) -> Optional[float]:
+    """Half of systemd's WatchdogSec, when the watchdog is meant for this process."""
+    usec, for_pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (for_pid and for_pid != str(pid)):
+        return None
+    return int(usec) / 2e6
+
+
+def metric_labels(**labels: str) -> str:
+    """Prometheus label syntax: backslash, double quote and newline escaped."""
+    def escape(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in labels.items()) + "}"
+
+
+def format_metrics(facts: Dict[str, Any]) -> str:
+    """The node_exporter textfile-collector exposition of what visor knows."""
+    metrics = [
+        ("vegavisor_info", "gauge", "vegavisor and the node version it runs.",
+         metric_labels(vegavisor=__version__, version=facts["version"],
+                       phase=facts["phase"]), 1),
+        ("vegavisor_upgrades_completed_total", "counter",
+         "Upgrades completed since vegavisor started.", "", facts["upgrades"]),
+        ("vegavisor_restarts_total", "counter",
+         "Crash restarts since vegavisor started.", "", facts["restarts"]),
+        ("vegavisor_last_admin_poll_success_timestamp_seconds", "gauge",
+         "When core's admin socket last answered (Unix time).", "", facts["lastPoll"]),
+        ("vegavisor_accepted_upgrade_height", "gauge",
+         "Upgrade block of the accepted release (0: none).",
+         metric_labels(tag=facts["acceptedTag"]), facts["upgradeHeight"]),
+        ("vegavisor_prefetch_state", "gauge", "1 for the prefetch's state of the tag.",
+         metric_labels(tag=facts["prefetchTag"], state=facts["prefetchState"]), 1),
+    ]
+    lines = []
+    for name, kind, text, labels, value in metrics:
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name}{labels} {value}"]
+    return "\n".join(lines) + "\n"
+
+
 # --- supervisor ---
 
 class Phase(enum.Enum):
@@ -2111,23 +2196,32 @@ class Supervisor:
     """
 
     def __init__(self, home: Path, config: Config, log: Log, inbox: SignalInbox,
-                 token: Optional[str], clock: Callable[[], float] = time.monotonic,
+                 env: Dict[str, str], clock: Callable[[], float] = time.monotonic,
                  rng: Optional[random.Random] = None) -> None:
         self.home, self.config, self.log, self.inbox, self.clock = home, config, log, inbox, clock
+        token = env.get("GITHUB_TOKEN") or None
         self.token = token
+        self.notifier = Notifier(env, clock)
+        self.upgrades, self.told_ready = 0, False
         self.rng = rng or random.Random()
         self.prefetch = Prefetch(home, config, token, log, clock)
         self.phase = Phase.STARTING
         self.started = utc_now()
         self.folder, self.version, self.children = home, "", []  # type: Path, str, List[Child]
         self.restarts_total, self.accepted, self.last_poll_ok = 0, UpgradeStatus(False, "", 0), ""
+        self.last_poll_time = 0.0
         self.last_state_write = -math.inf
         self.journal: Dict[str, Any] = {}
 
     def enter(self, phase: Phase, **facts: Any) -> None:
         self.log.debug("phase", was=self.phase.value, now=phase.value, **facts)
         self.phase = phase
+        self.notifier.send(f"STATUS={self.version or 'no version yet'}: {phase.value}")
         self.save_state()
+
+    def tick(self) -> None:
+        """Called by every waiting loop: the watchdog sees a live supervision loop."""
+        self.notifier.tick()
 
     def run(self) -> int:
         """Supervise until stopped (0) or until there is no way on (VisorError)."""
@@ -2137,6 +2231,8 @@ class Supervisor:
             self.prefetch.close()
             self.children = []
             self.save_state()
+            if self.notifier.sock is not None:
+                self.notifier.sock.close()
 
     def supervise(self) -> int:
         # 1. clear what an earlier visor killed with -9 may have left: children, staging
@@ -2199,6 +2295,7 @@ class Supervisor:
         return EXIT_OK
 
     def stopping(self) -> bool:
+        self.tick()
         return bool(self.inbox.stop_signal)
 
     def stop_leftovers(self) -> None:
@@ -2216,6 +2313,7 @@ class Supervisor:
     def save_state(self, poll_only: bool = False) -> None:
         """What `status` reads, and what a restarted visor needs to stop leftovers."""
         now = self.clock()
+        self.write_metrics()
         if poll_only and now - self.last_state_write < RUN_STATE_POLL_WRITE_SECONDS:
             return
         self.last_state_write = now
@@ -2232,6 +2330,39 @@ class Supervisor:
         except OSError as e:
             self.log.warn("run state not saved", file=str(self.home / RUN_STATE_FILE),
                           error=e.strerror)
+
+    def write_metrics(self) -> None:
+        if not self.config.metrics_file:
+            return
+        prefetch = self.prefetch
+        state = ("downloading" if prefetch.job is not None else "staged" if prefetch.staged
+                 else "failed" if prefetch.last_error else "idle") if prefetch.tag else "idle"
+        text = format_metrics(dict(
+            version=self.version, phase=self.phase.value, upgrades=self.upgrades,
+            restarts=self.restarts_total, lastPoll=round(self.last_poll_time, 3),
+            acceptedTag=self.accepted.tag, upgradeHeight=self.accepted.height,
+            prefetchTag=prefetch.tag, prefetchState=state))
+        path = Path(self.config.metrics_file)
+        try:
+            write_file_atomically(path, text, durable=False)
+        except OSError as e:
+            self.log.warn("metrics file not written", file=str(path), error=e.strerror)
+
+    def reload(self) -> None:
+        """SIGHUP: a valid config.toml takes effect whole; an invalid one changes nothing."""
+        self.inbox.reload_requested = False
+        try:
+            config, warnings = load_config(self.home)
+        except VisorError as e:
+            self.log.error("config reload failed; keeping the old settings", error=str(e))
+            return
+        for warning in warnings:
+            self.log.warn("config warning", problem=warning)
+        changed = [f for f in Config._fields if getattr(config, f) != getattr(self.config, f)]
+        self.config = self.prefetch.config = config
+        self.log.configure(config.logging)
+        self.log.info("config reloaded", changed=",".join(changed) or "nothing")
+        self.save_state()
 
     def write_journal(self, step: str) -> None:
         self.journal = dict(self.journal, step=step, updated=utc_now())
@@ -2270,6 +2401,9 @@ class Supervisor:
         failures, answered = 0, False
         next_poll = self.clock() + self.config.poll_interval
         while not self.inbox.stop_signal:
+            self.tick()
+            if self.inbox.reload_requested:
+                self.reload()
             for child in children:
                 if child.popen.poll() is not None:
                     return Exited(child, self.clock() - child.started)
@@ -2293,14 +2427,18 @@ class Supervisor:
                 interval = (self.config.upgrade_poll_interval if self.accepted.tag
                             else self.config.poll_interval)
                 next_poll = self.clock() + interval
-            self.inbox.wait(next_poll - self.clock())
+            self.inbox.wait(min(next_poll - self.clock(), self.notifier.seconds_to_tick()))
         return Stopped(self.inbox.stop_signal)
 
     def note_answer(self, status: UpgradeStatus) -> None:
         """A good admin answer: the upgrade journal is done, the state file current."""
-        self.last_poll_ok = utc_now()
+        self.last_poll_ok, self.last_poll_time = utc_now(), time.time()
+        if not self.told_ready:
+            self.notifier.send("READY=1", f"STATUS={self.version}: running")
+            self.told_ready = True
         if self.journal.get("step") == "started":
             self.write_journal("done")
+            self.upgrades += 1
             self.log.info("upgrade complete", tag=self.version)
         if status.tag != self.accepted.tag:
             self.log_accepted(status, self.accepted.tag)
@@ -2332,16 +2470,19 @@ class Supervisor:
                 f"row ({key} = {limit}); last error: {outcome.error}")
 
     def stop(self, children: Sequence[Child]) -> None:
+        if self.inbox.stop_signal:
+            self.notifier.send("STOPPING=1")
         self.enter(Phase.STOPPING)
         stop_children(children, self.config.stop_signal_timeout, self.inbox, self.log,
-                      self.clock)
+                      self.clock, self.tick)
         self.save_state()
 
     def pause(self, seconds: float) -> None:
         """Wait, unless visor is asked to stop meanwhile."""
         deadline = self.clock() + seconds
         while not self.inbox.stop_signal and self.clock() < deadline:
-            self.inbox.wait(deadline - self.clock())
+            self.tick()
+            self.inbox.wait(min(deadline - self.clock(), self.notifier.seconds_to_tick()))
 
     def count_crash(self, outcome: Exited, restarts: int) -> int:
         child = outcome.child
@@ -2579,7 +2720,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("vegavisor starting", version=__version__, home=str(home), pid=os.getpid(),
              python=platform.python_version())
     try:
-        return Supervisor(home, config, log, inbox, os.environ.get("GITHUB_TOKEN")).run()
+        return Supervisor(home, config, log, inbox, dict(os.environ)).run()
     except VisorError as e:
         log.error("giving up", reason=str(e))
         return e.exit_code

@@ -37,15 +37,18 @@ FAST_CONFIG = {
 }
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    """Poll `condition` until it is truthy; fail naming `what` at the deadline."""
+def wait_for(condition: Callable[[], object], timeout: float,
+             what: "str | Callable[[], str]") -> object:
+    """Poll `condition` until it is truthy; fail naming `what` (a callable: described
+    at the deadline) then."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout}s waiting for {described}")
         time.sleep(0.02)
 
 
@@ -152,7 +155,7 @@ class Visor:
 
     def wait_log(self, pattern: str, timeout: float = 15) -> re.Match:
         return wait_for(lambda: re.search(pattern, self.log()), timeout,
-                        f"log line {pattern!r}; log so far:\n{self.log()}")
+                        lambda: f"log line {pattern!r}; log so far:\n{self.log()}")
 
     def wait_exit(self, timeout: float = 20) -> int:
         try:
