@@ -1298,8 +1298,8 @@ def switch_current(home: Path, folder: Path) -> None:
     fsync_folder(home)
 
 
-def current_folder(home: Path, log: Log) -> Path:
-    """The folder HOME/current points at; a missing or broken link points at genesis."""
+def usable_current(home: Path) -> Path:
+    """The folder HOME/current points at, or genesis when the link is missing or broken."""
     link = home / CURRENT_LINK
     if link.exists() and not link.is_symlink():
         raise VisorError(f"{link} is a real folder, not a link; move it aside (vegavisor "
@@ -1310,10 +1310,23 @@ def current_folder(home: Path, log: Log) -> Path:
     if not (genesis / RUN_CONFIG_FILE).is_file():
         raise ConfigError(f"{genesis / RUN_CONFIG_FILE} does not exist and {link} names no "
                           f"usable folder; create it with `vegavisor init --home {home}`")
-    log.info("current points at genesis", link=str(link), was=os.readlink(link)
-             if link.is_symlink() else "missing")
-    switch_current(home, genesis)
     return genesis
+
+
+def current_folder(home: Path, log: Log) -> Path:
+    """usable_current(), with a missing or broken link pointed back at genesis (SPEC 1.1)."""
+    folder = usable_current(home)
+    link = home / CURRENT_LINK
+    if not (link / RUN_CONFIG_FILE).is_file():
+        log.info("current points at genesis", link=str(link),
+                 was=os.readlink(link) if link.is_symlink() else "missing")
+        switch_current(home, folder)
+    return folder
+
+
+def incomplete_folder(folder: Path, tag: str) -> VisorError:
+    return VisorError(f"{folder} exists but has no {RUN_CONFIG_FILE}; finish preparing it for "
+                      f"{tag} or remove it so it can be installed")
 
 
 def lock_home(home: Path) -> int:
@@ -2546,8 +2559,7 @@ class Supervisor:
             verified = True
         self.write_journal("installed")
         if not (folder / RUN_CONFIG_FILE).is_file():
-            raise VisorError(f"{folder} exists but has no {RUN_CONFIG_FILE}; finish preparing "
-                             f"it for {status.tag} or remove it so it can be installed")
+            raise incomplete_folder(folder, status.tag)
         run_config = self.read_run_config(folder)
         if not verified:
             self.check_versions(folder, run_config, status.tag)
@@ -2708,12 +2720,18 @@ def cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def open_home(args: argparse.Namespace) -> Tuple[Path, Config, Log]:
+    """The home, its config, and a log set up as the config says (warnings logged)."""
     home = resolve_home(args)
     config, warnings = load_config(home)
     log = Log(sys.stderr, config.logging.format, config.logging.level)
     for warning in warnings:
         log.warn("config warning", problem=warning)
+    return home, config, log
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    home, config, log = open_home(args)
     lock = lock_home(home)
     inbox = SignalInbox()
     inbox.install()
@@ -2730,19 +2748,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare_upgrade(args: argparse.Namespace) -> int:
-    home = resolve_home(args)
-    config, warnings = load_config(home)
-    log = Log(sys.stderr, config.logging.format, config.logging.level)
-    for warning in warnings:
-        log.warn("config warning", problem=warning)
+    home, config, log = open_home(args)
     folder = folder_for_tag(home, args.tag, config.upgrade_folders)
     if (folder / RUN_CONFIG_FILE).is_file():
         print(f"{args.tag} is already installed in {folder}")
         return EXIT_OK
     if folder.exists():
-        raise VisorError(f"{folder} exists but has no {RUN_CONFIG_FILE}; finish preparing it "
-                         f"for {args.tag} or remove it so it can be installed")
-    current, _ = load_run_config(current_folder(home, log))
+        raise incomplete_folder(folder, args.tag)
+    current, _ = load_run_config(usable_current(home))
     install_release(home, config, args.tag, folder, current, os.environ.get("GITHUB_TOKEN"),
                     log)
     print(f"installed {args.tag} in {folder}")
