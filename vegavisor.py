@@ -1646,13 +1646,15 @@ class GitHub:
     def get_pages(self, url: str) -> List[Any]:
         """Every item of a paginated list, following Link rel="next"."""
         items: List[Any] = []
+        next_url: Optional[str] = url
         for _ in range(MAX_PAGES):
-            page, url = self.get_json(url)
+            page, next_url = self.get_json(url)
             if not isinstance(page, list):
-                raise InstallError(f"{redact_url(url or '')} did not answer a list")
+                raise InstallError(f"{redact_url(url)} did not answer a list")
             items += page
-            if not url:
+            if not next_url:
                 return items
+            url = next_url
         raise InstallError(f"{self.slug} has more than {MAX_PAGES} pages of results")
 
     def find_release(self, tag: str) -> Release:
@@ -1814,6 +1816,8 @@ def install_release(home: Path, config: Config, tag: str, folder: Path, current:
                                                                   auto.asset.binary_name))
         check_staged_version(staging / "release" / auto.asset.binary_name, tag)
         log.info("version checked", tag=tag, binary=auto.asset.binary_name, version=tag)
+        for path, _, _ in os.walk(staging / "release"):
+            fsync_folder(Path(path))  # the files are synced; their names must be too
         move_into_place(staging / "release", folder)
         log.info("installed", tag=tag, folder=str(folder))
     except VisorError as e:
