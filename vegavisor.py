@@ -93,6 +93,8 @@ JOURNAL_FILE = ".upgrade-journal.json"
 JOURNAL_STEPS = ("ready", "stopped", "installed", "switched", "started", "done")
 # lastPollOk in the run state is refreshed this often, not on every 2 s poll.
 RUN_STATE_POLL_WRITE_SECONDS = 60.0
+# `status` holds a shared flock on the run lock for microseconds; this outlasts it.
+LOCK_RETRY_SECONDS = 0.2
 # prctl(2) option: the signal a child gets when its parent dies (linux/prctl.h).
 PR_SET_PDEATHSIG = 1
 # After SIGKILL a process is gone within milliseconds unless stuck in the kernel.
@@ -772,8 +774,9 @@ def _asset_template(value: Any) -> str:
 
 
 def _folder_name(value: Any) -> str:
-    if not is_plain_name(_text(value)):
-        raise ValueError("expected a folder name inside HOME (no '/', not '.' or '..')")
+    if not is_plain_name(_text(value)) or value == CURRENT_LINK:
+        raise ValueError("expected a folder name inside HOME (no '/', not '.', '..' or "
+                         "'current')")
     return value
 
 
@@ -956,6 +959,10 @@ def parse_run_config(doc: dict, path: Path) -> Tuple[RunConfig, List[str]]:
         + unknown_key_warnings(vega, ["binary", "rpc"], "vega.", path)
         + unknown_key_warnings(rpc, [k.name for k in RPC_KEYS], "vega.rpc.", path)
         + unknown_key_warnings(data_node, ["binary"], "data_node.", path)
+        + unknown_key_warnings(_table(vega, "binary", "vega.", path),
+                               [k.name for k in BINARY_KEYS], "vega.binary.", path)
+        + unknown_key_warnings(_table(data_node, "binary", "data_node.", path),
+                               [k.name for k in BINARY_KEYS], "data_node.binary.", path)
     )
     run_config = RunConfig(
         **_read_keys(doc, RUN_CONFIG_KEYS, "", path),
@@ -1095,6 +1102,18 @@ def _read_status(result: Any) -> UpgradeStatus:
             or height < 0:
         raise AdminError(f"AcceptedReleaseInfo is not a release: {json.dumps(info)[:200]}")
     return UpgradeStatus(result["ReadyToUpgrade"], tag, height)
+
+
+def version_in_output(output: str) -> Optional[str]:
+    """The "version" of the first JSON line of `version --output json` that has one."""
+    for line in output.splitlines():
+        try:
+            version = json.loads(line).get("version")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(version, str):
+            return version
+    return None
 
 
 def parse_latest_segment(output: str) -> Optional[int]:
@@ -1254,14 +1273,11 @@ def binary_version(path: Path) -> str:
     """What `<binary> version --output json` says its version is (SPEC 1.5)."""
     make_runnable(path)
     output = query_binary([str(path), "version", "--output", "json"])
-    for line in output.splitlines():
-        try:
-            version = json.loads(line).get("version")
-        except (ValueError, AttributeError):
-            continue
-        if isinstance(version, str):
-            return version
-    raise VisorError(f"`{path} version --output json` printed no version: {output[:200]!r}")
+    version = version_in_output(output)
+    if version is None:
+        raise VisorError(f"`{path} version --output json` printed no version: "
+                         f"{output[:200]!r}")
+    return version
 
 
 def latest_history_segment(folder: Path, data_node: Binary) -> Optional[int]:
@@ -1334,7 +1350,12 @@ def lock_home(home: Path) -> int:
     path = home / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # `status` tests the lock with a brief shared flock: look again once.
+            time.sleep(LOCK_RETRY_SECONDS)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
         os.close(fd)
@@ -2070,12 +2091,17 @@ def process_start_time(pid: int) -> Optional[int]:
 
 
 def is_same_process(pid: int, argv: Sequence[str], start_time: Optional[int]) -> bool:
-    """True when pid is still the process that was started as argv at start_time."""
+    """True when pid is still the process that was started as argv at start_time.
+
+    A script binary shows its interpreter first (`python3 /path/vega node ...`), so
+    the recorded argv must end the command line, not necessarily be all of it.
+    """
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
     except OSError:
         return False
-    return [os.fsdecode(a) for a in cmdline] == list(argv) \
+    shown = [os.fsdecode(a) for a in cmdline]
+    return bool(argv) and shown[-len(argv):] == list(argv) \
         and process_start_time(pid) == start_time
 
 
@@ -2611,6 +2637,733 @@ class Supervisor:
             self.log.info("version checked", role=role, binary=str(path), version=version)
 
 
+# --- status and validate ---
+# Both commands only read. No file in HOME is written, `current` is never switched
+# (SPEC 1.1 leaves that to `run`), no binary is chmod-ed, and the run lock is only
+# tested: a shared non-blocking flock on a read-only descriptor, released at once.
+
+# Core's and the data node's own config files, under the --home of their args.
+CORE_CONFIG_PATH = ("config", "node", "config.toml")
+DATA_NODE_CONFIG_PATH = ("config", "data-node", "config.toml")
+# A folder named like a release tag (v0.74.0, v0.74.0-preview.2) is where an upgrade
+# to that tag looks (SPEC 1.2), so it must hold exactly that release.
+TAG_FOLDER_RE = re.compile(r"v[0-9][0-9A-Za-z.+_-]*")
+
+
+class Finding(NamedTuple):
+    """One line of `validate`: a problem makes it fail, a note does not."""
+
+    level: str  # "problem" or "note"
+    text: str  # names the file and the key, and says what to do
+
+
+def _problem(text: str) -> Finding:
+    return Finding("problem", text)
+
+
+def _note(text: str) -> Finding:
+    return Finding("note", text)
+
+
+def _attempt(found: List[Finding], default: Any, read: Callable[..., Any], *args: Any) -> Any:
+    """read(*args); a VisorError it raises becomes a problem, and `default` is returned."""
+    try:
+        return read(*args)
+    except VisorError as e:
+        found.append(_problem(str(e)))
+        return default
+
+
+def _check_keys(found: List[Finding], table: dict, keys: Sequence[Key], where: str,
+                path: Path) -> Optional[Dict[str, Any]]:
+    """_read_keys one key at a time, so every bad key is reported; None when one is bad."""
+    values: Dict[str, Any] = {}
+    for key in keys:
+        values.update(_attempt(found, {}, _read_keys, table, [key], where, path))
+    return values if len(values) == len(keys) else None
+
+
+def _check_map(found: List[Finding], table: dict, check: Callable[[Any], str], where: str,
+               path: Path) -> Dict[str, str]:
+    """The good entries of a name -> value table; each bad one is a problem."""
+    values: Dict[str, str] = {}
+    for name, value in table.items():
+        values.update(_attempt(found, {}, _read_map, {name: value}, check, where, path))
+    return values
+
+
+def _unknown_keys(found: List[Finding], tables: Sequence[Tuple[dict, List[str], str]],
+                  path: Path) -> None:
+    for table, known, where in tables:
+        found.extend(_problem(w) for w in unknown_key_warnings(table, known, where, path))
+
+
+def _cross_check(found: List[Finding], parse: Callable[[dict, Path], Tuple[Any, List[str]]],
+                 doc: dict, path: Path) -> None:
+    """Add what the real parser says and the key-by-key walk missed (a key added since)."""
+    seen = {finding.text for finding in found}
+    try:
+        _, warnings = parse(doc, path)
+    except ConfigError as e:
+        warnings = [str(e)]
+    found.extend(_problem(w) for w in warnings if w not in seen)
+
+
+def check_config(doc: dict, path: Path) -> List[Finding]:
+    """Every bad or unknown key of a parsed config.toml (parse_config stops at the first)."""
+    found: List[Finding] = []
+    auto = _attempt(found, {}, _table, doc, "autoInstall", "", path)
+    _attempt(found, None, _reject_old_assets_format, auto, path)
+    asset = _attempt(found, {}, _table, auto, "asset", "autoInstall.", path)
+    checksums = _attempt(found, {}, _table, auto, "checksums", "autoInstall.", path)
+    logging_table = _attempt(found, {}, _table, doc, "logging", "", path)
+    folders = _attempt(found, {}, _table, doc, "upgradeFolders", "", path)
+    _unknown_keys(found, [
+        (doc, [k.name for k in CONFIG_KEYS] + ["upgradeFolders", "autoInstall", "logging"], ""),
+        # "assets" has its own problem above: the old format, with its replacement
+        (auto, [k.name for k in AUTO_INSTALL_KEYS] + ["asset", "checksums", "assets"],
+         "autoInstall."),
+        (asset, [k.name for k in ASSET_KEYS], "autoInstall.asset."),
+        (logging_table, [k.name for k in LOGGING_KEYS], "logging."),
+    ], path)
+    _check_keys(found, doc, CONFIG_KEYS, "", path)
+    _check_keys(found, auto, AUTO_INSTALL_KEYS, "autoInstall.", path)
+    _check_keys(found, asset, ASSET_KEYS, "autoInstall.asset.", path)
+    _check_keys(found, logging_table, LOGGING_KEYS, "logging.", path)
+    _check_map(found, checksums, _checksum, "autoInstall.checksums.", path)
+    for tag, name in _check_map(found, folders, _folder_name, "upgradeFolders.", path).items():
+        if name == CURRENT_LINK:
+            found.append(_problem(f"{path}: upgradeFolders.{tag}: {CURRENT_LINK!r} is the link to "
+                                  f"the version in use, not a release folder; choose another name"))
+    _cross_check(found, parse_config, doc, path)
+    return found
+
+
+class RunConfigParts(NamedTuple):
+    """What could be read of a run-config.toml: None where its keys are bad or missing."""
+
+    name: Optional[str]
+    vega: Optional[Binary]
+    rpc: Optional[RpcConfig]
+    data_node: Optional[Binary]
+
+
+def check_run_config(doc: dict, path: Path) -> Tuple[RunConfigParts, List[Finding]]:
+    """Every bad or unknown key of a parsed run-config.toml, and the parts that are good."""
+    found: List[Finding] = []
+    name = (_check_keys(found, doc, RUN_CONFIG_KEYS, "", path) or {}).get("name")
+    vega = _attempt(found, {}, _table, doc, "vega", "", path)
+    rpc_table = _attempt(found, {}, _table, vega, "rpc", "vega.", path)
+    data_node = _attempt(found, {}, _table, doc, "data_node", "", path)
+    if "vega" not in doc:
+        found.append(_problem(f"{path}: vega is missing: it says how to run core"))
+    elif isinstance(doc["vega"], dict) and "rpc" not in vega:
+        found.append(_problem(f"{path}: vega.rpc is missing: it names core's admin socket"))
+    _unknown_keys(found, [
+        (doc, ["name", "vega", "data_node"], ""),
+        (vega, ["binary", "rpc"], "vega."),
+        (rpc_table, [k.name for k in RPC_KEYS], "vega.rpc."),
+        (data_node, ["binary"], "data_node."),
+    ], path)
+    rpc = (_check_keys(found, rpc_table, RPC_KEYS, "vega.rpc.", path)
+           if isinstance(vega.get("rpc"), dict) else None)
+    parts = RunConfigParts(
+        name,
+        _check_binary_keys(found, vega, "vega.", path) if isinstance(doc.get("vega"), dict)
+        else None,
+        RpcConfig(**rpc) if rpc else None,
+        _check_binary_keys(found, data_node, "data_node.", path) if "data_node" in doc
+        else None,
+    )
+    _cross_check(found, parse_run_config, doc, path)
+    return parts, found
+
+
+def _check_binary_keys(found: List[Finding], parent: dict, where: str,
+                       path: Path) -> Optional[Binary]:
+    if "binary" not in parent:
+        found.append(_problem(f"{path}: {where}binary is missing"))
+        return None
+    table = _attempt(found, None, _table, parent, "binary", where, path)
+    if table is None:
+        return None
+    _unknown_keys(found, [(table, [k.name for k in BINARY_KEYS], where + "binary.")], path)
+    values = _check_keys(found, table, BINARY_KEYS, where + "binary.", path)
+    return Binary(**values) if values else None
+
+
+def query_version(path: Path, timeout: float) -> str:
+    """What `<binary> version --output json` says, without make_runnable's chmod."""
+    output = query_binary([str(path), "version", "--output", "json"], timeout)
+    version = version_in_output(output)
+    if version is None:
+        raise VisorError(f"`{path} version --output json` printed no version: {output[:200]!r}")
+    return version
+
+
+def check_binary(where: str, path: Path, timeout: float) -> Tuple[Optional[str], List[Finding]]:
+    """The version a binary reports, and what keeps it from running; changes nothing."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None, [_problem(f"{where}: {path} does not exist; put the release's binary "
+                               f"there or fix the path")]
+    except OSError as e:
+        return None, [_problem(f"{where}: {path} cannot be examined: {e.strerror}")]
+    if not stat.S_ISREG(mode):
+        return None, [_problem(f"{where}: {path} is not a regular file; vegavisor only starts "
+                               f"regular files")]
+    if not os.access(path, os.R_OK):
+        return None, [_problem(f"{where}: {path} is not readable; vegavisor cannot add its exec "
+                               f"bits: chmod a+r {shlex.quote(str(path))}")]
+    if not os.access(path, os.X_OK):
+        return None, [_note(f"{where}: {path} is not executable: vegavisor adds the exec bits "
+                            f"when it starts it; its version was not checked")]
+    try:
+        return query_version(path, timeout), []
+    except VisorError as e:
+        return None, [_problem(f"{where}: {e}")]
+
+
+def check_release_version(where: str, path: Path, version: str, name: Optional[str],
+                          tag: Optional[str]) -> List[Finding]:
+    """A folder for release `tag` holds that release, and its run-config's name says so."""
+    if tag is None:
+        return []
+    if version != tag:
+        return [_problem(f"{where}: the binary reports version {version}, but this folder is "
+                         f"for release {tag}: an upgrade to {tag} refuses it; put the {tag} "
+                         f"binary there")]
+    if name is not None and name != version:
+        return [_problem(f"{path}: name = {json.dumps(name)}, but the binary reports {version}; "
+                         f"set name = {json.dumps(version)}")]
+    return []
+
+
+def _lookup(doc: Any, *keys: str) -> Any:
+    """doc[k1][k2]..., matching each key exactly or else case-insensitively (as Go does)."""
+    for key in keys:
+        if not isinstance(doc, dict):
+            return None
+        if key not in doc:
+            key = next((k for k in doc if k.lower() == key.lower()), key)
+        doc = doc.get(key)
+    return doc
+
+
+def _read_node_config(path: Path, what: str) -> Tuple[Optional[dict], List[Finding]]:
+    """A config file of core or the data node; a note when it cannot be read."""
+    try:
+        return read_toml_file(path), []
+    except ConfigError as e:
+        return None, [_note(f"{what} not checked: {e}")]
+
+
+def check_core_admin_config(path: Path, args: Sequence[str], rpc: RpcConfig) -> List[Finding]:
+    """vega.rpc must name the socket core serves: [Admin.Server] of core's own config."""
+    core_home = flag_value(args, "--home")
+    if not core_home:
+        return []
+    config_path = Path(core_home).joinpath(*CORE_CONFIG_PATH)
+    doc, found = _read_node_config(config_path, f"{path}: vega.rpc against core's config")
+    if doc is None:
+        return found
+    for ours, key, theirs_key in ((rpc.socket_path, "socketPath", "SocketPath"),
+                                  (rpc.http_path, "httpPath", "HTTPPath")):
+        theirs = _lookup(doc, "Admin", "Server", theirs_key)
+        if theirs is None:
+            found.append(_note(f"{config_path}: [Admin.Server] {theirs_key} is not set; "
+                               f"{path}: vega.rpc.{key} not checked"))
+        elif theirs != ours:
+            found.append(_problem(
+                f"{path}: vega.rpc.{key} = {json.dumps(ours)}, but core's {config_path} has "
+                f"[Admin.Server] {theirs_key} = {json.dumps(theirs)}: vegavisor would never "
+                f"reach core; make them the same"))
+    return found
+
+
+def check_data_node_store(path: Path, args: Sequence[str]) -> List[Finding]:
+    """Embedded Postgres does not survive an upgrade under Visor (SPEC 1.6)."""
+    data_node_home = flag_value(args, "--home")
+    if not data_node_home:
+        return []
+    config_path = Path(data_node_home).joinpath(*DATA_NODE_CONFIG_PATH)
+    doc, found = _read_node_config(config_path, f"{path}: data_node's SQLStore.UseEmbedded")
+    if doc is not None and _lookup(doc, "SQLStore", "UseEmbedded") is True:
+        found.append(_problem(
+            f"{config_path}: [SQLStore] UseEmbedded = true: embedded Postgres is not supported "
+            f"under Visor: the upgrade fails; run Postgres yourself and set UseEmbedded = false"))
+    return found
+
+
+def check_folder(folder: Path, tag: Optional[str], timeout: float) -> List[Finding]:
+    """One version folder: its run-config, its binaries, and core's and the data node's config."""
+    path = folder / RUN_CONFIG_FILE
+    found: List[Finding] = []
+    doc = _attempt(found, None, read_toml_file, path)
+    if doc is None:
+        return found
+    parts, found = check_run_config(doc, path)
+    queried: Dict[Path, Optional[str]] = {}
+    for key, binary in (("vega.binary.path", parts.vega), ("data_node.binary.path",
+                                                          parts.data_node)):
+        if binary is None:
+            continue
+        binary_path = resolve_binary(folder, binary)
+        if binary_path in queried:  # core and data node are usually the same binary
+            continue
+        where = f"{path}: {key}"
+        version, problems = check_binary(where, binary_path, timeout)
+        queried[binary_path] = version
+        found += problems
+        if version is not None:
+            found += check_release_version(where, path, version, parts.name, tag)
+    if parts.vega is not None and parts.rpc is not None:
+        found += check_core_admin_config(path, parts.vega.args, parts.rpc)
+    if parts.data_node is not None:
+        found += check_data_node_store(path, parts.data_node.args)
+    return found
+
+
+def current_problem(home: Path) -> Optional[str]:
+    """What is wrong with HOME/current, saying what `run` will do about it; None if nothing."""
+    link = home / CURRENT_LINK
+    genesis = home / GENESIS_FOLDER / RUN_CONFIG_FILE
+    fallback = ("`vegavisor run` will point it at genesis" if genesis.is_file() else
+                f"{genesis} does not exist either, so `vegavisor run` cannot start")
+    if link.is_symlink():
+        target = os.readlink(link)
+        if not link.exists():
+            return (f"{link} is dangling: it points at {target}, which does not exist; "
+                    f"{fallback} (ln -sfn FOLDER {link} to run another version)")
+        if not (link / RUN_CONFIG_FILE).is_file():
+            return f"{link} points at {target}, which has no {RUN_CONFIG_FILE}; {fallback}"
+        return None
+    if link.exists():
+        return (f"{link} is a real folder, not a link: `vegavisor run` refuses to start; move it "
+                f"aside and link {link} to the version to run")
+    return f"{link} does not exist; {fallback}"
+
+
+def home_folders(home: Path) -> List[Path]:
+    """HOME's folders by name, but not `current` nor hidden ones (lock, state, staging)."""
+    try:
+        entries = sorted(home.iterdir())
+    except OSError:
+        return []
+    return [p for p in entries
+            if p.is_dir() and p.name != CURRENT_LINK and not p.name.startswith(".")]
+
+
+def folder_tag(name: str, upgrade_folders: Dict[str, str]) -> Optional[str]:
+    """The release whose upgrade uses folder `name` (SPEC 1.2); None for genesis and others."""
+    mapped = sorted(tag for tag, folder in upgrade_folders.items() if folder == name)
+    if mapped:
+        return mapped[0]
+    if name == GENESIS_FOLDER or name in upgrade_folders or not TAG_FOLDER_RE.fullmatch(name):
+        return None
+    return name
+
+
+def _upgrade_folders(doc: dict) -> Dict[str, str]:
+    """The usable entries of [upgradeFolders], whatever else is wrong with the file."""
+    table = doc.get("upgradeFolders")
+    if not isinstance(table, dict):
+        return {}
+    return {tag: name for tag, name in table.items()
+            if isinstance(name, str) and is_plain_name(name) and name != CURRENT_LINK}
+
+
+def validate_home(home: Path, timeout: float) -> Tuple[List[Finding], int]:
+    """Every problem of a home in one pass, and how many version folders were checked."""
+    if not home.is_dir():
+        return [_problem(f"{home} is not a folder; create a home with "
+                         f"`vegavisor init --home {home}`")], 0
+    found: List[Finding] = []
+    # 1. vegavisor's own config.toml
+    path = home / CONFIG_FILE
+    doc: Optional[dict] = None
+    if path.exists():
+        doc = _attempt(found, None, read_toml_file, path)
+        found += check_config(doc, path) if doc is not None else []
+    else:
+        found.append(_problem(f"{path} does not exist; create it with "
+                              f"`vegavisor init --home {home}`"))
+    upgrade_folders = _upgrade_folders(doc or {})
+    # 2. the current link
+    problem = current_problem(home)
+    found += [_problem(problem)] if problem else []
+    # 3. every version folder: run-config, binaries, and core's and the data node's config
+    checked = 0
+    for folder in home_folders(home):
+        tag = folder_tag(folder.name, upgrade_folders)
+        if (folder / RUN_CONFIG_FILE).is_file():
+            found += check_folder(folder, tag, timeout)
+            checked += 1
+        elif tag is not None:
+            found.append(_problem(f"{folder} holds no {RUN_CONFIG_FILE}: an upgrade to {tag} "
+                                  f"stops there; finish preparing it or remove it"))
+    return found, checked
+
+
+def summarize_findings(findings: Sequence[Finding], home: Path, folders: int) -> str:
+    problems = sum(1 for f in findings if f.level == "problem")
+    notes = len(findings) - problems
+    noted = f"{notes} note{'s' * (notes != 1)}, " if notes else ""
+    checked = f"{folders} version folder{'s' * (folders != 1)} checked"
+    if not problems:
+        return f"no problems in {home} ({noted}{checked})"
+    return f"{problems} problem{'s' * (problems != 1)} in {home} ({noted}{checked})"
+
+
+def run_lock_holder(home: Path) -> Optional[int]:
+    """The pid of the `run` holding HOME's lock (0: not written yet), None when none does.
+
+    The file is opened read-only and never created; the shared lock that tests it is
+    released at once.
+    """
+    try:
+        fd = os.open(home / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise VisorError(f"{home / LOCK_FILE} cannot be read: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 64).decode("ascii", "replace").strip()
+            return int(text) if text.isdigit() else 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def child_alive(child: Dict[str, Any]) -> Optional[bool]:
+    """Whether a child named in the run state still runs; None where there is no /proc."""
+    if not Path("/proc/self/stat").exists():
+        return None
+    # pid and start time name one process for good; argv is not compared: the kernel
+    # shows a script's interpreter first ("python3 /path/vega ...").
+    return child["pid"] is not None and child["startTime"] is not None \
+        and process_start_time(child["pid"]) == child["startTime"]
+
+
+def read_state_file(path: Path) -> Tuple[Optional[dict], Optional[str]]:
+    """A JSON object `run` keeps: (None, None) when absent, (None, why) when unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        return None, f"{path} cannot be read: {e.strerror}"
+    except ValueError as e:
+        return None, f"{path} is not JSON ({e}); `vegavisor run` rewrites it"
+    if not isinstance(data, dict):
+        return None, f"{path} does not hold a JSON object; `vegavisor run` rewrites it"
+    return data, None
+
+
+def _field(record: Any, key: str, kind: type) -> Any:
+    """record[key] when it has the type `kind` (a bool is no int here), else None."""
+    value = record.get(key) if isinstance(record, dict) else None
+    if isinstance(value, bool) and kind is not bool:
+        return None
+    return value if isinstance(value, kind) else None
+
+
+def describe_run(holder: Optional[int], state: Optional[dict]) -> Dict[str, Any]:
+    """The `run` section: the lock says whether a run holds HOME, the run-state file the rest.
+
+    A run-state file not written by the lock's holder is stale: shown as such, not used.
+    """
+    running = holder is not None
+    state_pid = _field(state, "pid", int)
+    fresh = running and state is not None and holder in (0, state_pid)
+    record = state if fresh else {}
+    return {
+        "running": running,
+        "pid": holder or (state_pid if fresh else None),
+        "phase": _field(record, "phase", str),
+        "started": _field(record, "started", str),
+        "version": _field(record, "version", str),
+        "folder": _field(record, "folder", str),
+        "restarts": _field(record, "restarts", int),
+        "lastPollOk": _field(record, "lastPollOk", str),
+        "acceptedTag": _field(record, "acceptedTag", str),
+        "upgradeHeight": _field(record, "upgradeHeight", int),
+        "children": _children(record),
+        "stale": state is not None and not fresh,
+        "stalePid": state_pid if state is not None and not fresh else None,
+        # children a vegavisor that died (kill -9) may have left running
+        "leftoverChildren": _children(state) if state is not None and not fresh else [],
+    }
+
+
+def _children(record: Any) -> List[Dict[str, Any]]:
+    children = _field(record, "children", list) or []
+    return [{"role": _field(c, "role", str), "pid": _field(c, "pid", int),
+             "argv": _field(c, "argv", list) or [], "startTime": _field(c, "startTime", int)}
+            for c in children]
+
+
+def describe_journal(journal: Optional[dict]) -> Tuple[Optional[dict], Optional[dict]]:
+    """(lastUpgrade, upgradeInProgress) from the upgrade journal: step "done" is finished."""
+    if journal is None:
+        return None, None
+    facts = {"tag": _field(journal, "tag", str), "height": _field(journal, "height", int),
+             "from": _field(journal, "from", str), "to": _field(journal, "to", str)}
+    if journal.get("step") == "done":
+        return dict(facts, finished=_field(journal, "updated", str)), None
+    return None, dict(facts, step=_field(journal, "step", str),
+                      started=_field(journal, "started", str),
+                      updated=_field(journal, "updated", str))
+
+
+def ask_node(rpc: Optional[RpcConfig], timeout: float, request_id: int) -> Dict[str, Any]:
+    """The `node` section: one UpgradeStatus call; no accepted release gives null tag and height."""
+    node: Dict[str, Any] = {"reachable": False, "readyToUpgrade": None,
+                            "acceptedReleaseTag": None, "upgradeBlockHeight": None,
+                            "error": None, "socket": rpc.socket_path if rpc else None}
+    if rpc is None:
+        return dict(node, error="no run-config names core's admin socket")
+    try:
+        status = call_upgrade_status(rpc, timeout, request_id)
+    except AdminError as e:
+        return dict(node, error=str(e))
+    return dict(node, reachable=True, readyToUpgrade=status.ready,
+                acceptedReleaseTag=status.tag or None,
+                upgradeBlockHeight=status.height if status.tag else None)
+
+
+def read_current(home: Path) -> Tuple[Optional[Dict[str, Any]], Optional[RunConfig]]:
+    """`current` as status shows it, and the run-config naming the socket `run` would poll.
+
+    A missing or dangling link is reported, not repaired (SPEC 1.1 leaves that to `run`);
+    the socket is then genesis's, as `run` would start genesis.
+    """
+    link = home / CURRENT_LINK
+    error = current_problem(home)
+    if link.is_symlink() and error is None:
+        run_config = load_run_config(link)[0]
+        return {"folder": os.path.realpath(link), "name": run_config.name, "error": None}, \
+            run_config
+    if link.is_symlink():
+        target = os.path.normpath(os.path.join(home, os.readlink(link)))
+        genesis = _run_config_in(home / GENESIS_FOLDER)
+        return {"folder": target, "name": None, "error": error}, genesis
+    if link.exists():
+        run_config = _run_config_in(link)
+        name = run_config.name if run_config else None
+        return {"folder": str(link), "name": name, "error": error}, run_config
+    return None, _run_config_in(home / GENESIS_FOLDER)
+
+
+def _run_config_in(folder: Path) -> Optional[RunConfig]:
+    return load_run_config(folder)[0] if (folder / RUN_CONFIG_FILE).is_file() else None
+
+
+def describe_installed(home: Path) -> List[Dict[str, Any]]:
+    """Every folder holding a run-config (not via `current`): its folder and name."""
+    installed = []
+    for folder in home_folders(home):
+        if not (folder / RUN_CONFIG_FILE).is_file():
+            continue
+        try:
+            installed.append({"folder": str(folder), "name": load_run_config(folder)[0].name})
+        except ConfigError as e:
+            installed.append({"folder": str(folder), "name": None, "error": str(e)})
+    return installed
+
+
+def status_problems(report: Dict[str, Any], config: Config) -> List[str]:
+    """Each thing in the report an operator must act on, with what to do next."""
+    home, run, node = report["home"], report["run"], report["node"]
+    problems = [f"installed: {entry['error']}" for entry in report["installed"]
+                if entry.get("error")]
+    leftovers = [f"{c['role']} pid {c['pid']}" for c in run["leftoverChildren"] if c["alive"]]
+    if leftovers:
+        problems.append(f"run: {', '.join(leftovers)}, started by vegavisor pid "
+                        f"{run['stalePid']} which is gone, still run; the next "
+                        f"`vegavisor run --home {home}` stops them first")
+    if not node["reachable"]:
+        hint = (f"vegavisor run (pid {run['pid']}) is running: core may still be starting; "
+                f"see its log" if run["running"] else
+                f"is `vegavisor run --home {home}` running?")
+        where = f" at {node['socket']}" if node["socket"] else ""
+        problems.append(f"node: not reachable{where}: {node['error']}; {hint}")
+    problems += _prefetch_problems(report["prefetch"])
+    problems += _accepted_release_problems(report, config)
+    in_progress = report["upgradeInProgress"]
+    if in_progress and not run["running"]:
+        problems.append(f"upgrade: the upgrade to {in_progress['tag']} stopped at step "
+                        f"{in_progress['step']} ({in_progress['updated']}) and no vegavisor is "
+                        f"running; read its last log lines, then start "
+                        f"`vegavisor run --home {home}`: it finishes the upgrade")
+    return problems
+
+
+def _prefetch_problems(prefetch: Optional[dict]) -> List[str]:
+    if not prefetch or prefetch.get("state") != "failed":
+        return []
+    return [f"prefetch: installing {prefetch.get('tag')} failed {prefetch.get('attempts')} "
+            f"time(s), last: {prefetch.get('lastError')}; vegavisor retries, but fix the "
+            f"cause before the upgrade block"]
+
+
+def _accepted_release_problems(report: Dict[str, Any], config: Config) -> List[str]:
+    tag, height = report["node"]["acceptedReleaseTag"], report["node"]["upgradeBlockHeight"]
+    if not tag or config.auto_install.enabled:
+        return []
+    try:
+        folder = folder_for_tag(Path(report["home"]), tag, config.upgrade_folders)
+    except VisorError as e:
+        return [f"upgrade: {e}"]
+    if any(entry["folder"] == str(folder) for entry in report["installed"]):
+        return []
+    return [f"upgrade: {tag} is accepted for block {height}, but {folder} holds no "
+            f"{RUN_CONFIG_FILE} and [autoInstall] enabled = false: install it before the block"]
+
+
+def collect_status(home: Path, config: Config, warnings: List[str],
+                   request_id: int) -> Dict[str, Any]:
+    """Everything `status` reports (SPEC 2.5), read without changing a file."""
+    problems = list(warnings)
+    # 1. which version is current and what is installed
+    current, run_config = read_current(home)
+    problem = current_problem(home)
+    problems += [f"current: {problem}"] if problem else []
+    # 2. whether a `run` holds the home, and what it last wrote about itself
+    state, error = read_state_file(home / RUN_STATE_FILE)
+    problems += [error] if error else []
+    try:
+        run = describe_run(run_lock_holder(home), state)
+    except VisorError as e:
+        run = dict(describe_run(None, None), running=None)
+        problems.append(f"run: {e}")
+    for child in run["children"] + run["leftoverChildren"]:
+        child["alive"] = child_alive(child)
+    # 3. what core says, the prefetch, the upgrade journal
+    prefetch, error = read_state_file(home / PREFETCH_STATE_FILE)
+    problems += [error] if error else []
+    journal, error = read_state_file(home / JOURNAL_FILE)
+    problems += [error] if error else []
+    last_upgrade, in_progress = describe_journal(journal)
+    report = {
+        "home": str(home),
+        "current": current,
+        "installed": describe_installed(home),
+        "node": ask_node(run_config.rpc if run_config else None, config.rpc_timeout,
+                         request_id),
+        "run": run,
+        "prefetch": prefetch,
+        "lastUpgrade": last_upgrade,
+        "upgradeInProgress": in_progress,
+    }
+    report["problems"] = problems + status_problems(report, config)
+    return report
+
+
+def format_status(report: Dict[str, Any]) -> str:
+    """The human form of the report: aligned label/value lines, then the problems."""
+    rows = [("home", report["home"]),
+            ("current", _current_words(report["current"])),
+            ("installed", _installed_words(report["installed"], report["current"])),
+            ("vegavisor", _run_words(report["run"])),
+            ("node", _node_words(report["node"]))]
+    if report["prefetch"]:
+        rows.append(("prefetch", _prefetch_words(report["prefetch"])))
+    if report["upgradeInProgress"]:
+        step = report["upgradeInProgress"]
+        rows.append(("upgrading", f"{step['from']} -> {step['to']} ({step['tag']} at block "
+                                  f"{step['height']}): step {step['step']} since "
+                                  f"{step['updated']}"))
+    if report["lastUpgrade"]:
+        last = report["lastUpgrade"]
+        rows.append(("last upgrade", f"{last['from']} -> {last['to']} ({last['tag']} at block "
+                                     f"{last['height']}), finished {last['finished']}"))
+    width = max(len(label) for label, _ in rows) + 2
+    lines = [label.ljust(width) + text for label, text in rows]
+    if not report["problems"]:
+        return "\n".join(lines + ["no problems"])
+    return "\n".join(lines + ["problems:"] + [f"  - {p}" for p in report["problems"]])
+
+
+def _current_words(current: Optional[Dict[str, Any]]) -> str:
+    if current is None:
+        return "missing (see problems)"
+    if current["error"]:
+        return f"{current['folder']} (broken: see problems)"
+    return f"{current['name']} in {current['folder']}"
+
+
+def _installed_words(installed: List[Dict[str, Any]], current: Optional[Dict[str, Any]]) -> str:
+    in_use = os.path.realpath(current["folder"]) if current and not current["error"] else None
+    words = []
+    for entry in installed:
+        facts = [entry["name"] or "unreadable run-config"]
+        facts += ["current"] if os.path.realpath(entry["folder"]) == in_use else []
+        words.append(f"{Path(entry['folder']).name} ({', '.join(facts)})")
+    return ", ".join(words) or "nothing"
+
+
+def _run_words(run: Dict[str, Any]) -> str:
+    if run["running"] is None:
+        return "unknown (see problems)"
+    if not run["running"]:
+        stale = f" (stale run state left by pid {run['stalePid']})" if run["stale"] else ""
+        return "not running" + stale
+    words = [f"running, pid {run['pid']}"]
+    words += [f"{run['phase']}"] if run["phase"] else []
+    words += [f"{run['restarts']} crash restarts"] if run["restarts"] is not None else []
+    words += [f"last good poll {run['lastPollOk']}"] if run["lastPollOk"] else []
+    gone = [f"{c['role']} pid {c['pid']}" for c in run["children"] if c["alive"] is False]
+    words += [f"gone: {', '.join(gone)}"] if gone else []
+    return ", ".join(words)
+
+
+def _node_words(node: Dict[str, Any]) -> str:
+    if not node["reachable"]:
+        return f"not reachable at {node['socket']}" if node["socket"] else "not reachable"
+    if not node["acceptedReleaseTag"]:
+        return "reachable; no upgrade accepted"
+    ready = "ready to upgrade" if node["readyToUpgrade"] else "not ready yet"
+    return (f"reachable; upgrade to {node['acceptedReleaseTag']} accepted for block "
+            f"{node['upgradeBlockHeight']}, {ready}")
+
+
+def _prefetch_words(prefetch: dict) -> str:
+    tag, state, attempts = prefetch.get("tag"), prefetch.get("state"), prefetch.get("attempts")
+    what = {"staged": f"{tag} staged in {prefetch.get('folder')}",
+            "downloading": f"downloading {tag} (attempt {attempts})",
+            "failed": f"{tag} failed (attempt {attempts}): {prefetch.get('lastError')}",
+            "abandoned": f"{tag} abandoned (the accepted release changed)"}
+    return what.get(state, f"{tag}: {state}") + f", updated {prefetch.get('updated')}"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    home = resolve_home(args)
+    config, warnings = load_config(home)
+    report = collect_status(home, config, warnings, random.Random().getrandbits(63))
+    print(json.dumps(report, indent=2) if args.output == "json" else format_status(report))
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    home = resolve_home(args)
+    findings, folders = validate_home(home, BINARY_QUERY_TIMEOUT_SECONDS)
+    for finding in findings:
+        print(f"{finding.level}: {finding.text}")
+    print(summarize_findings(findings, home, folders))
+    return EXIT_FAILURE if any(f.level == "problem" for f in findings) else EXIT_OK
+
+
+def _add_status_args(parser: argparse.ArgumentParser) -> None:
+    _add_home(parser)
+    _add_output(parser)
+
+
 # --- init templates ---
 
 CONFIG_TEMPLATE = """\
@@ -2803,8 +3556,12 @@ class Command(NamedTuple):
 COMMANDS = {
     "init": Command(cmd_init, _add_init_args, "create a new home with a commented config"),
     "run": Command(cmd_run, _add_home, "supervise the node and upgrade it when it is time"),
+    "status": Command(cmd_status, _add_status_args,
+                      "show what is installed, what runs and what the node says"),
     "prepare-upgrade": Command(cmd_prepare_upgrade, _add_prepare_args,
                                "install a release into its folder now, without a node"),
+    "validate": Command(cmd_validate, _add_home,
+                        "check config.toml, every run-config, binaries and the admin socket"),
     "version": Command(cmd_version, _add_output, "print vegavisor's version"),
 }
 

@@ -1,0 +1,317 @@
+"""`vegavisor status`: what is installed, what runs and what the node says; it only reads."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import host_asset_name
+from conftest import make_release_zip
+from conftest import run_vegavisor
+from conftest import set_table
+from conftest import wait_for
+from fakes.github import FakeGitHub
+
+# v2 accepted at height 2 (0.1 s in), upgrade block 400 (20 s in): the test is long over.
+FAR_UPGRADE = ["--block-interval", "0.05", "--upgrade-tag", "v2", "--accept-height", "2",
+               "--upgrade-height", "400"]
+REPORT_KEYS = {"home", "current", "installed", "node", "run", "prefetch", "lastUpgrade",
+               "upgradeInProgress", "problems"}
+NODE_KEYS = {"reachable", "readyToUpgrade", "acceptedReleaseTag", "upgradeBlockHeight", "error",
+             "socket"}
+
+
+def snapshot(root: Path) -> dict:
+    """Every entry under root (and root): a link's target, a file's bytes, mode and mtime."""
+    entries = {}
+    for path in [root] + sorted(root.rglob("*")):
+        info = os.lstat(path)
+        key = str(path.relative_to(root))
+        if stat.S_ISLNK(info.st_mode):
+            entries[key] = ("link", os.readlink(path))
+        elif stat.S_ISDIR(info.st_mode):
+            entries[key] = ("folder", info.st_mode, info.st_mtime_ns)
+        else:
+            entries[key] = ("file", path.read_bytes(), info.st_mode, info.st_mtime_ns)
+    return entries
+
+
+def status(home, output="json"):
+    done = run_vegavisor(["status", "--home", str(home.path), "--output", output])
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    return json.loads(done.stdout) if output == "json" else done.stdout
+
+
+def write_state(home, name, record) -> None:
+    (home.path / name).write_text(json.dumps(record) + "\n")
+
+
+def is_stopped(pid: int) -> bool:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rfind(")") + 2] in "tT"
+
+
+@pytest.fixture
+def github():
+    with FakeGitHub() as gh:
+        yield gh
+
+
+@pytest.fixture
+def sleeper():
+    """A process that is not vegavisor's child: to stand in for a leftover core."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+# --- while `run` runs ---
+
+@pytest.mark.timeout(60)
+def test_status_while_run_runs_shows_the_node_and_the_run(home, start_visor):
+    home.install_version("genesis", "v1")
+    visor = start_visor()
+    visor.wait_log("admin socket answering")
+    report = wait_for(lambda: (lambda r: r["run"]["phase"] == "running" and r)(status(home)),
+                      15, "the run state saying running")
+    assert report["node"] == {"reachable": True, "readyToUpgrade": False,
+                              "acceptedReleaseTag": None, "upgradeBlockHeight": None,
+                              "error": None, "socket": home.socket}
+    run = report["run"]
+    assert (run["running"], run["pid"], run["stale"]) == (True, visor.proc.pid, False)
+    assert (run["version"], run["restarts"]) == ("v1", 0)
+    assert [(c["role"], c["alive"]) for c in run["children"]] == [("core", True)]
+    assert report["current"] == {"folder": str(home.path / "genesis"), "name": "v1",
+                                 "error": None}
+    assert report["problems"] == []
+    text = status(home, "human")
+    assert f"vegavisor  running, pid {visor.proc.pid}, running, 0 crash restarts" in text
+    assert "node       reachable; no upgrade accepted\n" in text
+    assert text.endswith("no problems\n")
+    visor.signal(signal.SIGTERM)
+    assert visor.wait_exit() == 0
+
+
+@pytest.mark.timeout(60)
+def test_status_changes_nothing_while_run_runs(home, start_visor):
+    home.install_version("genesis", "v1")
+    visor = start_visor()
+    visor.wait_log("admin socket answering")
+    wait_for(lambda: (home.path / ".run-state.json").exists(), 10, "the run state file")
+    # Visor is frozen so that only status could change a file; core keeps answering.
+    visor.signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: is_stopped(visor.proc.pid), 10, "visor stopped by SIGSTOP")
+        before = snapshot(home.path)
+        report = status(home)
+        status(home, "human")
+        assert snapshot(home.path) == before
+    finally:
+        visor.signal(signal.SIGCONT)
+    assert report["run"]["running"] is True and report["node"]["reachable"] is True
+    visor.signal(signal.SIGTERM)
+    assert visor.wait_exit() == 0, "status disturbed nothing: run stops cleanly"
+
+
+@pytest.mark.timeout(60)
+def test_a_staged_prefetch_and_the_accepted_release_are_shown(
+        home, start_visor, github, short_tmp):
+    github.add_release("v2", {host_asset_name(): make_release_zip(short_tmp / "v2.zip", "v2")})
+    set_table(home, "autoInstall", githubApiUrl=github.url)
+    home.install_version("genesis", "v1", FAR_UPGRADE)
+    visor = start_visor()
+    visor.wait_log("prefetched tag=v2", timeout=30)
+    report = status(home)
+    prefetch = report["prefetch"]
+    assert (prefetch["tag"], prefetch["state"], prefetch["folder"]) == (
+        "v2", "staged", str(home.path / "v2"))
+    node = report["node"]
+    assert (node["acceptedReleaseTag"], node["upgradeBlockHeight"], node["readyToUpgrade"]) == (
+        "v2", 400, False)
+    assert report["installed"] == [{"folder": str(home.path / "genesis"), "name": "v1"},
+                                   {"folder": str(home.path / "v2"), "name": "v2"}]
+    text = status(home, "human")
+    assert f"prefetch   v2 staged in {home.path}/v2, updated " in text
+    assert "node       reachable; upgrade to v2 accepted for block 400, not ready yet" in text
+    assert "installed  genesis (v1, current), v2 (v2)" in text
+    visor.signal(signal.SIGTERM)
+    assert visor.wait_exit() == 0
+
+
+# --- without `run` ---
+
+@pytest.mark.timeout(30)
+def test_status_without_run_says_the_node_is_unreachable_and_what_to_do(home):
+    home.install_version("genesis", "v1")
+    before = snapshot(home.path)
+    report = status(home)
+    assert report["node"]["reachable"] is False
+    assert report["node"]["error"].startswith("the socket file does not exist")
+    assert report["run"]["running"] is False and report["run"]["pid"] is None
+    assert report["problems"] == [
+        f"node: not reachable at {home.socket}: {report['node']['error']}; is "
+        f"`vegavisor run --home {home.path}` running?"]
+    text = status(home, "human")
+    assert "vegavisor  not running\n" in text
+    assert f"  - node: not reachable at {home.socket}: the socket file does not exist" in text
+    assert snapshot(home.path) == before
+
+
+@pytest.mark.timeout(30)
+def test_status_json_has_the_spec_shape(home):
+    home.install_version("genesis", "v1")
+    home.install_version("v2", "v2")
+    report = status(home)
+    assert set(report) == REPORT_KEYS
+    assert set(report["node"]) == NODE_KEYS
+    assert report["home"] == str(home.path)
+    assert report["current"] == {"folder": str(home.path / "genesis"), "name": "v1",
+                                 "error": None}
+    assert report["installed"] == [{"folder": str(home.path / "genesis"), "name": "v1"},
+                                   {"folder": str(home.path / "v2"), "name": "v2"}]
+    assert {"running", "pid", "restarts", "phase", "lastPollOk", "stale"} <= set(report["run"])
+    assert (report["prefetch"], report["lastUpgrade"], report["upgradeInProgress"]) == (
+        None, None, None)
+
+
+@pytest.mark.timeout(30)
+def test_a_node_that_hangs_is_unreachable_after_rpc_timeout(home, short_tmp):
+    home.set_config(rpcTimeoutSeconds=0.5)
+    binary = home.install_version("genesis", "v1") / "vega"
+    core = subprocess.Popen([str(binary)] + home.core_args(["--rpc-fault", "hang"]),
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: os.path.exists(home.socket), 10, "the fake core's socket")
+        node = status(home)["node"]
+    finally:
+        core.kill()
+        core.wait()
+    assert (node["reachable"], node["error"]) == (False, "no answer within 0.5s")
+
+
+@pytest.mark.timeout(30)
+def test_a_dangling_current_is_reported_not_switched(home):
+    home.install_version("genesis", "v1")
+    (home.path / "current").unlink()
+    os.symlink("v9", home.path / "current")
+    report = status(home)
+    assert report["current"]["folder"] == str(home.path / "v9")
+    assert report["current"]["name"] is None
+    assert "is dangling: it points at v9" in report["current"]["error"]
+    assert report["problems"][0] == f"current: {report['current']['error']}"
+    assert report["node"]["socket"] == home.socket, "the socket run would poll: genesis's"
+    assert os.readlink(home.path / "current") == "v9"
+    assert "current    " + str(home.path / "v9") + " (broken: see problems)" in status(
+        home, "human")
+
+
+@pytest.mark.timeout(30)
+def test_a_missing_current_is_null_and_not_created(home):
+    home.install_version("genesis", "v1")
+    (home.path / "current").unlink()
+    report = status(home)
+    assert report["current"] is None
+    assert report["problems"][0] == (f"current: {home.path}/current does not exist; "
+                                     f"`vegavisor run` will point it at genesis")
+    assert not os.path.lexists(home.path / "current")
+
+
+@pytest.mark.timeout(30)
+def test_a_failed_prefetch_is_a_problem(home):
+    home.install_version("genesis", "v1")
+    write_state(home, ".prefetch.json", {
+        "tag": "v2", "folder": str(home.path / "v2"), "state": "failed", "attempts": 3,
+        "lastError": "GitHub's API rate limit is used up", "updated": "2026-11-27T03:00:00Z"})
+    report = status(home)
+    assert report["prefetch"]["state"] == "failed"
+    assert ("prefetch: installing v2 failed 3 time(s), last: GitHub's API rate limit is used "
+            "up; vegavisor retries, but fix the cause before the upgrade block"
+            ) in report["problems"]
+    assert "prefetch   v2 failed (attempt 3): GitHub's API rate limit is used up, updated " \
+           "2026-11-27T03:00:00Z" in status(home, "human")
+
+
+@pytest.mark.timeout(30)
+def test_the_last_finished_upgrade_is_shown(home):
+    home.install_version("genesis", "v1")
+    home.install_version("v2", "v2")
+    write_state(home, ".upgrade-journal.json", {
+        "tag": "v2", "height": 8, "from": "genesis", "to": "v2", "step": "done",
+        "started": "2026-11-27T03:00:00Z", "updated": "2026-11-27T03:00:09Z"})
+    report = status(home)
+    assert report["lastUpgrade"] == {"tag": "v2", "height": 8, "from": "genesis", "to": "v2",
+                                     "finished": "2026-11-27T03:00:09Z"}
+    assert report["upgradeInProgress"] is None
+    assert "last upgrade  genesis -> v2 (v2 at block 8), finished 2026-11-27T03:00:09Z" in \
+        status(home, "human")
+
+
+@pytest.mark.timeout(30)
+def test_an_unfinished_upgrade_without_run_is_a_problem(home):
+    home.install_version("genesis", "v1")
+    write_state(home, ".upgrade-journal.json", {
+        "tag": "v2", "height": 8, "from": "genesis", "to": "v2", "step": "stopped",
+        "started": "2026-11-27T03:00:00Z", "updated": "2026-11-27T03:00:01Z"})
+    report = status(home)
+    assert report["lastUpgrade"] is None
+    assert report["upgradeInProgress"]["step"] == "stopped"
+    assert [p for p in report["problems"] if p.startswith(
+        "upgrade: the upgrade to v2 stopped at step stopped (2026-11-27T03:00:01Z) and no "
+        "vegavisor is running")]
+
+
+@pytest.mark.timeout(30)
+def test_a_run_state_left_by_a_dead_visor_is_stale_and_its_live_children_a_problem(
+        home, sleeper):
+    home.install_version("genesis", "v1")
+    stat_line = Path(f"/proc/{sleeper.pid}/stat").read_text()
+    start_time = int(stat_line[stat_line.rfind(")") + 2:].split()[19])
+    gone = dead_pid()
+    write_state(home, ".run-state.json", {
+        "pid": gone, "started": "2026-11-27T03:00:00Z", "phase": "running", "version": "v1",
+        "folder": str(home.path / "genesis"), "restarts": 0, "lastPollOk": None,
+        "acceptedTag": "", "upgradeHeight": 0,
+        "children": [{"role": "core", "pid": sleeper.pid, "argv": sleeper.args,
+                      "startTime": start_time}]})
+    report = status(home)
+    run = report["run"]
+    assert (run["running"], run["pid"], run["phase"], run["stale"], run["stalePid"]) == (
+        False, None, None, True, gone)
+    assert [(c["pid"], c["alive"]) for c in run["leftoverChildren"]] == [(sleeper.pid, True)]
+    assert (f"run: core pid {sleeper.pid}, started by vegavisor pid {gone} which is gone, still "
+            f"run; the next `vegavisor run --home {home.path}` stops them first"
+            ) in report["problems"]
+    assert f"vegavisor  not running (stale run state left by pid {gone})" in status(
+        home, "human")
+
+
+# --- usage and configuration errors ---
+
+@pytest.mark.timeout(30)
+def test_a_bad_config_exits_2_with_one_line_naming_file_and_key(home):
+    home.set_config(rpcTimeoutSeconds=0)
+    done = run_vegavisor(["status", "--home", str(home.path)])
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (f"vegavisor: error: {home.path}/config.toml: rpcTimeoutSeconds: "
+                           f"expected a number of seconds > 0, got 0\n")
+
+
+@pytest.mark.timeout(30)
+def test_status_without_a_home_is_a_usage_error():
+    env = {k: v for k, v in os.environ.items() if k != "VEGAVISOR_HOME"}
+    done = run_vegavisor(["status"], env=env)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "vegavisor: error: status: --home is required (or set VEGAVISOR_HOME)\n"
