@@ -16,8 +16,6 @@ import difflib
 import enum
 import errno
 import fcntl
-import hashlib
-import http.client
 import ipaddress
 import json
 import math
@@ -36,10 +34,7 @@ import sys
 import threading
 import time
 import types
-import urllib.error
 import urllib.parse
-import urllib.request
-import zipfile
 from pathlib import Path
 from typing import Any
 from typing import Callable
@@ -106,6 +101,8 @@ MAX_API_RESPONSE_BYTES = 32 * 1024 * 1024
 MAX_PAGES = 100
 # Big enough for throughput, small enough that memory stays flat for any asset size.
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+# Chunks read but not yet hashed: bounds the download's memory to a few MiB.
+HASH_QUEUE_CHUNKS = 4
 # A binary compresses 3-5x; 20x (and 64 MiB for a tiny asset) is a zip bomb's mark.
 MAX_UNPACK_RATIO = 20
 MIN_UNPACK_LIMIT_BYTES = 64 * 1024 * 1024
@@ -1183,28 +1180,35 @@ class Log:
 
 # --- admin socket ---
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over a unix socket, as core's admin server speaks it."""
+def unix_http_connection(socket_path: str, timeout: float) -> Any:
+    """An http.client connection over a unix socket, as core's admin server speaks it.
 
-    def __init__(self, socket_path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = socket_path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+    http.client is imported here, not at the top: `version` and a cold start do not
+    pay for it (it imports ssl).
+    """
+    import http.client
+    conn = http.client.HTTPConnection("localhost", timeout=timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(socket_path)
+    except OSError:
+        sock.close()
+        raise
+    conn.sock = sock  # http.client connects only when it has no socket
+    return conn
 
 
 def call_upgrade_status(rpc: RpcConfig, timeout: float, request_id: int) -> UpgradeStatus:
     """One protocolupgrade.UpgradeStatus call; AdminError says why it failed."""
+    import http.client
     body = json.dumps({"method": UPGRADE_STATUS_METHOD, "params": [None], "id": request_id})
-    conn = UnixHTTPConnection(rpc.socket_path, timeout)
+    try:
+        conn = unix_http_connection(rpc.socket_path, timeout)
+    except socket.timeout:
+        raise AdminError(f"no connection within {timeout:g}s") from None
+    except OSError as e:
+        raise AdminError(_describe_socket_error(e)) from None
     try:
         conn.request("POST", rpc.http_path, body=body.encode(),
                      headers={"Content-Type": "application/json"})
@@ -1599,15 +1603,22 @@ def _asset_from_json(item: Any, url: str) -> Asset:
     return Asset(name, size, api_url, digest)
 
 
-class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows redirects only to URLs vegavisor would fetch directly (no https -> http)."""
+def checked_redirects() -> Any:
+    """A urllib redirect handler following only URLs vegavisor would fetch directly.
 
-    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
-                         headers: Any, newurl: str) -> Optional[urllib.request.Request]:
-        problem = url_problem(newurl)
-        if problem:
-            raise InstallError(f"refused the redirect from {redact_url(req.full_url)}: {problem}")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+    Built on demand: urllib.request (with http.client and ssl) loads only to install.
+    """
+    import urllib.request
+
+    class CheckedRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
+                             newurl: str) -> Any:
+            problem = url_problem(newurl)
+            if problem:
+                raise InstallError(f"refused the redirect from {redact_url(req.full_url)}: "
+                                   f"{problem}")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+    return CheckedRedirects
 
 
 class GitHub:
@@ -1619,10 +1630,14 @@ class GitHub:
         self.slug = f"{owner}/{repository}"
         self._token = token  # sent in a header that is never logged nor redirected
         self.timeout = timeout
-        self._opener = urllib.request.build_opener(_CheckedRedirects)
+        import urllib.request
+        self._opener = urllib.request.build_opener(checked_redirects())
 
     def open(self, url: str, accept: str) -> Any:
         """GET url; the response, or InstallError naming the URL and the cause."""
+        import http.client
+        import urllib.error
+        import urllib.request
         problem = url_problem(url)
         if problem:
             raise InstallError(f"refused to fetch: {problem}")
@@ -1640,7 +1655,7 @@ class GitHub:
             reason = getattr(e, "reason", e)
             raise InstallError(f"{redact_url(url)}: {reason}") from None
 
-    def describe_http_error(self, url: str, error: urllib.error.HTTPError) -> str:
+    def describe_http_error(self, url: str, error: Any) -> str:
         headers = error.headers
         if error.code in (403, 429) and headers.get("X-RateLimit-Remaining") == "0":
             reset = headers.get("X-RateLimit-Reset", "")
@@ -1709,37 +1724,71 @@ class GitHub:
 
     def download(self, asset: Asset, target: Path, sha256: Optional[str],
                  cancel: threading.Event) -> None:
-        """Stream the asset to `target` in constant memory, checking size and SHA-256."""
-        digest, received = hashlib.sha256(), 0
-        with self.open(asset.url, "application/octet-stream") as response, \
-                open(target, "wb") as out:
-            try:
+        """Stream the asset to `target` in constant memory, checking size and SHA-256.
+
+        The zip is not fsynced: after a power loss its staging folder is thrown away.
+        """
+        import http.client
+        hasher, received = Sha256Thread(), 0
+        try:
+            with self.open(asset.url, "application/octet-stream") as response, \
+                    open(target, "wb") as out:
                 for chunk in iter(lambda: response.read(DOWNLOAD_CHUNK_BYTES), b""):
                     if cancel.is_set():
                         raise InstallError(f"download of {asset.name} was cancelled")
                     received += len(chunk)
                     if received > asset.size:
                         break
-                    digest.update(chunk)
+                    hasher.update(chunk)
                     out.write(chunk)
-            except http.client.IncompleteRead:
-                pass  # the size check below says what happened
-            except (OSError, http.client.HTTPException) as e:
-                raise InstallError(f"download of {asset.name} ({redact_url(asset.url)}) "
-                                   f"failed after {received} bytes: {e}") from None
-            out.flush()
-            os.fsync(out.fileno())
+        except http.client.IncompleteRead:
+            pass  # the size check below says what happened
+        except (OSError, http.client.HTTPException) as e:
+            raise InstallError(f"download of {asset.name} ({redact_url(asset.url)}) "
+                               f"failed after {received} bytes: {e}") from None
+        finally:
+            digest = hasher.hexdigest()
         if received != asset.size:
             raise InstallError(f"download of {asset.name} ({redact_url(asset.url)}) gave "
                                f"{received} bytes, GitHub says it has {asset.size}")
-        if sha256 and "sha256:" + digest.hexdigest() != sha256:
+        if sha256 and "sha256:" + digest != sha256:
             raise InstallError(f"{asset.name} ({redact_url(asset.url)}) has SHA-256 "
-                               f"{digest.hexdigest()}, expected {sha256[len('sha256:'):]}; "
+                               f"{digest}, expected {sha256[len('sha256:'):]}; "
                                f"the download is corrupt or not the published release")
+
+
+class Sha256Thread:
+    """SHA-256 in a thread of its own: hashing one chunk overlaps reading the next.
+
+    hashlib releases the GIL on large updates, as socket reads and file writes do, so
+    on two cores the download runs at the speed of the slower of the two, not their sum.
+    At most HASH_QUEUE_CHUNKS chunks wait: memory stays flat whatever the asset's size.
+    """
+
+    def __init__(self) -> None:
+        import hashlib
+        import queue
+        self.digest = hashlib.sha256()
+        self.chunks: Any = queue.Queue(maxsize=HASH_QUEUE_CHUNKS)
+        self.thread = threading.Thread(target=self.consume, name="sha256", daemon=True)
+        self.thread.start()
+
+    def consume(self) -> None:
+        for chunk in iter(self.chunks.get, None):
+            self.digest.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self.chunks.put(chunk)
+
+    def hexdigest(self) -> str:
+        self.chunks.put(None)
+        self.thread.join()
+        return self.digest.hexdigest()
 
 
 def unpack_zip(archive: Path, into: Path, max_bytes: int) -> List[str]:
     """Unpack regular files and folders only, inside `into`, at most max_bytes in all."""
+    import zipfile
     try:
         with zipfile.ZipFile(archive) as z:
             members = z.infolist()
@@ -1756,7 +1805,7 @@ def unpack_zip(archive: Path, into: Path, max_bytes: int) -> List[str]:
         raise InstallError(f"{archive.name} is not a valid zip archive: {e}") from None
 
 
-def _check_member(info: zipfile.ZipInfo, archive: Path) -> None:
+def _check_member(info: "zipfile.ZipInfo", archive: Path) -> None:
     name = info.filename
     parts = name.replace("\\", "/").split("/")
     if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name) or ".." in parts \
@@ -1769,7 +1818,7 @@ def _check_member(info: zipfile.ZipInfo, archive: Path) -> None:
                            f"are unpacked")
 
 
-def _extract_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, into: Path) -> None:
+def _extract_member(z: "zipfile.ZipFile", info: "zipfile.ZipInfo", into: Path) -> None:
     target = into.joinpath(*[p for p in info.filename.split("/") if p not in ("", ".")])
     if info.is_dir():
         target.mkdir(parents=True, exist_ok=True)
@@ -2038,7 +2087,8 @@ class Prefetch:
                   "attempts": self.attempts, "lastError": self.last_error or None,
                   "updated": utc_now()}
         try:
-            write_file_atomically(self.home / PREFETCH_STATE_FILE, json.dumps(record) + "\n")
+            write_file_atomically(self.home / PREFETCH_STATE_FILE, json.dumps(record) + "\n",
+                                  durable=False)
         except OSError as e:
             self.log.warn("prefetch state not saved", error=e.strerror)
 
@@ -2369,7 +2419,10 @@ class Supervisor:
                   "acceptedTag": self.accepted.tag, "upgradeHeight": self.accepted.height,
                   "children": children}
         try:
-            write_file_atomically(self.home / RUN_STATE_FILE, json.dumps(record) + "\n")
+            # Not synced: it matters after a kill, which keeps the page cache, and
+            # after a power loss no child is left to stop.
+            write_file_atomically(self.home / RUN_STATE_FILE, json.dumps(record) + "\n",
+                                  durable=False)
         except OSError as e:
             self.log.warn("run state not saved", file=str(self.home / RUN_STATE_FILE),
                           error=e.strerror)
@@ -2408,8 +2461,13 @@ class Supervisor:
         self.save_state()
 
     def write_journal(self, step: str) -> None:
+        """Record an upgrade step. Only "installed", written just before `current` is
+        switched (durably), is synced: a power loss that loses another step leaves the
+        old version at the block, which upgrades again, or a journal that makes the
+        next run switch again and start the new version with the snapshot flag."""
         self.journal = dict(self.journal, step=step, updated=utc_now())
-        write_file_atomically(self.home / JOURNAL_FILE, json.dumps(self.journal) + "\n")
+        write_file_atomically(self.home / JOURNAL_FILE, json.dumps(self.journal) + "\n",
+                              durable=step == "installed")
         self.log.debug("journal", step=step, tag=self.journal.get("tag"))
         if step == "done":
             self.journal = {}
