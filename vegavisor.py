@@ -1154,6 +1154,7 @@ class Log:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.stream, self.clock = stream, clock
+        self.lock = threading.Lock()  # the install thread logs too: lines must not mix
         self.configure(LoggingConfig(fmt, level))
 
     def configure(self, settings: LoggingConfig) -> None:
@@ -1162,8 +1163,10 @@ class Log:
     def emit(self, level: str, msg: str, **facts: Any) -> None:
         if LOG_LEVELS.index(level) < self.min_rank:
             return
-        self.stream.write(format_log_line(self.fmt, self.clock(), level, msg, facts) + "\n")
-        self.stream.flush()
+        line = format_log_line(self.fmt, self.clock(), level, msg, facts) + "\n"
+        with self.lock:
+            self.stream.write(line)
+            self.stream.flush()
 
     def debug(self, msg: str, **facts: Any) -> None:
         self.emit("debug", msg, **facts)
