@@ -1000,7 +1000,11 @@ def load_run_config(folder: Path) -> Tuple[RunConfig, List[str]]:
 
 def url_problem(url: str) -> Optional[str]:
     """Why vegavisor will not fetch from this URL, or None when it may."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises for a port that is not one)
+    except ValueError as e:
+        return f"{redact_url(url)} is not a valid URL ({e})"
     if parts.scheme not in ("http", "https"):
         return f"{url!r} is not an https:// URL"
     if not parts.hostname:
@@ -1551,10 +1555,13 @@ def asset_name(template: str, host: Tuple[str, str]) -> str:
 
 def redact_url(url: str) -> str:
     """A URL fit for a log line or an error: no user:password@, no query string."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:  # a bad port or IPv6 literal: cut what could hold a secret by hand
+        return re.sub(r"//[^/@]*@", "//", re.split(r"[?#]", url, maxsplit=1)[0])
     netloc = f"[{host}]" if ":" in host else host
-    netloc += f":{parts.port}" if parts.port else ""
+    netloc += f":{port}" if port else ""
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
@@ -1792,11 +1799,18 @@ class Sha256Thread:
 def unpack_zip(archive: Path, into: Path, max_bytes: int) -> List[str]:
     """Unpack regular files and folders only, inside `into`, at most max_bytes in all."""
     import zipfile
+    import zlib
     try:
         with zipfile.ZipFile(archive) as z:
             members = z.infolist()
+            seen = set()
             for info in members:
                 _check_member(info, archive)
+                path = tuple(p for p in info.filename.split("/") if p not in ("", "."))
+                if path in seen or not path:
+                    raise InstallError(f"{archive.name} holds {info.filename!r} twice (or as "
+                                       f"the folder itself); a release names each file once")
+                seen.add(path)
             total = sum(info.file_size for info in members)
             if total > max_bytes:
                 raise InstallError(f"{archive.name} would unpack to {total} bytes, more than "
@@ -1806,12 +1820,15 @@ def unpack_zip(archive: Path, into: Path, max_bytes: int) -> List[str]:
             return [info.filename for info in members]
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
         raise InstallError(f"{archive.name} is not a valid zip archive: {e}") from None
+    except (zlib.error, NotImplementedError, ValueError, OSError) as e:
+        # corrupt data, an unsupported method, a name that is not UTF-8, a name too long
+        raise InstallError(f"{archive.name} cannot be unpacked: {e}") from None
 
 
 def _check_member(info: "zipfile.ZipInfo", archive: Path) -> None:
     name = info.filename
     parts = name.replace("\\", "/").split("/")
-    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name) or ".." in parts \
+    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[\\/]", name) or ".." in parts \
             or "\0" in name:
         raise InstallError(f"{archive.name} holds {name!r}, a path outside its folder")
     kind = stat.S_IFMT(info.external_attr >> 16)
