@@ -270,6 +270,8 @@ def read_toml_text(text: str) -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise _from_tomllib_error(e, text) from None
+    except ValueError:  # tomllib lets int()'s digit limit through: say where it is
+        return _parse_toml(text)
 
 
 def _from_tomllib_error(e: ValueError, text: str) -> TomlError:
@@ -352,12 +354,12 @@ def _is_frozen(frozen: set, key: tuple[str, ...]) -> bool:
     return any(key[:i] in frozen for i in range(1, len(key) + 1))
 
 
-def _nest(src: str, pos: int, data: dict, key: tuple[str, ...], into_arrays: bool = True) -> dict:
+def _nest(src: str, pos: int, data: dict, key: tuple[str, ...]) -> dict:
     """Return the table at `key`, creating missing ones; arrays of tables lead to their last."""
     table = data
     for part in key:
         table = table.setdefault(part, {})
-        if into_arrays and isinstance(table, list):
+        if isinstance(table, list):  # arrays of tables: arrays of values are frozen
             table = table[-1]
         if not isinstance(table, dict):
             raise _error(src, pos, "Cannot overwrite a value")
@@ -385,7 +387,7 @@ def _declare_table(src: str, pos: int, doc: _Doc, key: tuple[str, ...]) -> None:
 
 def _append_array_table(src: str, pos: int, doc: _Doc, key: tuple[str, ...]) -> None:
     if _is_frozen(doc.frozen, key):
-        raise _error(src, pos, f"Cannot extend the static array or inline table {'.'.join(key)}")
+        raise _error(src, pos, f"Cannot extend the inline table or array {'.'.join(key)}")
     # A new element starts with a clean namespace: forget what the previous one declared.
     for flags in (doc.explicit, doc.frozen):
         flags.difference_update([k for k in flags if k[:len(key)] == key])
@@ -403,9 +405,10 @@ def _key_value_rule(src: str, pos: int, doc: _Doc, header: tuple[str, ...]) -> i
         if header + key[:i] in doc.explicit:
             raise _error(src, pos, f"Cannot redefine table {'.'.join(header + key[:i])}")
         doc.pending.append(header + key[:i])
-    if _is_frozen(doc.frozen, header + key[:-1]):
-        raise _error(src, pos, f"Cannot extend the inline table {'.'.join(header + key[:-1])}")
-    table = _nest(src, pos, doc.data, header + key[:-1])
+    parent = header + key[:-1]
+    if _is_frozen(doc.frozen, parent):
+        raise _error(src, pos, f"Cannot extend the inline table or array {'.'.join(parent)}")
+    table = _nest(src, pos, doc.data, parent)
     if key[-1] in table:
         raise _error(src, pos, "Cannot overwrite a value")
     if isinstance(value, (dict, list)):
@@ -470,12 +473,20 @@ def _parse_scalar(src: str, pos: int) -> tuple[int, object]:
         return match.end(), _to_time(match.groups())
     match = _NUMBER_RE.match(src, pos)
     if match:
-        text = match.group()
-        return match.end(), float(text) if match.group("float") else int(text, 0)
+        return match.end(), _to_number(src, pos, match)
     for length in (3, 4):
         if src[pos:pos + length] in _SPECIAL_FLOATS:
             return pos + length, float(src[pos:pos + length])
     raise _error(src, pos, "Invalid value")
+
+
+def _to_number(src: str, pos: int, match: re.Match) -> object:
+    if match.group("float"):
+        return float(match.group())
+    try:
+        return int(match.group(), 0)
+    except ValueError:  # more digits than sys.get_int_max_str_digits() allows
+        raise _error(src, pos, "Integer has too many digits") from None
 
 
 def _to_time(groups: tuple) -> datetime.time:
@@ -538,7 +549,7 @@ def _add_inline_entry(
 ) -> None:
     if _is_frozen(frozen, key):
         raise _error(src, pos, f"Cannot extend the inline table or array {'.'.join(key)}")
-    nest = _nest(src, pos, table, key[:-1], into_arrays=False)
+    nest = _nest(src, pos, table, key[:-1])
     if key[-1] in nest:
         raise _error(src, pos, f"Duplicate inline table key {key[-1]!r}")
     nest[key[-1]] = value
