@@ -92,6 +92,9 @@ RUN_STATE_POLL_WRITE_SECONDS = 60.0
 LOCK_RETRY_SECONDS = 0.2
 # prctl(2) option: the signal a child gets when its parent dies (linux/prctl.h).
 PR_SET_PDEATHSIG = 1
+# A cancelled install's thread ends within this (its socket is shut down); past it,
+# visor goes on and the next run removes the staging folder the thread left.
+INSTALL_STOP_WAIT_SECONDS = 5.0
 # After SIGKILL a process is gone within milliseconds unless stuck in the kernel.
 LEFTOVER_KILL_WAIT_SECONDS = 5.0
 
@@ -1470,12 +1473,16 @@ class Child(NamedTuple):
     start_time: Optional[int]  # /proc start time: tells the process from a reused pid
 
 
+def child_argv(folder: Path, binary: Binary, args: Sequence[str]) -> Tuple[str, ...]:
+    return (str(resolve_binary(folder, binary)),) + tuple(args)
+
+
 def start_child(role: str, version: str, folder: Path, binary: Binary, args: Sequence[str],
                 clock: Callable[[], float]) -> Child:
     """Start a binary with visor's environment, working folder and output streams."""
     path = resolve_binary(folder, binary)
     make_runnable(path)
-    argv = (str(path),) + tuple(args)
+    argv = child_argv(folder, binary, args)
     try:
         # Own session: a Ctrl-C meant for visor must not reach the node; visor stops it.
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
@@ -1538,6 +1545,33 @@ def _send(child: Child, sig: int, group: bool = False) -> None:
 
 
 # --- release install ---
+
+class Cancellation:
+    """A stop request for an install: a flag checked between steps, plus hooks that
+    break a read blocked on a stalled connection (so a stop never waits a timeout)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._hooks: List[Callable[[], None]] = []
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._event.set()
+            hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            hook()
+
+    def on_cancel(self, hook: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._event.is_set():
+                self._hooks.append(hook)
+                return
+        hook()
+
 
 class Asset(NamedTuple):
     name: str
@@ -1744,7 +1778,7 @@ class GitHub:
                            f"has: {names}")
 
     def download(self, asset: Asset, target: Path, sha256: Optional[str],
-                 cancel: threading.Event) -> None:
+                 cancel: Cancellation) -> None:
         """Stream the asset to `target` in constant memory, checking size and SHA-256.
 
         The zip is not fsynced: after a power loss its staging folder is thrown away.
@@ -1754,6 +1788,7 @@ class GitHub:
         try:
             with self.open(asset.url, "application/octet-stream") as response, \
                     open(target, "wb") as out:
+                cancel.on_cancel(lambda: shut_down(response))
                 for chunk in iter(lambda: response.read(DOWNLOAD_CHUNK_BYTES), b""):
                     if cancel.is_set():
                         raise InstallError(f"download of {asset.name} was cancelled")
@@ -1764,11 +1799,15 @@ class GitHub:
                     out.write(chunk)
         except http.client.IncompleteRead:
             pass  # the size check below says what happened
-        except (OSError, http.client.HTTPException) as e:
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            if cancel.is_set():
+                raise InstallError(f"download of {asset.name} was cancelled") from None
             raise InstallError(f"download of {asset.name} ({redact_url(asset.url)}) "
                                f"failed after {received} bytes: {e}") from None
         finally:
             digest = hasher.hexdigest()
+        if cancel.is_set():
+            raise InstallError(f"download of {asset.name} was cancelled")
         if received != asset.size:
             raise InstallError(f"download of {asset.name} ({redact_url(asset.url)}) gave "
                                f"{received} bytes, GitHub says it has {asset.size}")
@@ -1776,6 +1815,16 @@ class GitHub:
             raise InstallError(f"{asset.name} ({redact_url(asset.url)}) has SHA-256 "
                                f"{digest}, expected {sha256[len('sha256:'):]}; "
                                f"the download is corrupt or not the published release")
+
+
+def shut_down(response: Any) -> None:
+    """Break a read blocked on this HTTP response's socket, from another thread."""
+    sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 class Sha256Thread:
@@ -1889,7 +1938,7 @@ def run_config_document(run_config: RunConfig) -> dict:
 
 def install_release(home: Path, config: Config, tag: str, folder: Path, current: RunConfig,
                     token: Optional[str], log: Log,
-                    cancel: Optional[threading.Event] = None) -> None:
+                    cancel: Optional[Cancellation] = None) -> None:
     """Download, verify and unpack `tag` into `folder`, which appears only when complete."""
     auto = config.auto_install
     github = GitHub(auto.github_api_url, auto.repository_owner, auto.repository, token,
@@ -1906,7 +1955,7 @@ def install_release(home: Path, config: Config, tag: str, folder: Path, current:
         started = time.monotonic()
         log.info("downloading", tag=tag, asset=asset.name, size=asset.size,
                  url=redact_url(asset.url), checksum=checksum or "unknown")
-        github.download(asset, staging / asset.name, checksum, cancel or threading.Event())
+        github.download(asset, staging / asset.name, checksum, cancel or Cancellation())
         log.info("downloaded", tag=tag, asset=asset.name, size=asset.size,
                  seconds=round(time.monotonic() - started, 3),
                  verified="sha256" if checksum else "size only")
@@ -1950,11 +1999,15 @@ def move_into_place(staged: Path, folder: Path) -> None:
 
 
 def remove_stale_staging(home: Path) -> None:
-    """Staging folders left by an installer that died (kill -9, power loss)."""
+    """Staging folders and temporary files left by a process that died (kill -9)."""
     for path in home.glob(".staging-*-*"):
         pid = path.name.rsplit("-", 1)[1]
         if pid.isdigit() and not process_exists(int(pid)):
             remove_tree(path)
+    for path in home.glob(".*.*.tmp"):  # write_file_atomically's and switch_current's
+        pid = path.name.rsplit(".", 2)[1]
+        if pid.isdigit() and not process_exists(int(pid)) and not path.is_dir():
+            path.unlink()
 
 
 def process_exists(pid: int) -> bool:
@@ -1987,7 +2040,7 @@ class BackgroundInstall:
     def __init__(self, home: Path, config: Config, tag: str, folder: Path, current: RunConfig,
                  token: Optional[str], log: Log) -> None:
         self.tag, self.folder = tag, folder
-        self.cancel = threading.Event()
+        self.cancel = Cancellation()
         self.error: Optional[str] = None
         self.thread = threading.Thread(target=self.install, name=f"install-{tag}", daemon=True,
                                        args=(home, config, current, token, log))
@@ -2016,8 +2069,8 @@ class BackgroundInstall:
         return self.error
 
     def stop(self) -> None:
-        self.cancel.set()
-        self.thread.join()
+        self.cancel.cancel()
+        self.thread.join(INSTALL_STOP_WAIT_SECONDS)
 
 
 class Prefetch:
@@ -2171,6 +2224,32 @@ def process_start_time(pid: int) -> Optional[int]:
     return int(stat_line.rsplit(")", 1)[1].split()[19])
 
 
+def process_running(pid: int) -> bool:
+    """True while pid exists and is not a zombie waiting for init to reap it."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def processes_running(argv: Sequence[str]) -> List[int]:
+    """Every live process whose command line ends with argv (script binaries show their
+    interpreter first)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")[:-1]
+        except OSError:
+            continue
+        shown = [os.fsdecode(a) for a in cmdline]
+        if argv and shown[-len(argv):] == list(argv) and process_running(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
 def is_same_process(pid: int, argv: Sequence[str], start_time: Optional[int]) -> bool:
     """True when pid is still the process that was started as argv at start_time.
 
@@ -2194,9 +2273,9 @@ def stop_leftover(pid: int, grace: float, log: Log, clock: Callable[[], float]) 
         except ProcessLookupError:
             return
         deadline = clock() + wait
-        while process_start_time(pid) is not None and clock() < deadline:
+        while process_running(pid) and clock() < deadline:
             time.sleep(STOP_POLL_SECONDS)
-        if process_start_time(pid) is None:
+        if not process_running(pid):
             return
     raise VisorError(f"process {pid} left by an earlier vegavisor survives SIGKILL; "
                      f"stop it by hand before starting vegavisor again")
@@ -2336,6 +2415,7 @@ class Supervisor:
         self.last_poll_time = 0.0
         self.last_state_write = -math.inf
         self.journal: Dict[str, Any] = {}
+        self.starting: List[List[str]] = []  # argv of a child about to be started
 
     def enter(self, phase: Phase, **facts: Any) -> None:
         self.log.debug("phase", was=self.phase.value, now=phase.value, **facts)
@@ -2423,16 +2503,24 @@ class Supervisor:
         return bool(self.inbox.stop_signal)
 
     def stop_leftovers(self) -> None:
-        """Children of an earlier visor that still run (it was killed) are stopped first."""
-        for child in read_json_file(self.home / RUN_STATE_FILE).get("children") or []:
+        """Children of an earlier visor that still run (it was killed) are stopped first:
+        the ones it recorded (pid, command line and start time must all match) and any
+        running the command it was about to start when it died."""
+        state = read_json_file(self.home / RUN_STATE_FILE)
+        leftovers = []
+        for child in state.get("children") or []:
             try:
                 pid, argv, start_time = child["pid"], child["argv"], child["startTime"]
             except (KeyError, TypeError):
                 continue
             if isinstance(pid, int) and is_same_process(pid, argv, start_time):
-                self.log.warn("stopping a child left by an earlier vegavisor",
-                              role=child.get("role"), pid=pid)
-                stop_leftover(pid, self.config.stop_signal_timeout, self.log, self.clock)
+                leftovers.append((pid, child.get("role")))
+        for argv in state.get("starting") or []:
+            if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
+                leftovers += [(pid, "being started") for pid in processes_running(argv)]
+        for pid, role in leftovers:
+            self.log.warn("stopping a child left by an earlier vegavisor", role=role, pid=pid)
+            stop_leftover(pid, self.config.stop_signal_timeout, self.log, self.clock)
 
     def save_state(self, poll_only: bool = False) -> None:
         """What `status` reads, and what a restarted visor needs to stop leftovers."""
@@ -2448,7 +2536,7 @@ class Supervisor:
                   "version": self.version, "folder": str(self.folder),
                   "restarts": self.restarts_total, "lastPollOk": self.last_poll_ok or None,
                   "acceptedTag": self.accepted.tag, "upgradeHeight": self.accepted.height,
-                  "children": children}
+                  "children": children, "starting": self.starting}
         try:
             # Not synced: it matters after a kill, which keeps the page cache, and
             # after a power loss no child is left to stop.
@@ -2517,8 +2605,14 @@ class Supervisor:
         children: List[Child] = []
         try:
             for role, binary, args in binaries:
+                # Recorded before the fork: a visor killed right after it still leaves
+                # the restarted one enough to find this child (by its command line).
+                self.starting = [list(child_argv(folder, binary, args))]
+                self.save_state()
                 child = start_child(role, run_config.name, folder, binary, args, self.clock)
                 children.append(child)
+                self.children, self.starting = children, []
+                self.save_state()
                 self.log.info("started", role=role, pid=child.popen.pid, version=run_config.name,
                               attempt=restarts + 1, command=shlex.join(child.argv))
         except VisorError:
@@ -2591,7 +2685,7 @@ class Supervisor:
     def log_accepted(self, status: UpgradeStatus, previous: str) -> None:
         if status.tag:
             self.log.info("upgrade accepted", tag=status.tag, height=status.height)
-        else:
+        elif previous and previous != self.version:  # not the upgrade just completed
             self.log.info("upgrade withdrawn", tag=previous)
 
     def describe_unreachable(self, rpc: RpcConfig, outcome: Unreachable, limit: int) -> str:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 VEGAVISOR = ROOT / "vegavisor.py"
 FAKE_CORE = ROOT / "fakes" / "core.py"
 sys.path.insert(0, str(ROOT))
+# The fake binaries start with `#!/usr/bin/env python3`: make that the interpreter
+# running the tests, not whatever PATH finds first (a pyenv shim forks bash helpers
+# whose command lines look like cores to the /proc monitor, and is slow).
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 # Intervals short enough for tests, long enough that a loaded 2-core machine keeps up.
 FAST_CONFIG = {
@@ -142,13 +147,19 @@ class Visor:
     """A real `vegavisor.py run` subprocess, its output in a file."""
 
     def __init__(self, home: Home, python: str = sys.executable,
-                 env: Optional[Dict[str, str]] = None) -> None:
+                 env: Optional[Dict[str, str]] = None, prefix: Sequence[str] = (),
+                 launcher: Sequence[str] = (),
+                 preexec_fn: Optional[Callable[[], None]] = None) -> None:
+        """prefix: a command that runs python (e.g. setpriv ...); launcher: python args
+        before vegavisor.py (e.g. -c CODE ARG); preexec_fn: e.g. setrlimit."""
         self.home = home
         self.output = home.root / f"visor-{time.monotonic_ns()}.log"
         self._file = open(self.output, "wb")
         self.proc = subprocess.Popen(
-            [python, str(VEGAVISOR), "run", "--home", str(home.path)],
-            stdout=self._file, stderr=subprocess.STDOUT, env=env, cwd=str(home.root))
+            list(prefix) + [python] + list(launcher) + [str(VEGAVISOR), "run", "--home",
+                                                        str(home.path)],
+            stdout=self._file, stderr=subprocess.STDOUT, env=env, cwd=str(home.root),
+            preexec_fn=preexec_fn)
 
     def log(self) -> str:
         return self.output.read_text(errors="replace")
@@ -237,7 +248,86 @@ def set_table(home: Home, table: str, **keys: object) -> None:
     assert header in text, f"no {header!r} in config.toml"
     for key, value in keys.items():
         line = f"{json.dumps(key)} = {toml_value(value)}"
-        text, n = re.subn(rf"(?m)^{re.escape(key)} = .*$", line, text)
+        text, n = re.subn(rf'(?m)^"?{re.escape(key)}"? = .*$', line, text)
         if not n:
             text = text.replace(header, header + line + "\n", 1)
     path.write_text(text)
+
+
+# --- shared fixtures of the upgrade and fault tests ---
+
+MONITOR_PERIOD_SECONDS = 0.005
+
+
+class CoreMonitor:
+    """Scans /proc every ~5 ms for this test's cores and data nodes (their argv holds
+    the test's temporary folder); keeps the largest number of each seen alive at once."""
+
+    def __init__(self, root: Path) -> None:
+        self.marker = str(root).encode()
+        self.max_cores, self.max_data_nodes = 0, 0
+        self.worst: Dict[str, List[str]] = {"core": [], "data node": []}
+        self.scans = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="core-monitor", daemon=True)
+
+    def start(self) -> "CoreMonitor":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(MONITOR_PERIOD_SECONDS):
+            self.scan()
+
+    def scan(self) -> None:
+        cores: Dict[int, str] = {}
+        data_nodes: Dict[int, str] = {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if self.marker not in cmdline:
+                continue  # not ours; a zombie's cmdline is empty: it is dead
+            argv = cmdline.split(b"\0")
+            shown = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+            if b"node" in argv:
+                cores[int(name)] = shown
+            elif b"datanode" in argv and b"start" in argv:
+                data_nodes[int(name)] = shown
+        self.scans += 1
+        if len(cores) > self.max_cores:
+            self.max_cores, self.worst["core"] = len(cores), sorted(
+                f"{pid}: {shown}" for pid, shown in cores.items())
+        if len(data_nodes) > self.max_data_nodes:
+            self.max_data_nodes, self.worst["data node"] = len(data_nodes), sorted(
+                f"{pid}: {shown}" for pid, shown in data_nodes.items())
+
+    def assert_never_two(self, log: str = "") -> None:
+        assert self.scans > 10, "the /proc monitor did not run"
+        assert self.max_cores <= 1, ("two cores alive at once:\n" + "\n".join(self.worst["core"])
+                                     + f"\nlog:\n{log}")
+        assert self.max_data_nodes <= 1, ("two data nodes alive at once:\n"
+                                          + "\n".join(self.worst["data node"]) + f"\nlog:\n{log}")
+
+
+@pytest.fixture
+def monitor(home):
+    watching = CoreMonitor(home.root).start()
+    yield watching
+    watching.stop()
+
+
+@pytest.fixture
+def github():
+    """A fake GitHub on 127.0.0.1 (budget raised: fault tests make many API calls)."""
+    from fakes.github import FakeGitHub
+    with FakeGitHub(unauthenticated_limit=10000) as gh:
+        yield gh

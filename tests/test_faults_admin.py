@@ -19,20 +19,15 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 from typing import Callable
-from typing import List
 from typing import NamedTuple
 from typing import Optional
 from typing import Sequence
 
 import pytest
 
-from conftest import VEGAVISOR
 from conftest import Home
 from conftest import Visor
 from conftest import wait_for
@@ -48,32 +43,6 @@ LIMIT = 3  # maxNumberOfFirstConnectionRetries: the 4th failure in a row gives u
 POLL_INTERVAL = 0.25
 # Drops every capability, CAP_DAC_OVERRIDE included, while staying uid 0.
 NO_CAPABILITIES = ("setpriv", "--bounding-set=-all", "--inh-caps=-all")
-
-
-class PrefixedVisor(Visor):
-    """`vegavisor.py run` started through a command prefix (setpriv ...)."""
-
-    def __init__(self, home: Home, prefix: Sequence[str] = ()) -> None:
-        self.home = home
-        self.output = home.root / f"visor-{time.monotonic_ns()}.log"
-        self._file = open(self.output, "wb")
-        self.proc = subprocess.Popen(
-            list(prefix) + [sys.executable, str(VEGAVISOR), "run", "--home", str(home.path)],
-            stdout=self._file, stderr=subprocess.STDOUT, cwd=str(home.root))
-
-
-@pytest.fixture
-def launch(home: Home):
-    started: List[PrefixedVisor] = []
-
-    def start(prefix: Sequence[str] = ()) -> PrefixedVisor:
-        visor = PrefixedVisor(home, prefix)
-        started.append(visor)
-        return visor
-    yield start
-    for visor in started:
-        visor.close()
-    home.kill_leftovers()
 
 
 # --- arrangements: what the test does to the socket besides the core's flags ---
@@ -257,7 +226,7 @@ def assert_upgrades(home: Home, visor: Visor, outcome: Answers) -> None:
 
 @pytest.mark.parametrize(("row", "case"), rows(FAULTS))
 @pytest.mark.timeout(60)
-def test_admin_socket_fault(home, launch, row, case):
+def test_admin_socket_fault(home, start_visor, row, case):
     prefix = case.prefix if os.geteuid() == 0 else ()  # others get EACCES without help
     if prefix and shutil.which(prefix[0]) is None:
         pytest.skip(f"{prefix[0]} is not installed")
@@ -268,7 +237,7 @@ def test_admin_socket_fault(home, launch, row, case):
     home.install_version("v2", "v2", UPGRADE)
     socket_path = case.socket_path(home) if case.socket_path else home.socket
     point_rpc_at(home, socket_path)
-    visor = launch(prefix)
+    visor = start_visor(prefix=prefix)
     if case.after_start:
         case.after_start(home)
     if isinstance(case.outcome, Fails):

@@ -21,9 +21,6 @@ import resource
 import signal
 import stat
 import struct
-import subprocess
-import sys
-import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -37,7 +34,6 @@ from typing import Sequence
 
 import pytest
 
-from conftest import VEGAVISOR
 from conftest import Home
 from conftest import Visor
 from conftest import host_asset_name
@@ -85,46 +81,20 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-class LaunchedVisor(Visor):
+def audited_hosts(home: Home) -> List[str]:
+    """Every host name resolved and IP address connected to, as 'resolve X'/'connect X'."""
+    audit = home.root / "audit.log"
+    return audit.read_text().splitlines() if audit.exists() else []
+
+
+@pytest.fixture
+def launch(home: Home, start_visor: Callable[..., Visor]) -> Callable[..., Visor]:
     """`vegavisor.py run` under the audit launcher, optionally with a preexec_fn."""
-
-    def __init__(self, home: Home, preexec_fn: Optional[Callable[[], None]] = None) -> None:
-        self.home = home
-        self.output = home.root / f"visor-{time.monotonic_ns()}.log"
-        self.audit = home.root / "audit.log"
-        self._file = open(self.output, "wb")
+    def start(preexec_fn: Optional[Callable[[], None]] = None) -> Visor:
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", AUDIT_LAUNCHER, str(self.audit), str(VEGAVISOR),
-             "run", "--home", str(home.path)],
-            stdout=self._file, stderr=subprocess.STDOUT, env=env, cwd=str(home.root),
-            preexec_fn=preexec_fn)
-
-    def hosts(self) -> List[str]:
-        """Every host name resolved and IP address connected to, as 'resolve X'/'connect X'."""
-        if not self.audit.exists():
-            return []
-        return self.audit.read_text().splitlines()
-
-
-@pytest.fixture
-def launch(home: Home):
-    started: List[LaunchedVisor] = []
-
-    def start(**kwargs: Any) -> LaunchedVisor:
-        visor = LaunchedVisor(home, **kwargs)
-        started.append(visor)
-        return visor
-    yield start
-    for visor in started:
-        visor.close()
-    home.kill_leftovers()
-
-
-@pytest.fixture
-def github():
-    with FakeGitHub(unauthenticated_limit=10000) as gh:
-        yield gh
+        return start_visor(env=env, preexec_fn=preexec_fn, launcher=[
+            "-c", AUDIT_LAUNCHER, str(home.root / "audit.log")])
+    return start
 
 
 # --- assets ---
@@ -467,7 +437,7 @@ def core_starts(home: Home, version: Optional[str] = None) -> List[dict]:
             if version is None or r["version"] == version]
 
 
-def assert_failed(home: Home, visor: LaunchedVisor, outcome: Fails) -> None:
+def assert_failed(home: Home, visor: Visor, outcome: Fails) -> None:
     assert visor.wait_exit(40) == 1, visor.log()
     reason = giving_up_reason(visor)
     assert reason.startswith(GIVING_UP), reason
@@ -479,7 +449,7 @@ def assert_failed(home: Home, visor: LaunchedVisor, outcome: Fails) -> None:
     assert len(core_starts(home, "v1")) == 1
 
 
-def assert_upgraded(home: Home, visor: LaunchedVisor, outcome: Upgrades) -> None:
+def assert_upgraded(home: Home, visor: Visor, outcome: Upgrades) -> None:
     visor.wait_log(r"INFO  started role=core pid=\d+ version=v2 attempt=1", timeout=20)
     [new] = wait_for(lambda: core_starts(home, "v2"), 10, "the v2 core's first line of life")
     assert new["argv"][-2:] == ["--snapshot.load-from-block-height", str(outcome.height)]
@@ -494,7 +464,7 @@ def assert_upgraded(home: Home, visor: LaunchedVisor, outcome: Upgrades) -> None
     assert visor.wait_exit() == 0, visor.log()
 
 
-def assert_refused(home: Home, visor: LaunchedVisor, github: FakeGitHub,
+def assert_refused(home: Home, visor: Visor, github: FakeGitHub,
                    outcome: RefusedConfig) -> None:
     assert visor.wait_exit() == 2, visor.log()
     assert outcome.message in visor.log().strip().splitlines()[-1], visor.log()
@@ -522,7 +492,7 @@ def test_download_fault(home, launch, github, short_tmp, row, case):
     else:
         assert_refused(home, visor, github, case.outcome)
     assert not (home.root / "escaped").exists() and not (short_tmp / "escaped-abs").exists()
-    hosts = visor.hosts()
+    hosts = audited_hosts(home)
     if not isinstance(case.outcome, RefusedConfig):
         assert "connect 127.0.0.1" in hosts, "the audit hook saw visor reach the fake GitHub"
     strangers = [line for line in hosts if line.split(" ", 1)[1] not in LOOPBACK]

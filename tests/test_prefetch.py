@@ -14,17 +14,10 @@ from conftest import host_asset_name
 from conftest import make_release_zip
 from conftest import set_table
 from conftest import wait_for
-from fakes.github import FakeGitHub
 
 # Accepted at height 2 (0.1 s in), upgrade block 60 (3 s in): time enough to prefetch.
 FAR_UPGRADE = ["--block-interval", "0.05", "--upgrade-tag", "v2", "--accept-height", "2",
                "--upgrade-height", "60"]
-
-
-@pytest.fixture
-def github():
-    with FakeGitHub() as gh:
-        yield gh
 
 
 def serve_v2(gh, tmp) -> None:

@@ -16,7 +16,6 @@ from conftest import make_release_zip
 from conftest import run_vegavisor
 from conftest import set_table
 from conftest import wait_for
-from fakes.github import FakeGitHub
 
 # v2 accepted at height 2 (0.1 s in), upgrade block 400 (20 s in): the test is long over.
 FAR_UPGRADE = ["--block-interval", "0.05", "--upgrade-tag", "v2", "--accept-height", "2",
@@ -55,12 +54,6 @@ def write_state(home, name, record) -> None:
 def is_stopped(pid: int) -> bool:
     text = Path(f"/proc/{pid}/stat").read_text()
     return text[text.rfind(")") + 2] in "tT"
-
-
-@pytest.fixture
-def github():
-    with FakeGitHub() as gh:
-        yield gh
 
 
 @pytest.fixture

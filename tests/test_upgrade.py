@@ -15,18 +15,11 @@ from conftest import make_release_zip
 from conftest import run_vegavisor
 from conftest import set_table
 from conftest import wait_for
-from fakes.github import FakeGitHub
 
 TOKEN = "ghp_fakeTOKENthatMustNeverShow1234567890"
 # v1 accepts v2 at height 2 and is ready to upgrade at height 8 (0.4 s in).
 UPGRADE = ["--block-interval", "0.05", "--upgrade-tag", "v2", "--accept-height", "2",
            "--upgrade-height", "8"]
-
-
-@pytest.fixture
-def github():
-    with FakeGitHub() as gh:
-        yield gh
 
 
 def use_github(home, gh, **keys) -> None:

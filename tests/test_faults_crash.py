@@ -1,0 +1,585 @@
+"""Crash points: visor SIGKILLed at each step of an upgrade, then started again.
+
+Each row kills a real `vegavisor.py run` at one step (live, by waiting for that step's
+journal entry, log line or file), or, where the step lasts microseconds, constructs
+exactly what a SIGKILL there leaves on disk. A new `run` on the same home must then
+end on v2: the v2 core started from the upgrade snapshot, `current` -> v2, a complete
+v2 folder, no staging folder, the journal "done" once v2 answered, and never two
+cores (nor two data nodes) alive at once, which a thread checks every ~5 ms in /proc.
+
+The helpers here (the /proc monitor, the end-state check) are shared with the other
+crash and signal matrices.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from typing import Callable
+from typing import Dict
+from typing import List
+from typing import Optional
+
+import pytest
+
+from conftest import CoreMonitor
+from conftest import host_asset_name
+from conftest import make_release_zip
+from conftest import set_table
+from conftest import wait_for
+from faults import Row
+from faults import rows
+from fakes.github import FakeGitHub
+
+SNAPSHOT_FLAG = "--snapshot.load-from-block-height"
+BLOCKS = ["--block-interval", "0.05"]
+# v1 accepts v2 at height 2 and is ready to upgrade at height 8 (0.4 s after it starts).
+HEIGHT = 8
+UPGRADE = BLOCKS + ["--upgrade-tag", "v2", "--accept-height", "2", "--upgrade-height",
+                    str(HEIGHT)]
+# The upgrade block 1.5 s after v1 starts: time to kill visor before it, or to prefetch.
+LATE_HEIGHT = 30
+LATE_UPGRADE = BLOCKS + ["--upgrade-tag", "v2", "--accept-height", "2", "--upgrade-height",
+                         str(LATE_HEIGHT)]
+# A v2 core sees its own tag in the script, which is then off: blocks keep coming.
+V2_ARGS = UPGRADE
+# ~17 KB zip in 1 KB pieces 0.2 s apart: a download that lasts about 3.5 s.
+SLOW = dict(delay_per_chunk=0.2, chunk_size=1024, times=1)
+
+
+# --- shared helpers ---
+
+
+
+def serve_v2(gh: FakeGitHub, tmp: Path) -> bytes:
+    data = make_release_zip(tmp / "v2.zip", "v2").read_bytes()
+    gh.add_release("v2", {host_asset_name(): data})
+    return data
+
+
+def use_github(home, gh: FakeGitHub, **keys: object) -> None:
+    set_table(home, "autoInstall", githubApiUrl=gh.url, **keys)
+
+
+def read_json(path: Path) -> Dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def journal(home) -> Dict[str, Any]:
+    return read_json(home.path / ".upgrade-journal.json")
+
+
+def write_journal(home, step: str, height: int = HEIGHT) -> None:
+    """The journal as a visor killed after writing `step` leaves it."""
+    record = {"tag": "v2", "height": height, "from": "genesis", "to": "v2",
+              "started": "2026-01-01T00:00:00Z", "step": step, "updated": "2026-01-01T00:00:01Z"}
+    (home.path / ".upgrade-journal.json").write_text(json.dumps(record) + "\n")
+
+
+def install_elf_version(home, folder: str, version: str, core_args: List[str]) -> Path:
+    """A version folder whose run-config starts core through the python ELF binary, so
+    /proc/<pid>/cmdline is exactly the argv visor started (as for a real, compiled vega;
+    a #! script's cmdline starts with its interpreter instead)."""
+    target = home.install_version(folder, version, core_args)
+    python = os.path.realpath(sys.executable)
+    args = [str(target / "vega")] + home.core_args(core_args)
+    (target / "run-config.toml").write_text("\n".join([
+        f"name = {json.dumps(version)}", "[vega.binary]", f"path = {json.dumps(python)}",
+        f"args = {json.dumps(args)}", "[vega.rpc]", f"socketPath = {json.dumps(home.socket)}",
+        'httpPath = "/rpc"']) + "\n")
+    return target
+
+
+def point_current(home, folder: str) -> None:
+    link = home.path / "current"
+    os.remove(link)
+    os.symlink(folder, link)
+
+
+def staging(home) -> List[str]:
+    return sorted(p.name for p in home.path.iterdir() if p.name.startswith(".staging"))
+
+
+def dead_pid() -> int:
+    """A pid that was a process a moment ago and is not one now (as a killed visor's)."""
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
+
+
+def alive(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+def live_processes(root: Path) -> List[str]:
+    """Processes (not zombies) whose command line names the test's folder."""
+    marker, found = str(root).encode(), []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline and alive(int(proc.name)):
+            shown = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{proc.name}: {shown}")
+    return found
+
+
+def core_starts(home, version: Optional[str] = None, role: str = "core") -> List[dict]:
+    return [r for r in home.records("start", role=role)
+            if version is None or r["version"] == version]
+
+
+def kill_visor(visor) -> None:
+    """SIGKILL, then reap it: its pid is dead, as a killed visor's is after a reboot."""
+    assert visor.proc.poll() is None, f"visor exited before it was killed:\n{visor.log()}"
+    visor.close()
+
+
+def assert_complete_folder(folder: Path, version: str) -> None:
+    assert (folder / "run-config.toml").is_file(), f"{folder} has no run-config.toml"
+    assert f'name = "{version}"' in (folder / "run-config.toml").read_text()
+    binary = folder / "vega"
+    assert binary.is_file() and os.access(binary, os.X_OK), f"{binary} is not runnable"
+    out = subprocess.run([str(binary), "version", "--output", "json"], stdout=subprocess.PIPE,
+                         timeout=30, check=True).stdout
+    assert json.loads(out)["version"] == version
+
+
+def assert_v2_end_state(home, visor, monitor: CoreMonitor, height: int = HEIGHT,
+                        data_node: bool = False, every_start_resumes: bool = True,
+                        timeout: float = 30) -> None:
+    """v2 runs from the upgrade snapshot, current -> v2, complete folder, journal done."""
+    started = visor.wait_log(r"INFO  started role=core pid=(\d+) version=v2 ", timeout)
+    wait_for(lambda: "admin socket answering" in visor.log()[started.end():]
+             or visor.proc.poll() is not None, timeout, f"v2's answer; log:\n{visor.log()}")
+    wait_for(lambda: journal(home).get("step") == "done" or visor.proc.poll() is not None,
+             timeout, f"the journal's step 'done'; log:\n{visor.log()}")
+    assert visor.proc.poll() is None, f"visor exited:\n{visor.log()}"
+    assert journal(home)["tag"] == "v2" and journal(home)["height"] == height
+    assert os.readlink(home.path / "current") == "v2"
+    assert_complete_folder(home.path / "v2", "v2")
+    assert staging(home) == []
+    starts = core_starts(home, "v2")
+    assert starts, "no v2 core started"
+    resumed = starts if every_start_resumes else starts[:1]
+    assert all(s["argv"][-2:] == [SNAPSHOT_FLAG, str(height)] for s in resumed), \
+        [s["argv"] for s in starts]
+    pid = int(started.group(1))
+    assert starts[-1]["pid"] == pid and alive(pid), "the v2 core this visor started runs"
+    assert not [s for s in core_starts(home) if s["version"] not in ("v1", "v2")]
+    if data_node:
+        dn = visor.wait_log(r"INFO  started role=\"?data node\"? pid=(\d+) version=v2 ")
+        assert alive(int(dn.group(1))), "the v2 data node runs"
+    monitor.assert_never_two(visor.log())
+
+
+def stop_visor(visor, timeout: float = 15) -> None:
+    """SIGTERM: exit 0 and nothing of the test's left running."""
+    visor.signal(signal.SIGTERM)
+    assert visor.wait_exit(timeout) == 0, visor.log()
+    wait_for(lambda: not live_processes(visor.home.root), 10,
+             f"no process left; still: {live_processes(visor.home.root)}")
+
+
+# --- the crash points ---
+
+class Ctx:
+    """What a row's first life arranges and what its check after the restart needs."""
+
+    def __init__(self, home, start_visor, github, tmp, monitor) -> None:
+        self.home, self.start_visor, self.github, self.tmp = home, start_visor, github, tmp
+        self.monitor = monitor
+        self.height, self.data_node = HEIGHT, False
+        self.facts: Dict[str, Any] = {}
+        self.own: List[subprocess.Popen] = []  # processes the test started itself
+
+
+def live_ready_seen(ctx: Ctx) -> None:
+    home = ctx.home
+    home.set_config(stopDelaySeconds=3)
+    serve_v2(ctx.github, ctx.tmp)
+    use_github(home, ctx.github, prefetch=False)
+    home.install_version("genesis", "v1", UPGRADE, data_node=True)
+    ctx.data_node = True
+    visor = ctx.start_visor()
+    wait_for(lambda: journal(home).get("step") == "ready", 15, f"step ready:\n{visor.log()}")
+    kill_visor(visor)
+    assert not (home.path / "v2").exists()
+
+
+def live_ready_seen_prefetched(ctx: Ctx) -> None:
+    home = ctx.home
+    home.set_config(stopDelaySeconds=3)
+    serve_v2(ctx.github, ctx.tmp)
+    use_github(home, ctx.github)  # prefetch on: staged long before the block
+    home.install_version("genesis", "v1", LATE_UPGRADE)
+    ctx.height = LATE_HEIGHT
+    visor = ctx.start_visor()
+    visor.wait_log("prefetched tag=v2")
+    wait_for(lambda: journal(home).get("step") == "ready", 15, f"step ready:\n{visor.log()}")
+    kill_visor(visor)
+    assert os.readlink(home.path / "current") == "genesis"
+
+
+def live_sigterm_sent(ctx: Ctx, elf: bool = False) -> None:
+    home = ctx.home
+    home.set_config(stopSignalTimeoutSeconds=3)
+    if elf:
+        install_elf_version(home, "genesis", "v1", UPGRADE + ["--ignore-sigterm"])
+    else:
+        home.install_version("genesis", "v1", UPGRADE + ["--ignore-sigterm"])
+    home.install_version("v2", "v2", V2_ARGS)
+    visor = ctx.start_visor()
+    match = visor.wait_log(r"stopping role=core pid=(\d+) version=v1 signal=SIGTERM")
+    assert journal(home).get("step") == "ready"
+    kill_visor(visor)
+    ctx.facts["leftover"] = int(match.group(1))
+    assert alive(ctx.facts["leftover"]), "v1 ignores SIGTERM, PDEATHSIG's too"
+
+
+def check_leftover_stopped_first(ctx: Ctx, visor) -> None:
+    pid = ctx.facts["leftover"]
+    log = visor.log()
+    line = f"stopping a child left by an earlier vegavisor role=core pid={pid}"
+    assert line in log, log
+    assert log.index(line) < log.index("INFO  started role=core"), log
+    assert not alive(pid)
+    killed = [r for r in ctx.home.records("sigterm") if r["pid"] == pid]
+    assert killed and all(r["action"] == "ignore" for r in killed)
+
+
+def live_leftover_child(ctx: Ctx, elf: bool = False) -> None:
+    home = ctx.home
+    home.set_config(stopSignalTimeoutSeconds=1)
+    if elf:
+        install_elf_version(home, "genesis", "v1", LATE_UPGRADE + ["--ignore-sigterm"])
+    else:
+        home.install_version("genesis", "v1", LATE_UPGRADE + ["--ignore-sigterm"])
+    home.install_version("v2", "v2", V2_ARGS)
+    ctx.height = LATE_HEIGHT
+    visor = ctx.start_visor()
+    visor.wait_log("admin socket answering")
+    [start] = core_starts(home, "v1")
+    kill_visor(visor)
+    assert journal(home) == {}, "killed before the block"
+    ctx.facts["leftover"] = start["pid"]
+    assert alive(start["pid"])
+
+
+def live_mid_download(ctx: Ctx) -> None:
+    home = ctx.home
+    data = serve_v2(ctx.github, ctx.tmp)
+    ctx.github.slow(r"^/objects/", **SLOW)
+    use_github(home, ctx.github, prefetch=False)
+    home.install_version("genesis", "v1", UPGRADE)
+    visor = ctx.start_visor()
+    # The zip is created when the download starts and written as the body comes in.
+    [partial] = wait_for(lambda: list(home.path.glob(".staging-v2-*/*.zip")), 20,
+                         "a download under way")
+    kill_visor(visor)
+    assert journal(home)["step"] == "stopped"
+    assert partial.stat().st_size < len(data), "killed mid-download"
+    assert not [r for r in ctx.github.requests if r.path.startswith("/objects/")
+                and r.bytes_sent == len(data)], "the body was not all sent"
+    ctx.facts["staging"] = partial.parent
+
+
+def check_stale_staging_removed(ctx: Ctx, visor) -> None:
+    assert not ctx.facts["staging"].exists()
+
+
+def live_mid_prefetch(ctx: Ctx) -> None:
+    home = ctx.home
+    data = serve_v2(ctx.github, ctx.tmp)
+    ctx.github.slow(r"^/objects/", **SLOW)
+    use_github(home, ctx.github)
+    home.install_version("genesis", "v1", LATE_UPGRADE)
+    ctx.height = LATE_HEIGHT
+    visor = ctx.start_visor()
+    [partial] = wait_for(lambda: list(home.path.glob(".staging-v2-*/*.zip")), 20,
+                         "a prefetch under way")
+    kill_visor(visor)
+    assert journal(home) == {}, "killed before the block"
+    assert partial.stat().st_size < len(data)
+    ctx.facts["staging"] = partial.parent
+
+
+def staged_by_dead_visor(ctx: Ctx, zip_bytes: Optional[int], binary_bytes: Optional[int],
+                         run_config: bool) -> Path:
+    """A .staging-v2-<dead pid> folder as install_release leaves it when killed."""
+    home = ctx.home
+    data = serve_v2(ctx.github, ctx.tmp)
+    use_github(home, ctx.github, prefetch=False)
+    home.install_version("genesis", "v1", UPGRADE)
+    write_journal(home, "stopped")
+    folder = home.path / f".staging-v2-{dead_pid()}"
+    (folder / "release").mkdir(parents=True)
+    (folder / host_asset_name()).write_bytes(data[:zip_bytes])
+    if binary_bytes is not None or run_config:
+        home.install_version(f"{folder.name}/release", "v2", V2_ARGS)
+        binary = folder / "release" / "vega"
+        binary.write_bytes(binary.read_bytes()[:binary_bytes])
+        if not run_config:
+            (folder / "release" / "run-config.toml").unlink()
+    ctx.facts["staging"] = folder
+    return folder
+
+
+def built_downloaded_not_unpacked(ctx: Ctx) -> None:
+    staged_by_dead_visor(ctx, zip_bytes=None, binary_bytes=None, run_config=False)
+
+
+def built_mid_unpack(ctx: Ctx) -> None:
+    staged_by_dead_visor(ctx, zip_bytes=None, binary_bytes=5000, run_config=False)
+
+
+def built_staged_not_renamed(ctx: Ctx) -> None:
+    staged_by_dead_visor(ctx, zip_bytes=None, binary_bytes=None, run_config=True)
+
+
+def built_renamed_not_journaled(ctx: Ctx) -> None:
+    home = ctx.home
+    home.install_version("genesis", "v1", UPGRADE)
+    home.install_version("v2", "v2", V2_ARGS)
+    write_journal(home, "stopped")
+
+
+def built_installed_not_switched(ctx: Ctx) -> None:
+    built_renamed_not_journaled(ctx)
+    write_journal(ctx.home, "installed")
+
+
+def built_switched_not_started(ctx: Ctx) -> None:
+    built_renamed_not_journaled(ctx)
+    point_current(ctx.home, "v2")
+    write_journal(ctx.home, "switched")
+
+
+def live_started(ctx: Ctx) -> None:
+    home = ctx.home
+    home.install_version("genesis", "v1", UPGRADE)
+    # v2's admin socket opens 1.5 s after it starts: the journal stays at "started".
+    home.install_version("v2", "v2", V2_ARGS + ["--socket-delay", "1.5"])
+    visor = ctx.start_visor()
+    wait_for(lambda: journal(home).get("step") == "started", 15, f"step started:\n{visor.log()}")
+    wait_for(lambda: core_starts(home, "v2"), 10, "the v2 core's first line of life")
+    kill_visor(visor)
+    assert journal(home)["step"] == "started"
+
+
+def built_started_not_recorded(ctx: Ctx) -> None:
+    """Killed between forking the v2 core and recording its pid: .run-state.json holds
+    only the command about to start (written before the fork); the core got PDEATHSIG's
+    SIGTERM and takes 3 s to shut down, as a real core saving its state."""
+    home = ctx.home
+    home.install_version("genesis", "v1", UPGRADE)
+    folder = home.install_version("v2", "v2", V2_ARGS + ["--stop-delay", "3"])
+    point_current(home, "v2")
+    write_journal(home, "switched")
+    argv = [str(folder / "vega")] + home.core_args(V2_ARGS + ["--stop-delay", "3"]) \
+        + [SNAPSHOT_FLAG, str(HEIGHT)]
+    (home.path / ".run-state.json").write_text(json.dumps(
+        {"pid": 999999, "phase": "starting", "children": [], "starting": [argv]}))
+    core = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
+    ctx.own.append(core)
+    wait_for(lambda: [r for r in home.records("socket-listening") if r["pid"] == core.pid],
+             10, "the orphaned v2 core's socket")
+    core.send_signal(signal.SIGTERM)
+    wait_for(lambda: [r for r in home.records("sigterm") if r["pid"] == core.pid], 10,
+             "the orphaned core noting PDEATHSIG's SIGTERM")
+    ctx.facts["orphan"] = core
+
+
+def built_pid_reused(ctx: Ctx, same_argv: bool) -> None:
+    home = ctx.home
+    home.install_version("genesis", "v1", UPGRADE)
+    home.install_version("v2", "v2", V2_ARGS)
+    write_journal(home, "ready")
+    sleeper = subprocess.Popen(["sleep", "60"])
+    ctx.own.append(sleeper)
+    start_time = int(Path(f"/proc/{sleeper.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    if same_argv:  # the very argv recorded, but the pid was reused: another start time
+        child = {"role": "core", "pid": sleeper.pid, "argv": ["sleep", "60"],
+                 "startTime": start_time - 100}
+    else:
+        child = {"role": "core", "pid": sleeper.pid, "startTime": start_time,
+                 "argv": [str(home.path / "genesis" / "vega")] + home.core_args(UPGRADE)}
+    state = {"pid": dead_pid(), "phase": "upgrading", "version": "v1",
+             "folder": str(home.path / "genesis"), "children": [child]}
+    (home.path / ".run-state.json").write_text(json.dumps(state) + "\n")
+    ctx.facts["sleeper"] = sleeper
+
+
+def check_unrelated_process_untouched(ctx: Ctx, visor) -> None:
+    assert ctx.facts["sleeper"].poll() is None, "the unrelated process is alive"
+    assert "stopping a child left by an earlier vegavisor" not in visor.log()
+
+
+END = ("end state: the v2 core started with `--snapshot.load-from-block-height {h}`, "
+       "`current` -> v2, v2 folder complete, no `.staging-*`, journal `done` once v2 "
+       "answered, never two cores alive at once")
+RESUME = "the restarted visor logs `resuming upgrade tag=v2 height={h} step={step}`; "
+
+FAULTS = [
+    Row("crash points", "ready-seen",
+        "live: SIGKILL once the journal says `ready` (visor held there by stopDelaySeconds "
+        "= 3), with a data node; v2 not yet downloaded (prefetch off)",
+        RESUME.format(h=HEIGHT, step="ready") + "downloads v2 and starts core and data node; "
+        + END.format(h=HEIGHT) + ", nor two data nodes",
+        (live_ready_seen, None)),
+    Row("crash points", "ready-seen-prefetched",
+        "live: SIGKILL at journal `ready` after a prefetch staged v2 (block at height 30)",
+        RESUME.format(h=LATE_HEIGHT, step="ready") + "checks the staged v2 and uses it; "
+        + END.format(h=LATE_HEIGHT),
+        (live_ready_seen_prefetched, None)),
+    Row("crash points", "sigterm-sent",
+        "live: SIGKILL while visor waits for v1 to obey SIGTERM (v1 --ignore-sigterm, "
+        "stopSignalTimeoutSeconds = 3): v1 survives PDEATHSIG",
+        "the restarted visor logs `stopping a child left by an earlier vegavisor role=core "
+        "pid=<v1>`, kills it (SIGTERM, 3 s, SIGKILL) and only then starts v2; "
+        + END.format(h=HEIGHT),
+        (live_sigterm_sent, check_leftover_stopped_first)),
+    Row("crash points", "sigterm-sent-elf-binary",
+        "live: as `sigterm-sent`, but v1's run-config starts core through an ELF binary "
+        "(the python interpreter, the fake core script its first argument), so "
+        "`/proc/<pid>/cmdline` equals the recorded argv as for a real vega",
+        "the restarted visor logs `stopping a child left by an earlier vegavisor role=core "
+        "pid=<v1>`, kills it and only then starts v2; " + END.format(h=HEIGHT),
+        (lambda ctx: live_sigterm_sent(ctx, elf=True), check_leftover_stopped_first)),
+    Row("crash points", "leftover-child-alive",
+        "live: SIGKILL while v1 runs before the block; v1 --ignore-sigterm survives "
+        "PDEATHSIG's SIGTERM",
+        "the restarted visor logs `stopping a child left by an earlier vegavisor`, kills "
+        "it before starting any core, runs v1 again and upgrades at the block; "
+        + END.format(h=LATE_HEIGHT),
+        (live_leftover_child, check_leftover_stopped_first)),
+    Row("crash points", "leftover-child-alive-elf-binary",
+        "live: as `leftover-child-alive`, v1 started through an ELF binary (cmdline equals "
+        "the recorded argv)",
+        "the restarted visor stops the leftover before starting any core, then upgrades "
+        "at the block; " + END.format(h=LATE_HEIGHT),
+        (lambda ctx: live_leftover_child(ctx, elf=True), check_leftover_stopped_first)),
+    Row("crash points", "mid-download",
+        "live: SIGKILL mid-download at the block (prefetch off, the fake GitHub sends the "
+        "zip 1 KB per 0.2 s): a partial zip in `.staging-v2-<pid>/`",
+        "the restarted visor removes the dead pid's staging folder, resumes at step "
+        "`stopped` and downloads v2 again; " + END.format(h=HEIGHT),
+        (live_mid_download, check_stale_staging_removed)),
+    Row("crash points", "mid-prefetch",
+        "live: SIGKILL mid-prefetch, before the block (block at height 30): a partial zip "
+        "in `.staging-v2-<pid>/`, no journal",
+        "the restarted visor removes the stale staging folder, runs v1, prefetches again "
+        "and upgrades at the block; " + END.format(h=LATE_HEIGHT),
+        (live_mid_prefetch, check_stale_staging_removed)),
+    Row("crash points", "downloaded-not-unpacked",
+        "constructed: `.staging-v2-<dead pid>/` holding the complete zip and an empty "
+        "`release/`, journal `stopped`, `current` -> genesis, no v1 running",
+        RESUME.format(h=HEIGHT, step="stopped") + "the staging folder is removed and v2 "
+        "downloaded again; " + END.format(h=HEIGHT),
+        (built_downloaded_not_unpacked, check_stale_staging_removed)),
+    Row("crash points", "mid-unpack",
+        "constructed: `.staging-v2-<dead pid>/` with the zip and a truncated "
+        "`release/vega` (5000 bytes), no run-config, journal `stopped`",
+        "the half-unpacked binary is never run nor moved into place: the staging folder "
+        "is removed and v2 installed again; " + END.format(h=HEIGHT),
+        (built_mid_unpack, check_stale_staging_removed)),
+    Row("crash points", "staged-not-renamed",
+        "constructed: `.staging-v2-<dead pid>/release/` complete (binary and "
+        "run-config.toml) but not renamed to `v2/`, journal `stopped`",
+        "the staging folder is removed and v2 installed again; " + END.format(h=HEIGHT),
+        (built_staged_not_renamed, check_stale_staging_removed)),
+    Row("crash points", "renamed-not-journaled",
+        "constructed: `HOME/v2` complete (renamed into place), journal still `stopped`, "
+        "`current` -> genesis",
+        RESUME.format(h=HEIGHT, step="stopped") + "uses the folder after checking its "
+        "binary's version; " + END.format(h=HEIGHT),
+        (built_renamed_not_journaled, None)),
+    Row("crash points", "renamed-not-switched",
+        "constructed: `HOME/v2` complete, journal `installed`, `current` -> genesis",
+        RESUME.format(h=HEIGHT, step="installed") + "checks the version and switches; "
+        + END.format(h=HEIGHT),
+        (built_installed_not_switched, None)),
+    Row("crash points", "switched-not-started",
+        "constructed: `current` -> v2, journal `switched`, no core running",
+        RESUME.format(h=HEIGHT, step="switched") + "starts v2 from the snapshot, not as a "
+        "plain restart; " + END.format(h=HEIGHT),
+        (built_switched_not_started, None)),
+    Row("crash points", "started",
+        "live: SIGKILL right after the v2 core started, before it answered (its socket "
+        "opens 1.5 s late), journal `started`",
+        RESUME.format(h=HEIGHT, step="started") + "starts v2 again from the snapshot; "
+        + END.format(h=HEIGHT),
+        (live_started, None)),
+    Row("crash points", "started-not-recorded",
+        "constructed: SIGKILL between forking the v2 core and recording its pid "
+        "(`.run-state.json` names only the command being started); that core got "
+        "PDEATHSIG's SIGTERM and takes 3 s to stop (`--stop-delay 3`, as a real core "
+        "saving its state)",
+        "the restarted visor does not start a second core while the first is still alive; "
+        + END.format(h=HEIGHT),
+        (built_started_not_recorded, None)),
+    Row("crash points", "stale-run-state-pid-reused",
+        "constructed: `.run-state.json` names a child whose pid now belongs to an "
+        "unrelated `sleep 60` (another argv), journal `ready`",
+        "the unrelated process is not signalled (no `stopping a child left` line); "
+        + END.format(h=HEIGHT),
+        (lambda ctx: built_pid_reused(ctx, same_argv=False), check_unrelated_process_untouched)),
+    Row("crash points", "stale-run-state-same-argv",
+        "constructed: `.run-state.json` names pid and argv of a running `sleep 60` but "
+        "another start time (a reused pid), journal `ready`",
+        "the process is not signalled: pid and argv alone do not name it; "
+        + END.format(h=HEIGHT),
+        (lambda ctx: built_pid_reused(ctx, same_argv=True), check_unrelated_process_untouched)),
+]
+
+BUGS: Dict[str, str] = {}  # row id -> "BUG: ..." for a row that shows a known bug
+
+
+def params() -> List[Any]:
+    return [pytest.param(*p.values, id=p.id, marks=pytest.mark.xfail(strict=True,
+                                                                     reason=BUGS[p.id]))
+            if p.id in BUGS else p for p in rows(FAULTS)]
+
+
+@pytest.mark.parametrize(("row", "kill", "check"), params())
+@pytest.mark.timeout(60)
+def test_crash_point(row: Row, kill: Callable[[Ctx], None],
+                     check: Optional[Callable[[Ctx, Any], None]],
+                     home, start_visor, github, short_tmp, monitor) -> None:
+    ctx = Ctx(home, start_visor, github, short_tmp, monitor)
+    try:
+        # 1. the first visor dies at the step (or its remains are built on disk)
+        kill(ctx)
+        # 2. a new `run` on the same home
+        v1_starts, left = len(core_starts(home, "v1")), journal(home).get("step")
+        visor = start_visor()
+        assert_v2_end_state(home, visor, monitor, height=ctx.height, data_node=ctx.data_node)
+        if left:  # killed past the block: the upgrade is finished, v1 never runs again
+            assert f"WARN  resuming upgrade tag=v2 height={ctx.height} step={left}" \
+                in visor.log(), visor.log()
+            assert len(core_starts(home, "v1")) == v1_starts, "v1 ran past the upgrade block"
+        else:  # killed before the block: v1 runs again and upgrades at the block
+            assert "resuming upgrade" not in visor.log()
+            assert len(core_starts(home, "v1")) == v1_starts + 1
+        if check is not None:
+            check(ctx, visor)
+        stop_visor(visor)
+    finally:
+        for process in ctx.own:
+            if process.poll() is None:
+                process.kill()
+            process.wait()

@@ -1,0 +1,155 @@
+"""FAULTS.md is rendered from the FAULTS rows of every tests/test_faults_*.py module.
+
+`python3 tests/test_faults_md.py` rewrites FAULTS.md; the tests here fail when the file
+differs from the rendering, when a row id repeats within its file, or when a row is
+not a case of a test function of its module.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+from typing import List
+from typing import NamedTuple
+from typing import Optional
+from typing import Tuple
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+FAULTS_MD = ROOT / "FAULTS.md"
+REGENERATE = "python3 tests/test_faults_md.py"
+# The issue's order; an area not listed here comes after them, alphabetically.
+AREAS = ("crash points", "downloads", "admin socket", "children", "signals")
+KNOWN_BUG = " (strict xfail: a known bug, the expected outcome does not happen yet)"
+
+
+class Located(NamedTuple):
+    """A row with the file and the test function that check it."""
+
+    row: Any
+    file: str  # e.g. "test_faults_crash.py"
+    function: Optional[str]  # None when no test function of the module has the row
+    xfail: bool  # the case is a strict xfail: the row shows a known bug
+
+    @property
+    def test(self) -> str:
+        return f"tests/{self.file}::{self.function}[{self.row.id}]"
+
+
+def fault_modules() -> List[Any]:
+    """Every tests/test_faults_*.py module but this one, imported by name."""
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    names = sorted(p.stem for p in TESTS.glob("test_faults_*.py") if p.stem != Path(__file__).stem)
+    return [importlib.import_module(name) for name in names]
+
+
+def parametrized_rows(function: Any) -> List[Tuple[Any, bool]]:
+    """(first value, marked xfail) of each case of a function's parametrize marks."""
+    found = []
+    for mark in getattr(function, "pytestmark", []):
+        if mark.name != "parametrize" or len(mark.args) < 2:
+            continue
+        for case in mark.args[1]:
+            values = getattr(case, "values", case if isinstance(case, (tuple, list)) else (case,))
+            xfail = any(m.name == "xfail" for m in getattr(case, "marks", ()))
+            if values:
+                found.append((values[0], xfail))
+    return found
+
+
+def matrix_function_of(module: Any, row: Any) -> Tuple[Optional[str], bool]:
+    """The test function of `module` that has `row` as a case, and whether it is xfail."""
+    for name in sorted(vars(module)):
+        function = getattr(module, name)
+        if not (name.startswith("test") and callable(function)
+                and getattr(function, "__module__", None) == module.__name__):
+            continue
+        for case, xfail in parametrized_rows(function):
+            if case is row or case == row:
+                return name, xfail
+    return None, False
+
+
+def collect() -> List[Located]:
+    located = []
+    for module in fault_modules():
+        for row in getattr(module, "FAULTS", []):
+            located.append(Located(row, Path(module.__file__).name,
+                                   *matrix_function_of(module, row)))
+    return located
+
+
+def cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def area_order(area: str) -> tuple:
+    return (AREAS.index(area), "") if area in AREAS else (len(AREAS), area)
+
+
+def render(located: List[Located]) -> str:
+    lines = [
+        "# Fault matrix",
+        "",
+        f"Generated from the `FAULTS` rows of `tests/test_faults_*.py`, each row a test case; "
+        f"do not edit by hand, regenerate with `{REGENERATE}`. A row marked strict xfail "
+        f"shows a known bug: its test fails until vegavisor does what the row expects.",
+    ]
+    for area in sorted({item.row.area for item in located}, key=area_order):
+        items = [item for item in located if item.row.area == area]
+        lines += ["", f"## {area}", "", "| fault | expected outcome | test |", "|---|---|---|"]
+        lines += [f"| {cell(item.row.fault)} | {cell(item.row.expected)} | `{item.test}`"
+                  f"{KNOWN_BUG if item.xfail else ''} |" for item in items]
+        bugs = sum(item.xfail for item in items)
+        lines += ["", f"{len(items)} cases in {area}"
+                  + (f", {bugs} of them strict xfail (known bugs)." if bugs else ".")]
+    return "\n".join(lines) + "\n"
+
+
+def write() -> Path:
+    FAULTS_MD.write_text(render(collect()))
+    return FAULTS_MD
+
+
+@pytest.mark.timeout(60)
+def test_faults_md_is_the_rendering_of_the_rows():
+    expected = render(collect())
+    actual = FAULTS_MD.read_text() if FAULTS_MD.exists() else ""
+    assert actual == expected, f"{FAULTS_MD} is out of date; regenerate it with `{REGENERATE}`"
+
+
+@pytest.mark.timeout(60)
+def test_every_row_has_a_unique_id_and_a_test_function():
+    located = collect()
+    assert located, "no FAULTS rows found"
+    by_file = {}
+    for item in located:
+        by_file.setdefault(item.file, []).append(item.row.id)
+    for file, ids in by_file.items():
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        assert not repeated, f"tests/{file} repeats row ids {repeated}"
+    orphans = [f"tests/{item.file}: {item.row.id}" for item in located if item.function is None]
+    assert not orphans, f"rows that are no test function's case: {orphans}"
+    for item in located:
+        module = sys.modules[Path(item.file).stem]
+        assert callable(getattr(module, item.function))
+
+
+@pytest.mark.timeout(60)
+def test_every_area_has_rows_and_the_issue_minimums():
+    counts = {}
+    for item in collect():
+        counts[item.row.area] = counts.get(item.row.area, 0) + 1
+    minimums = {"crash points": 9, "downloads": 14, "admin socket": 9, "children": 7,
+                "signals": 3}
+    short = {area: counts.get(area, 0) for area, least in minimums.items()
+             if counts.get(area, 0) < least}
+    assert not short, f"areas below the issue's minimum: {short}"
+
+
+if __name__ == "__main__":
+    print(f"wrote {write()}")
