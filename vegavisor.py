@@ -1169,9 +1169,9 @@ class Log:
 
     def __init__(
         self, stream: TextIO, fmt: str = "text", level: str = "info",
-        clock: Callable[[], float] = time.time,
+        clock: Optional[Callable[[], float]] = None,
     ) -> None:
-        self.stream, self.clock = stream, clock
+        self.stream, self.clock = stream, clock or time.time  # looked up now, not at import
         self.lock = threading.Lock()  # the install thread logs too: lines must not mix
         self.configure(LoggingConfig(fmt, level))
 

@@ -204,3 +204,14 @@ def test_format_log_line_text_and_json():
     line = vegavisor.format_log_line("json", ts, "warn", "stopped", {"status": "exited"})
     assert json.loads(line) == {"ts": "2026-11-27T00:00:00.250Z", "level": "warn",
                                 "logger": "vegavisor", "msg": "stopped", "status": "exited"}
+
+
+def test_log_lines_carry_the_wall_clock_in_utc():
+    import io
+    from freezegun import freeze_time
+    stream = io.StringIO()
+    with freeze_time("2026-11-27 03:00:00.250"):
+        vegavisor.Log(stream).info("ready to upgrade", tag="v2")
+        vegavisor.Log(stream, level="warn").info("filtered out")
+        assert vegavisor.utc_now() == "2026-11-27T03:00:00Z"
+    assert stream.getvalue() == "2026-11-27T03:00:00.250Z INFO  ready to upgrade tag=v2\n"
