@@ -44,7 +44,11 @@ from typing import NamedTuple
 from typing import Optional
 from typing import Sequence
 from typing import TextIO
+from typing import TYPE_CHECKING
 from typing import Tuple
+
+if TYPE_CHECKING:  # loaded lazily at run time: only an install unpacks a zip
+    import zipfile
 
 __all__ = ["main", "VisorError", "ConfigError", "Config", "RunConfig", "UpgradeStatus"]
 
@@ -1297,11 +1301,15 @@ def query_binary(argv: Sequence[str], timeout: float = BINARY_QUERY_TIMEOUT_SECO
 def binary_version(path: Path) -> str:
     """What `<binary> version --output json` says its version is (SPEC 1.5)."""
     make_runnable(path)
-    output = query_binary([str(path), "version", "--output", "json"])
+    return query_version(path, BINARY_QUERY_TIMEOUT_SECONDS)
+
+
+def query_version(path: Path, timeout: float) -> str:
+    """What `<binary> version --output json` says, without make_runnable's chmod."""
+    output = query_binary([str(path), "version", "--output", "json"], timeout)
     version = version_in_output(output)
     if version is None:
-        raise VisorError(f"`{path} version --output json` printed no version: "
-                         f"{output[:200]!r}")
+        raise VisorError(f"`{path} version --output json` printed no version: {output[:200]!r}")
     return version
 
 
@@ -1885,7 +1893,7 @@ def unpack_zip(archive: Path, into: Path, max_bytes: int) -> List[str]:
         raise InstallError(f"{archive.name} cannot be unpacked: {e}") from None
 
 
-def _check_member(info: "zipfile.ZipInfo", archive: Path) -> None:
+def _check_member(info: zipfile.ZipInfo, archive: Path) -> None:
     name = info.filename
     parts = name.replace("\\", "/").split("/")
     if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[\\/]", name) or ".." in parts \
@@ -1898,7 +1906,7 @@ def _check_member(info: "zipfile.ZipInfo", archive: Path) -> None:
                            f"are unpacked")
 
 
-def _extract_member(z: "zipfile.ZipFile", info: "zipfile.ZipInfo", into: Path) -> None:
+def _extract_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, into: Path) -> None:
     target = into.joinpath(*[p for p in info.filename.split("/") if p not in ("", ".")])
     if info.is_dir():
         target.mkdir(parents=True, exist_ok=True)
@@ -2196,13 +2204,24 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def read_state_file(path: Path) -> Tuple[Optional[dict], Optional[str]]:
+    """A JSON object `run` keeps: (None, None) when absent, (None, why) when unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        return None, f"{path} cannot be read: {e.strerror}"
+    except ValueError as e:
+        return None, f"{path} is not JSON ({e}); `vegavisor run` rewrites it"
+    if not isinstance(data, dict):
+        return None, f"{path} does not hold a JSON object; `vegavisor run` rewrites it"
+    return data, None
+
+
 def read_json_file(path: Path) -> Dict[str, Any]:
     """A state file's object; {} when it is missing or unreadable (state is advisory)."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
+    return read_state_file(path)[0] or {}
 
 
 def read_journal(home: Path) -> Optional[Dict[str, Any]]:
@@ -2975,15 +2994,6 @@ def _check_binary_keys(found: List[Finding], parent: dict, where: str,
     return Binary(**values) if values else None
 
 
-def query_version(path: Path, timeout: float) -> str:
-    """What `<binary> version --output json` says, without make_runnable's chmod."""
-    output = query_binary([str(path), "version", "--output", "json"], timeout)
-    version = version_in_output(output)
-    if version is None:
-        raise VisorError(f"`{path} version --output json` printed no version: {output[:200]!r}")
-    return version
-
-
 def check_binary(where: str, path: Path, timeout: float) -> Tuple[Optional[str], List[Finding]]:
     """The version a binary reports, and what keeps it from running; changes nothing."""
     try:
@@ -3231,21 +3241,6 @@ def child_alive(child: Dict[str, Any]) -> Optional[bool]:
     # shows a script's interpreter first ("python3 /path/vega ...").
     return child["pid"] is not None and child["startTime"] is not None \
         and process_start_time(child["pid"]) == child["startTime"]
-
-
-def read_state_file(path: Path) -> Tuple[Optional[dict], Optional[str]]:
-    """A JSON object `run` keeps: (None, None) when absent, (None, why) when unreadable."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None, None
-    except OSError as e:
-        return None, f"{path} cannot be read: {e.strerror}"
-    except ValueError as e:
-        return None, f"{path} is not JSON ({e}); `vegavisor run` rewrites it"
-    if not isinstance(data, dict):
-        return None, f"{path} does not hold a JSON object; `vegavisor run` rewrites it"
-    return data, None
 
 
 def _field(record: Any, key: str, kind: type) -> Any:

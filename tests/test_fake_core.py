@@ -28,6 +28,8 @@ from typing import NamedTuple
 from typing import Optional
 
 import pytest
+
+import conftest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -52,14 +54,7 @@ JSON_TYPE = "application/json"
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE_SECONDS) -> Any:
     """Return the first truthy value of condition(), or fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(POLL_SECONDS)
+    return conftest.wait_for(condition, timeout, what)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
