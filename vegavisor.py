@@ -101,6 +101,19 @@ PR_SET_PDEATHSIG = 1
 INSTALL_STOP_WAIT_SECONDS = 5.0
 # After SIGKILL a process is gone within milliseconds unless stuck in the kernel.
 LEFTOVER_KILL_WAIT_SECONDS = 5.0
+# Set in each child's environment to a fresh value recorded before the fork: a visor
+# killed between fork and record still lets the next one find that child.
+CHILD_MARKER_VARIABLE = "VEGAVISOR_CHILD"
+# The same warning (state or metrics not written, a bad answer) at most this often.
+REPEAT_WARNING_SECONDS = 300.0
+# While core has never answered: warn this many seconds after the start, then every
+# NOT_ANSWERING_REPEAT (a mainnet core replays for minutes; a wrong socket never answers).
+NOT_ANSWERING_WARNINGS = (10.0, 30.0, 60.0)
+NOT_ANSWERING_REPEAT = 300.0
+# A prefetch for a different tag starts at most this often: a tag flapping every poll
+# costs at most 12 installs (about 40 GitHub API requests) an hour, within the
+# unauthenticated budget of 60.
+PREFETCH_MIN_START_SECONDS = 300.0
 
 # Release lists and asset lists are ~100 KB a page; a release object is smaller.
 MAX_API_RESPONSE_BYTES = 32 * 1024 * 1024
@@ -1157,10 +1170,11 @@ def format_fact(value: Any) -> str:
 
 
 def format_log_line(fmt: str, ts: float, level: str, msg: str, facts: Dict[str, Any]) -> str:
+    """Text (`ts LEVEL msg k=v`), or JSON with Vega's own keys T, L, N, M (SPEC 3.1.12)."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
     if fmt == "json":
-        record = {"ts": stamp, "level": level, "logger": "vegavisor", "msg": msg}
-        record.update(facts)
+        record = {"T": stamp, "L": level, "N": "vegavisor", "M": msg}
+        record.update((k, v) for k, v in facts.items() if k not in record)
         return json.dumps(record, default=str)
     text = " ".join(f"{k}={format_fact(v)}" for k, v in facts.items())
     return f"{stamp} {level.upper():5} {msg}" + (" " + text if text else "")
@@ -1186,9 +1200,13 @@ class Log:
         if LOG_LEVELS.index(level) < self.min_rank:
             return
         line = format_log_line(self.fmt, self.clock(), level, msg, facts) + "\n"
+        line = line.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
         with self.lock:
-            self.stream.write(line)
-            self.stream.flush()
+            try:
+                self.stream.write(line)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed stdout must not stop `run` (SPEC 3.2.2); systemd has a copy
 
     def debug(self, msg: str, **facts: Any) -> None:
         self.emit("debug", msg, **facts)
@@ -1277,8 +1295,13 @@ def make_runnable(path: Path) -> None:
     if not stat.S_ISREG(mode):
         raise VisorError(f"binary {path} is not a regular file")
     wanted = mode | ((mode & 0o444) >> 2)
-    if wanted != mode:
+    if wanted == mode:
+        return
+    try:
         os.chmod(path, stat.S_IMODE(wanted))
+    except OSError as e:
+        raise VisorError(f"binary {path} is not executable and cannot be made so "
+                         f"({e.strerror}); run `chmod +x {path}` as its owner") from None
 
 
 def query_binary(argv: Sequence[str], timeout: float = BINARY_QUERY_TIMEOUT_SECONDS) -> str:
@@ -1313,14 +1336,18 @@ def query_version(path: Path, timeout: float) -> str:
     return version
 
 
-def latest_history_segment(folder: Path, data_node: Binary) -> Optional[int]:
-    """The data node's newest history segment height (SPEC 1.5), None when it has none."""
+def latest_history_segment(folder: Path, data_node: Binary,
+                           query: Callable[[Sequence[str]], str]) -> Optional[int]:
+    """The data node's newest history segment height (SPEC 1.5), None when it has none.
+    `datanode` is added only when the data node's own args start with it: a standalone
+    data-node binary has no such subcommand (SPEC 1.7)."""
     path = resolve_binary(folder, data_node)
     make_runnable(path)
-    argv = [str(path), "datanode", "network-history", "latest-history-segment"]
+    command = ["datanode"] if data_node.args[:1] == ("datanode",) else []
+    argv = [str(path)] + command + ["network-history", "latest-history-segment"]
     home = flag_value(data_node.args, "--home")
     argv += ["--home", home] if home else []
-    return parse_latest_segment(query_binary(argv + ["--output", "json"]))
+    return parse_latest_segment(query(argv + ["--output", "json"]))
 
 
 # --- home folder ---
@@ -1333,12 +1360,15 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def switch_current(home: Path, folder: Path) -> None:
-    """Point HOME/current at folder atomically: a new link renamed over the old one."""
+def switch_current(home: Path, folder: Path, log: Optional[Log] = None) -> None:
+    """Point HOME/current at folder atomically: a new link renamed over the old one. A
+    `current` that is a real folder is moved aside first, never deleted (SPEC 3.1.6)."""
     link = home / CURRENT_LINK
-    if link.exists() and not link.is_symlink():
-        raise VisorError(f"{link} is a real folder, not a link; move it aside (vegavisor "
-                         f"never deletes it) and run again")
+    if link.is_dir() and not link.is_symlink():
+        aside = home / f".current-replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        os.rename(link, aside)
+        if log is not None:
+            log.warn("current was a real folder; moved aside", folder=str(aside))
     temporary = home / f".{CURRENT_LINK}.{os.getpid()}.tmp"
     if temporary.is_symlink():
         temporary.unlink()
@@ -1347,30 +1377,42 @@ def switch_current(home: Path, folder: Path) -> None:
     fsync_folder(home)
 
 
-def usable_current(home: Path) -> Path:
-    """The folder HOME/current points at, or genesis when the link is missing or broken."""
-    link = home / CURRENT_LINK
-    if link.exists() and not link.is_symlink():
-        raise VisorError(f"{link} is a real folder, not a link; move it aside (vegavisor "
-                         f"never deletes it) and run again")
-    if (link / RUN_CONFIG_FILE).is_file():
-        return Path(os.path.realpath(link))
-    genesis = home / GENESIS_FOLDER
-    if not (genesis / RUN_CONFIG_FILE).is_file():
-        raise ConfigError(f"{genesis / RUN_CONFIG_FILE} does not exist and {link} names no "
-                          f"usable folder; create it with `vegavisor init --home {home}`")
-    return genesis
+class CurrentLink(NamedTuple):
+    """What HOME/current is: the one reader of it, for `run`, `status` and `validate`."""
+
+    link: Path
+    kind: str  # link, folder (a real folder), missing, dangling, incomplete (no run-config)
+    folder: Optional[Path]  # the folder it names, resolved (None when missing)
+    problem: str  # what is wrong, saying what `run` does about it; "" when usable
+
+    @property
+    def usable(self) -> bool:
+        return self.kind in ("link", "folder")
 
 
-def current_folder(home: Path, log: Log) -> Path:
-    """usable_current(), with a missing or broken link pointed back at genesis (SPEC 1.1)."""
-    folder = usable_current(home)
+def read_current(home: Path) -> CurrentLink:
     link = home / CURRENT_LINK
+    genesis = home / GENESIS_FOLDER / RUN_CONFIG_FILE
+    fallback = ("`vegavisor run` points it at genesis" if genesis.is_file() else
+                f"{genesis} does not exist either, so `vegavisor run` cannot start")
+    if not link.is_symlink() and not link.exists():
+        return CurrentLink(link, "missing", None, f"{link} does not exist; {fallback}")
+    if not link.is_symlink():
+        if (link / RUN_CONFIG_FILE).is_file():
+            return CurrentLink(link, "folder", link, "")
+        return CurrentLink(link, "incomplete", link,
+                           f"{link} is a folder without {RUN_CONFIG_FILE}; {fallback}")
+    target = os.readlink(link)
+    folder = Path(os.path.realpath(link))
+    if not link.exists():
+        return CurrentLink(link, "dangling", folder,
+                           f"{link} is dangling: it points at {target}, which does not exist; "
+                           f"{fallback} (ln -sfn FOLDER {link} to run another version)")
     if not (link / RUN_CONFIG_FILE).is_file():
-        log.info("current points at genesis", link=str(link),
-                 was=os.readlink(link) if link.is_symlink() else "missing")
-        switch_current(home, folder)
-    return folder
+        return CurrentLink(link, "incomplete", folder,
+                           f"{link} points at {target}, which has no {RUN_CONFIG_FILE}; "
+                           f"{fallback}")
+    return CurrentLink(link, "link", folder, "")
 
 
 def incomplete_folder(folder: Path, tag: str) -> VisorError:
@@ -1444,6 +1486,8 @@ class SignalInbox:
         self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._record_reload)
         # A Python handler is needed for SIGCHLD to reach the wakeup fd at all.
         self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._ignore)
+        # A closed stdout or stderr must not end `run` (SPEC 3.2.2): writes fail, not die.
+        self._previous[signal.SIGPIPE] = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -1453,13 +1497,20 @@ class SignalInbox:
         os.close(self._write)
 
     def wait(self, seconds: float) -> None:
-        """Sleep up to `seconds`, waking early for any signal."""
+        """Sleep up to `seconds`, waking early for any signal or wake()."""
         select.select([self._read], [], [], max(seconds, 0.0))
         try:
             while os.read(self._read, 512):
                 pass
         except BlockingIOError:
             pass
+
+    def wake(self) -> None:
+        """Called from another thread (an install that finished): the wait returns."""
+        try:
+            os.write(self._write, b"w")
+        except OSError:
+            pass  # the pipe is full: the loop wakes anyway
 
     def _record_stop(self, signum: int, frame: Any) -> None:
         self.stop_signal = self.stop_signal or signal.Signals(signum).name
@@ -1471,33 +1522,141 @@ class SignalInbox:
         pass
 
 
-class Child(NamedTuple):
-    role: str  # "core" or "data node"
-    version: str  # the run-config's name
-    path: Path
-    argv: Tuple[str, ...]
-    popen: "subprocess.Popen[bytes]"
-    started: float  # monotonic
-    start_time: Optional[int]  # /proc start time: tells the process from a reused pid
-
-
-def child_argv(folder: Path, binary: Binary, args: Sequence[str]) -> Tuple[str, ...]:
-    return (str(resolve_binary(folder, binary)),) + tuple(args)
-
-
-def start_child(role: str, version: str, folder: Path, binary: Binary, args: Sequence[str],
-                clock: Callable[[], float]) -> Child:
-    """Start a binary with visor's environment, working folder and output streams."""
-    path = resolve_binary(folder, binary)
-    make_runnable(path)
-    argv = child_argv(folder, binary, args)
+def process_start_time(pid: int) -> Optional[int]:
+    """Field 22 of /proc/<pid>/stat: with the pid, it names one process for good.
+    None when the process is gone or a zombie (it runs nothing any more)."""
     try:
-        # Own session: a Ctrl-C meant for visor must not reach the node; visor stops it.
-        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
-                                 preexec_fn=die_with_parent())
-    except OSError as e:
-        raise VisorError(f"{role} binary {path} cannot be started: {e.strerror}") from None
-    return Child(role, version, path, argv, popen, clock(), process_start_time(popen.pid))
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat_line.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def is_alive(pid: int, start_time: Optional[int]) -> bool:
+    """The one liveness check: pid still is the process that started at start_time."""
+    return start_time is not None and process_start_time(pid) == start_time
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process is left in process group pgid (a child's own session)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def spawned_with(marker: str) -> List[int]:
+    """Processes whose environment holds VEGAVISOR_CHILD=marker: children an earlier visor
+    forked but did not live to record. Found by environment, not argv (SPEC 3.1.5)."""
+    wanted = f"{CHILD_MARKER_VARIABLE}={marker}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue
+        if wanted in environ and process_start_time(int(name)) is not None:
+            found.append(int(name))
+    return found
+
+
+class Proc:
+    """A child in its own session: signals go to its whole process group, and it is gone
+    only when no process of that group is left (a wrapper's grandchild included)."""
+
+    def __init__(self, pid: int, start_time: Optional[int],
+                 popen: "Optional[subprocess.Popen[bytes]]" = None) -> None:
+        self.pid, self.start_time, self.popen = pid, start_time, popen
+        self.leader_gone = False
+
+    def returncode(self) -> Optional[int]:
+        """The leader's exit status once it exited (-1: not ours to know); None while it runs."""
+        if self.popen is not None:
+            return self.popen.poll()
+        if not self.leader_gone and not is_alive(self.pid, self.start_time):
+            self.leader_gone = True
+        return -1 if self.leader_gone else None
+
+    def gone(self) -> bool:
+        return self.returncode() is not None and not group_alive(self.pid)
+
+    def signal(self, sig: int) -> None:
+        if self.popen is None and self.returncode() is not None:
+            return  # a leftover whose leader is gone: its pid may name someone else now
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class World:
+    """Everything the supervisor does to the machine and the clock, in one place.
+
+    Tests pass a fake with the same methods: a fake clock that `wait` advances, scripted
+    admin answers, processes that exit when told. This is the real one.
+    """
+
+    def __init__(self, inbox: SignalInbox, notifier: "Notifier", log: Log,
+                 token: Optional[str], clock: Callable[[], float] = time.monotonic,
+                 rng: Optional[random.Random] = None) -> None:
+        self.inbox, self.notifier, self.log = inbox, notifier, log
+        self.token, self.now, self.rng = token, clock, rng or random.Random()
+        self.admin_client: Optional[Any] = None
+
+    @property
+    def stop_signal(self) -> str:
+        return self.inbox.stop_signal
+
+    def take_reload_request(self) -> bool:
+        requested, self.inbox.reload_requested = self.inbox.reload_requested, False
+        return requested
+
+    def wait(self, seconds: float) -> None:
+        """The one wait: up to `seconds`, early on a signal, a child's exit or an install
+        that finished; the systemd watchdog is fed all along."""
+        self.notifier.tick()
+        self.inbox.wait(min(seconds, self.notifier.seconds_to_tick()))
+        self.notifier.tick()
+
+    def notify(self, *fields: str) -> None:
+        self.notifier.send(*fields)
+
+    def spawn(self, argv: Sequence[str], env: Dict[str, str]) -> Proc:
+        """Start a binary in its own session (a Ctrl-C meant for visor must not reach the
+        node), with visor's working folder and output streams; OSError when it cannot."""
+        popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, env=env,
+                                 start_new_session=True, preexec_fn=die_with_parent())
+        return Proc(popen.pid, process_start_time(popen.pid), popen)
+
+    def leftover(self, pid: int, start_time: Optional[int]) -> Optional[Proc]:
+        """A process an earlier visor started, if that very process still runs."""
+        return Proc(pid, start_time) if is_alive(pid, start_time) else None
+
+    def spawned_with(self, marker: str) -> List[Proc]:
+        return [Proc(pid, process_start_time(pid)) for pid in spawned_with(marker)]
+
+    def query(self, argv: Sequence[str]) -> str:
+        return query_binary(argv)
+
+    def poll_admin(self, rpc: RpcConfig, timeout: float) -> UpgradeStatus:
+        return call_upgrade_status(rpc, timeout, self.rng.getrandbits(63))
+
+    def install(self, home: Path, config: Config, tag: str, folder: Path,
+                current: RunConfig, cancel: Cancellation) -> None:
+        install_release(home, config, tag, folder, current, self.token, self.log, cancel)
+
+    def start_job(self, name: str, work: Callable[[Cancellation], None]) -> "InstallJob":
+        return InstallJob(work, self.inbox.wake, name)
+
+    def close(self) -> None:
+        self.notifier.close()
 
 
 def die_with_parent() -> Optional[Callable[[], None]]:
@@ -1522,34 +1681,41 @@ def die_with_parent() -> Optional[Callable[[], None]]:
     return set_parent_death_signal
 
 
-def stop_children(children: Sequence[Child], grace: float, inbox: SignalInbox, log: Log,
-                  clock: Callable[[], float], tick: Callable[[], None] = lambda: None) -> None:
-    """SIGTERM, up to `grace` seconds to exit, then SIGKILL to whatever is left."""
-    for child in children:
-        if child.popen.poll() is None:
-            log.info("stopping", role=child.role, pid=child.popen.pid, version=child.version,
-                     signal="SIGTERM")
-            _send(child, signal.SIGTERM)
-    deadline = clock() + grace
-    while any(c.popen.poll() is None for c in children) and clock() < deadline:
-        inbox.wait(min(STOP_POLL_SECONDS, deadline - clock()))
-        tick()
-    for child in children:
-        if child.popen.poll() is None:
-            log.warn("killing", role=child.role, pid=child.popen.pid, version=child.version,
-                     signal="SIGKILL", reason=f"still running {grace:g}s after SIGTERM")
-            _send(child, signal.SIGKILL, group=True)
-            child.popen.wait()
-    for child in children:
-        log.info("stopped", role=child.role, pid=child.popen.pid, version=child.version,
-                 status=describe_exit_status(child.popen.returncode))
+class InstallJob:
+    """An install in a thread: polling goes on meanwhile and a stop can cancel it.
 
+    It succeeded only when the install function returned: an install still running, or
+    cancelled before it finished, never counts as installed (SPEC 3.3.5)."""
 
-def _send(child: Child, sig: int, group: bool = False) -> None:
-    try:
-        os.killpg(child.popen.pid, sig) if group else child.popen.send_signal(sig)
-    except ProcessLookupError:
-        pass
+    def __init__(self, install: Callable[[Cancellation], None], wake: Callable[[], None],
+                 tag: str) -> None:
+        self.tag, self.cancellation, self.wake = tag, Cancellation(), wake
+        self.error: Optional[str] = "not finished"
+        self.retry_after: Optional[float] = None
+        self.finished = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(install,),
+                                       name=f"install-{tag}", daemon=True)
+        self.thread.start()
+
+    def _run(self, install: Callable[[Cancellation], None]) -> None:
+        try:
+            install(self.cancellation)
+            self.error = None
+        except VisorError as e:
+            self.error = str(e)
+            self.retry_after = getattr(e, "retry_after", None)
+        except Exception as e:  # a bug must not end the thread without a word
+            self.error = f"unexpected {type(e).__name__}: {e}"
+        finally:
+            self.finished.set()
+            self.wake()
+
+    def done(self) -> bool:
+        return self.finished.is_set()
+
+    def cancel(self) -> None:
+        self.cancellation.cancel()
+        self.finished.wait(INSTALL_STOP_WAIT_SECONDS)
 
 
 # --- release install ---
@@ -2040,264 +2206,166 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-# --- background installs ---
-
-class BackgroundInstall:
-    """install_release in a thread: polling goes on meanwhile and a stop can cancel it."""
-
-    def __init__(self, home: Path, config: Config, tag: str, folder: Path, current: RunConfig,
-                 token: Optional[str], log: Log) -> None:
-        self.tag, self.folder = tag, folder
-        self.cancel = Cancellation()
-        self.error: Optional[str] = None
-        self.thread = threading.Thread(target=self.install, name=f"install-{tag}", daemon=True,
-                                       args=(home, config, current, token, log))
-        self.thread.start()
-
-    def install(self, home: Path, config: Config, current: RunConfig, token: Optional[str],
-                log: Log) -> None:
-        try:
-            install_release(home, config, self.tag, self.folder, current, token, log,
-                            self.cancel)
-        except VisorError as e:
-            self.error = str(e)
-        except Exception as e:  # a bug must not end the thread without a word
-            self.error = f"unexpected {type(e).__name__}: {e}"
-
-    @property
-    def running(self) -> bool:
-        return self.thread.is_alive()
-
-    def wait(self, stopping: Callable[[], bool]) -> Optional[str]:
-        """The outcome: None when installed, else why not (a stop cancels the install)."""
-        while self.thread.is_alive() and not stopping():
-            self.thread.join(STOP_POLL_SECONDS)
-        if self.thread.is_alive():
-            self.stop()
-        return self.error
-
-    def stop(self) -> None:
-        self.cancel.cancel()
-        self.thread.join(INSTALL_STOP_WAIT_SECONDS)
-
-
-class Prefetch:
-    """Installs an accepted release while the old version still runs (SPEC 2.4).
-
-    Only the supervision loop calls it; the install itself runs in a BackgroundInstall.
-    """
-
-    def __init__(self, home: Path, config: Config, token: Optional[str], log: Log,
-                 clock: Callable[[], float]) -> None:
-        self.home, self.config, self.token, self.log, self.clock = home, config, token, log, clock
-        self.tag, self.folder, self.staged = "", home, False
-        self.attempts, self.next_try, self.last_error = 0, 0.0, ""
-        self.job: Optional[BackgroundInstall] = None
-        self.restore_state()
-
-    @property
-    def enabled(self) -> bool:
-        return self.config.auto_install.enabled and self.config.auto_install.prefetch
-
-    def update(self, tag: str, current: RunConfig, current_folder: Path) -> None:
-        """After each admin answer: start, collect or retry the install of `tag`."""
-        if tag != self.tag:
-            self.abandon()
-            self.tag = tag
-        if not tag or not self.enabled:
-            return
-        if self.job is not None:
-            if self.job.running:
-                return
-            self.collect()
-        try:
-            self.folder = folder_for_tag(self.home, tag, self.config.upgrade_folders)
-        except VisorError:
-            return  # the upgrade itself reports it, at the block
-        if self.staged or self.folder.exists() or self.folder == current_folder:
-            return
-        if self.clock() >= self.next_try:
-            self.start(current)
-
-    def start(self, current: RunConfig) -> None:
-        self.attempts += 1
-        self.log.info("prefetching", tag=self.tag, folder=str(self.folder), attempt=self.attempts)
-        self.job = BackgroundInstall(self.home, self.config, self.tag, self.folder, current,
-                                     self.token, self.log)
-        self.save_state("downloading")
-
-    def collect(self) -> None:
-        """The finished install's outcome: staged, or a failure to retry later."""
-        job, self.job = self.job, None
-        if job is not None and job.error is None:
-            self.staged = True
-            self.log.info("prefetched", tag=self.tag, folder=str(self.folder))
-            self.save_state("staged")
-            return
-        self.last_error = job.error if job is not None and job.error else "cancelled"
-        delay = restart_delay(self.attempts, self.config.auto_install.prefetch_retry_delay,
-                              PREFETCH_RETRY_MAX_SECONDS)
-        self.next_try = self.clock() + delay
-        level = "error" if self.attempts >= PREFETCH_ERROR_AFTER_ATTEMPTS else "warn"
-        self.log.emit(level, "prefetch failed", tag=self.tag, attempt=self.attempts,
-                      retry_in=delay, error=self.last_error)
-        self.save_state("failed")
-
-    def settle(self, tag: str, stopping: Callable[[], bool]) -> bool:
-        """At the upgrade block: let an install of `tag` under way finish.
-
-        True when this prefetch installed and checked the folder, so nothing is left
-        to verify; False when the upgrade must install or check it itself.
-        """
-        if tag != self.tag:
-            self.abandon()
-            return False
-        if self.job is not None:
-            self.log.info("waiting for the prefetch to finish", tag=tag)
-            self.job.wait(stopping)
-            self.collect()
-        return self.staged and (self.folder / RUN_CONFIG_FILE).is_file()
-
-    def close(self) -> None:
-        """Visor stops: an install under way is cancelled (its staging folder removed)."""
-        if self.job is not None:
-            self.job.stop()
-            self.job = None
-
-    def abandon(self) -> None:
-        """The accepted tag changed: cancel its install, remove what it staged."""
-        self.close()
-        current = os.path.realpath(self.home / CURRENT_LINK)
-        if self.staged and self.tag and os.path.realpath(self.folder) != current:
-            self.log.info("removing abandoned prefetch", tag=self.tag, folder=str(self.folder))
-            remove_tree(self.folder)
-            self.save_state("abandoned")
-        self.tag, self.staged, self.attempts, self.next_try = "", False, 0, 0.0
-
-    def save_state(self, state: str) -> None:
-        record = {"tag": self.tag, "folder": str(self.folder), "state": state,
-                  "attempts": self.attempts, "lastError": self.last_error or None,
-                  "updated": utc_now()}
-        try:
-            write_file_atomically(self.home / PREFETCH_STATE_FILE, json.dumps(record) + "\n",
-                                  durable=False)
-        except OSError as e:
-            self.log.warn("prefetch state not saved", error=e.strerror)
-
-    def restore_state(self) -> None:
-        """A release this visor staged before a restart needs no second check."""
-        record = read_json_file(self.home / PREFETCH_STATE_FILE)
-        tag, folder = record.get("tag"), record.get("folder")
-        if record.get("state") != "staged" or not isinstance(tag, str) or not tag:
-            return
-        try:
-            expected = folder_for_tag(self.home, tag, self.config.upgrade_folders)
-        except VisorError:
-            return
-        if folder == str(expected) and (expected / RUN_CONFIG_FILE).is_file():
-            self.tag, self.folder, self.staged = tag, expected, True
-
-
 # --- state files ---
+# One record type per file, one reader (read_record) and one writer (write_record).
+# `run` writes them; `status` and the next `run` read them. A file that cannot be read
+# is reported by name, with what vegavisor does about it (SPEC 3.3.9).
 
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def read_state_file(path: Path) -> Tuple[Optional[dict], Optional[str]]:
-    """A JSON object `run` keeps: (None, None) when absent, (None, why) when unreadable."""
+def _typed(data: dict, key: str, kind: Any, default: Any = None) -> Any:
+    """data[key] when it has the type `kind` (a bool is no int), default when absent."""
+    value = data.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise ValueError(f"{key} is {json.dumps(value)[:40]}")
+    return value
+
+
+class ChildRecord(NamedTuple):
+    """A child `run` started: pid and start time name it for good (argv is for people)."""
+
+    role: str
+    pid: int
+    start_time: Optional[int]
+    argv: Tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {"role": self.role, "pid": self.pid, "startTime": self.start_time,
+                "argv": list(self.argv)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "ChildRecord":
+        if not isinstance(data, dict):
+            raise ValueError("a child is not an object")
+        argv = _typed(data, "argv", list, [])
+        return cls(_typed(data, "role", str, "?"), _typed(data, "pid", int),
+                   _typed(data, "startTime", int), tuple(str(a) for a in argv))
+
+
+class RunState(NamedTuple):
+    """.run-state.json: what `run` is doing, its children, and how it ended."""
+
+    pid: int
+    started: str
+    phase: str
+    version: str
+    folder: str
+    restarts: int = 0
+    last_poll_ok: Optional[str] = None
+    accepted_tag: str = ""
+    upgrade_height: int = 0
+    children: Tuple[ChildRecord, ...] = ()
+    starting: Tuple[str, ...] = ()  # markers of children being forked (spawned_with)
+    waiting: str = ""  # why the node is not up yet, for `status`
+    download: Optional[Dict[str, Any]] = None  # progress of an install under way
+    ended: str = ""  # "" while running, else how it ended
+    updated: str = ""
+
+    def to_json(self) -> dict:
+        return {"pid": self.pid, "started": self.started, "phase": self.phase,
+                "version": self.version, "folder": self.folder, "restarts": self.restarts,
+                "lastPollOk": self.last_poll_ok, "acceptedTag": self.accepted_tag or None,
+                "upgradeHeight": self.upgrade_height or None,
+                "children": [c.to_json() for c in self.children],
+                "starting": list(self.starting), "waiting": self.waiting or None,
+                "download": self.download, "ended": self.ended or None,
+                "updated": self.updated}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "RunState":
+        children = tuple(ChildRecord.from_json(c) for c in _typed(data, "children", list, []))
+        return cls(
+            _typed(data, "pid", int), _typed(data, "started", str, ""),
+            _typed(data, "phase", str, ""), _typed(data, "version", str, ""),
+            _typed(data, "folder", str, ""), _typed(data, "restarts", int, 0),
+            _typed(data, "lastPollOk", str), _typed(data, "acceptedTag", str, "") or "",
+            _typed(data, "upgradeHeight", int, 0) or 0, children,
+            tuple(str(m) for m in _typed(data, "starting", list, [])),
+            _typed(data, "waiting", str, "") or "", _typed(data, "download", dict),
+            _typed(data, "ended", str, "") or "", _typed(data, "updated", str, ""))
+
+
+class PrefetchState(NamedTuple):
+    """.prefetch.json: the prefetch of the accepted release, for `status` and metrics."""
+
+    tag: str
+    folder: str
+    state: str  # checking, downloading, staged, failed, cancelled
+    attempts: int = 0
+    last_error: str = ""
+    updated: str = ""
+
+    def to_json(self) -> dict:
+        return {"tag": self.tag, "folder": self.folder, "state": self.state,
+                "attempts": self.attempts, "lastError": self.last_error or None,
+                "updated": self.updated}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "PrefetchState":
+        return cls(_typed(data, "tag", str, ""), _typed(data, "folder", str, ""),
+                   _typed(data, "state", str, ""), _typed(data, "attempts", int, 0),
+                   _typed(data, "lastError", str, "") or "", _typed(data, "updated", str, ""))
+
+
+class Journal(NamedTuple):
+    """.upgrade-journal.json: the steps of an upgrade, so a restarted visor finishes it."""
+
+    tag: str
+    height: int
+    from_folder: str
+    to_folder: str
+    step: str  # one of JOURNAL_STEPS
+    started: str = ""
+    updated: str = ""
+    error: str = ""
+
+    def to_json(self) -> dict:
+        return {"tag": self.tag, "height": self.height, "from": self.from_folder,
+                "to": self.to_folder, "step": self.step, "started": self.started,
+                "updated": self.updated, "error": self.error or None}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Journal":
+        tag, height = _typed(data, "tag", str), _typed(data, "height", int)
+        step = _typed(data, "step", str)
+        if not tag or not is_plain_name(tag):
+            raise ValueError(f"tag is {tag!r}")
+        if height is None or height < 0:
+            raise ValueError(f"height is {height!r}")
+        if step not in JOURNAL_STEPS:
+            raise ValueError(f"step is {step!r}")
+        return cls(tag, height, _typed(data, "from", str, ""), _typed(data, "to", str, ""),
+                   step, _typed(data, "started", str, ""), _typed(data, "updated", str, ""),
+                   _typed(data, "error", str, "") or "")
+
+    @property
+    def unfinished(self) -> bool:
+        return self.step != "done"
+
+
+def read_record(path: Path, kind: Any) -> Tuple[Any, Optional[str]]:
+    """(record, None); (None, None) when the file is absent; (None, why) when it cannot
+    be read or is not a `kind` (truncated by a crash, edited by hand, garbage)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return kind.from_json(data), None
     except FileNotFoundError:
         return None, None
     except OSError as e:
         return None, f"{path} cannot be read: {e.strerror}"
-    except ValueError as e:
-        return None, f"{path} is not JSON ({e}); `vegavisor run` rewrites it"
-    if not isinstance(data, dict):
-        return None, f"{path} does not hold a JSON object; `vegavisor run` rewrites it"
-    return data, None
+    except (ValueError, RecursionError) as e:
+        return None, f"{path} is not a valid {kind.__name__} record ({str(e)[:120]})"
 
 
-def read_json_file(path: Path) -> Dict[str, Any]:
-    """A state file's object; {} when it is missing or unreadable (state is advisory)."""
-    return read_state_file(path)[0] or {}
-
-
-def read_journal(home: Path) -> Optional[Dict[str, Any]]:
-    """An upgrade that a previous run began and did not finish, if any."""
-    record = read_json_file(home / JOURNAL_FILE)
-    tag, height, step = record.get("tag"), record.get("height"), record.get("step")
-    if not isinstance(tag, str) or not tag or step not in JOURNAL_STEPS or step == "done" \
-            or isinstance(height, bool) or not isinstance(height, int) or height < 0:
-        return None
-    return record
-
-
-def process_start_time(pid: int) -> Optional[int]:
-    """Field 22 of /proc/<pid>/stat: with the pid, it names one process for good."""
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat_line.rsplit(")", 1)[1].split()[19])
-
-
-def process_running(pid: int) -> bool:
-    """True while pid exists and is not a zombie waiting for init to reap it."""
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def processes_running(argv: Sequence[str]) -> List[int]:
-    """Every live process whose command line ends with argv (script binaries show their
-    interpreter first)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")[:-1]
-        except OSError:
-            continue
-        shown = [os.fsdecode(a) for a in cmdline]
-        if argv and shown[-len(argv):] == list(argv) and process_running(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
-def is_same_process(pid: int, argv: Sequence[str], start_time: Optional[int]) -> bool:
-    """True when pid is still the process that was started as argv at start_time.
-
-    A script binary shows its interpreter first (`python3 /path/vega node ...`), so
-    the recorded argv must end the command line, not necessarily be all of it.
-    """
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
-    except OSError:
-        return False
-    shown = [os.fsdecode(a) for a in cmdline]
-    return bool(argv) and shown[-len(argv):] == list(argv) \
-        and process_start_time(pid) == start_time
-
-
-def stop_leftover(pid: int, grace: float, log: Log, clock: Callable[[], float]) -> None:
-    """Stop a process visor did not start in this life: SIGTERM, grace, SIGKILL."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, LEFTOVER_KILL_WAIT_SECONDS)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = clock() + wait
-        while process_running(pid) and clock() < deadline:
-            time.sleep(STOP_POLL_SECONDS)
-        if not process_running(pid):
-            return
-    raise VisorError(f"process {pid} left by an earlier vegavisor survives SIGKILL; "
-                     f"stop it by hand before starting vegavisor again")
+def write_record(path: Path, record: Any, durable: bool = False) -> None:
+    """The one writer of state files: atomic; OSError for the caller to report."""
+    write_file_atomically(path, json.dumps(record.to_json()) + "\n", durable=durable)
 
 
 # --- systemd and metrics ---
@@ -2332,6 +2400,10 @@ class Notifier:
     def seconds_to_tick(self) -> float:
         return self.next_watchdog - self.clock() if self.watchdog else math.inf
 
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
 
 def watchdog_interval(env: Dict[str, str], pid: int) -> Optional[float]:
     """Half of systemd's WatchdogSec, when the watchdog is meant for this process."""
@@ -2350,6 +2422,7 @@ def metric_labels(**labels: str) -> str:
 
 def format_metrics(facts: Dict[str, Any]) -> str:
     """The node_exporter textfile-collector exposition of what visor knows."""
+    download = facts.get("download") or {}
     metrics = [
         ("vegavisor_info", "gauge", "vegavisor and the node version it runs.",
          metric_labels(vegavisor=__version__, version=facts["version"],
@@ -2365,11 +2438,495 @@ def format_metrics(facts: Dict[str, Any]) -> str:
          metric_labels(tag=facts["acceptedTag"]), facts["upgradeHeight"]),
         ("vegavisor_prefetch_state", "gauge", "1 for the prefetch's state of the tag.",
          metric_labels(tag=facts["prefetchTag"], state=facts["prefetchState"]), 1),
+        ("vegavisor_download_bytes", "gauge", "Bytes of the release download under way.",
+         metric_labels(tag=download.get("tag") or ""), download.get("done") or 0),
+        ("vegavisor_download_size_bytes", "gauge", "Size of the release download under way.",
+         metric_labels(tag=download.get("tag") or ""), download.get("total") or 0),
     ]
     lines = []
     for name, kind, text, labels, value in metrics:
         lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name}{labels} {value}"]
     return "\n".join(lines) + "\n"
+
+
+# TEMPORARY (lead): replaced by the config helper's versions at merge.
+def changed_keys(old: Config, new: Config) -> List[str]:
+    tables = ((CONFIG_KEYS, "", lambda c: c), (AUTO_INSTALL_KEYS, "autoInstall.",
+              lambda c: c.auto_install), (ASSET_KEYS, "autoInstall.asset.",
+              lambda c: c.auto_install.asset), (LOGGING_KEYS, "logging.", lambda c: c.logging))
+    changed = [prefix + key.name for keys, prefix, part in tables for key in keys
+               if getattr(part(old), key.attr) != getattr(part(new), key.attr)]
+    changed += ["upgradeFolders"] if old.upgrade_folders != new.upgrade_folders else []
+    changed += ["autoInstall.checksums"] \
+        if old.auto_install.checksums != new.auto_install.checksums else []
+    return changed
+
+
+def quick_checks(home: Path, config: Config, folder: Path,
+                 run_config: RunConfig) -> List[Finding]:
+    found = check_core_admin_config(folder / RUN_CONFIG_FILE, run_config.vega.args,
+                                    run_config.rpc)
+    for where in [home] + ([Path(config.metrics_file).parent] if config.metrics_file else []):
+        if not os.access(where, os.W_OK | os.X_OK):
+            found.append(_problem(f"{where} is not writable by this user (uid {os.getuid()})"))
+    return [f for f in found if f.level == "problem"]
+
+
+# --- supervisor: reporting ---
+
+class Reporter:
+    """What others see of `run`: the run state file (for `status` and the next run), the
+    metrics file, systemd's STATUS, and warnings that repeat (logged the first time, then
+    at most every REPEAT_WARNING_SECONDS with a count, SPEC 3.2.5)."""
+
+    def __init__(self, home: Path, config: Config, log: Log, world: Any) -> None:
+        self.home, self.config, self.log, self.world = home, config, log, world
+        self.state = RunState(os.getpid(), utc_now(), "starting", "", "")
+        self.prefetch: Optional[PrefetchState] = None
+        self.upgrades, self.last_poll_time = 0, 0.0
+        self.last_write = -math.inf
+        self.repeats: Dict[str, Tuple[float, int]] = {}
+
+    def update(self, **changes: Any) -> None:
+        """Change the run state and write it at once (children, phase, how it ended)."""
+        self.state = self.state._replace(**changes)
+        self.save()
+
+    def note_poll(self, **changes: Any) -> None:
+        """A good poll: written at most every RUN_STATE_POLL_WRITE_SECONDS (the first at once)."""
+        self.last_poll_time = time.time()
+        first = self.state.last_poll_ok is None
+        self.state = self.state._replace(last_poll_ok=utc_now(), **changes)
+        if first or self.world.now() - self.last_write >= RUN_STATE_POLL_WRITE_SECONDS:
+            self.save()
+        else:
+            self.write_metrics()
+
+    def save(self) -> None:
+        self.last_write = self.world.now()
+        self.state = self.state._replace(updated=utc_now())
+        path = self.home / RUN_STATE_FILE
+        try:
+            # Not synced: it matters after a kill, which keeps the page cache, and after
+            # a power loss no child is left to stop.
+            write_record(path, self.state)
+        except OSError as e:
+            self.warn_repeated("run-state", "run state not saved", file=str(path),
+                               error=e.strerror or str(e))
+        self.write_metrics()
+
+    def save_prefetch(self, record: PrefetchState) -> None:
+        self.prefetch = record._replace(updated=utc_now())
+        path = self.home / PREFETCH_STATE_FILE
+        try:
+            write_record(path, self.prefetch)
+        except OSError as e:
+            self.warn_repeated("prefetch-state", "prefetch state not saved", file=str(path),
+                               error=e.strerror or str(e))
+        self.write_metrics()
+
+    def write_metrics(self) -> None:
+        if not self.config.metrics_file:
+            return
+        state, prefetch = self.state, self.prefetch
+        text = format_metrics(dict(
+            version=state.version, phase=state.phase, upgrades=self.upgrades,
+            restarts=state.restarts, lastPoll=round(self.last_poll_time, 3),
+            acceptedTag=state.accepted_tag, upgradeHeight=state.upgrade_height,
+            prefetchTag=prefetch.tag if prefetch else "",
+            prefetchState=prefetch.state if prefetch else "idle",
+            download=state.download or {}))
+        path = Path(self.config.metrics_file)
+        try:
+            write_file_atomically(path, text, durable=False)
+        except OSError as e:
+            self.warn_repeated("metrics", "metrics file not written", file=str(path),
+                               error=e.strerror or str(e))
+        except ValueError as e:  # a value no file can hold (a surrogate in a tag)
+            self.warn_repeated("metrics", "metrics file not written", file=str(path),
+                               error=str(e)[:200])
+
+    def warn_repeated(self, key: str, msg: str, **facts: Any) -> None:
+        now = self.world.now()
+        last, count = self.repeats.get(key, (-math.inf, 0))
+        if now - last >= REPEAT_WARNING_SECONDS:
+            more = {"repeated": count} if count else {}
+            self.log.warn(msg, **facts, **more)
+            self.repeats[key] = (now, 0)
+        else:
+            self.repeats[key] = (last, count + 1)
+
+    def status(self, text: str) -> None:
+        self.world.notify(f"STATUS={text}")
+
+
+# --- supervisor: the node's processes ---
+
+class Child(NamedTuple):
+    role: str  # "core" or "data node"
+    version: str  # the run-config's name
+    argv: Tuple[str, ...]
+    proc: Any  # Proc, or a test's fake
+    started: float  # the world's clock
+
+
+class Node:
+    """Core and the data node of one version: started together, stopped together (SIGTERM
+    to each child's process group, grace, SIGKILL to the group), and recorded in the run
+    state from before the fork until they are gone (SPEC 3.3.2)."""
+
+    def __init__(self, home: Path, config: Config, log: Log, world: Any,
+                 reporter: Reporter, env: Dict[str, str]) -> None:
+        self.home, self.config, self.log, self.world = home, config, log, world
+        self.reporter = reporter
+        # Children do not inherit the GitHub token (SPEC 3.2.6).
+        self.env = {k: v for k, v in env.items() if k != "GITHUB_TOKEN"}
+        self.children: List[Child] = []
+        self.spawned = 0
+
+    def start(self, run_config: RunConfig, core_args: Sequence[str], attempt: int) -> None:
+        binaries = [("core", run_config.vega, core_args)]
+        if run_config.data_node:
+            binaries.append(("data node", run_config.data_node, run_config.data_node.args))
+        for role, binary, args in binaries:
+            path = resolve_binary(self.home / CURRENT_LINK, binary)
+            make_runnable(path)
+            argv = (str(path),) + tuple(args)
+            # Recorded before the fork: a visor killed right after it still leaves the
+            # next one a way to find this child (its environment holds the marker).
+            self.spawned += 1
+            marker = f"{os.getpid()}.{self.spawned}.{self.world.now():.6f}"
+            self.reporter.update(starting=(marker,))
+            try:
+                proc = self.world.spawn(argv, dict(self.env, **{CHILD_MARKER_VARIABLE: marker}))
+            except OSError as e:
+                raise VisorError(f"{role} binary {path} cannot be started: "
+                                 f"{e.strerror or e}") from None
+            self.children.append(Child(role, run_config.name, argv, proc, self.world.now()))
+            self.record(starting=())
+            self.log.info("started", role=role, pid=proc.pid, version=run_config.name,
+                          attempt=attempt, command=shlex.join(argv))
+
+    def record(self, **changes: Any) -> None:
+        children = tuple(ChildRecord(c.role, c.proc.pid, c.proc.start_time, c.argv)
+                         for c in self.children)
+        self.reporter.update(children=children, **changes)
+
+    def exited(self) -> Optional[Child]:
+        """A child whose process exited (any status: it should be running)."""
+        return next((c for c in self.children if c.proc.returncode() is not None), None)
+
+    def stop(self) -> None:
+        """Stop every child's process group; the run state names them until they are gone."""
+        if self.children:
+            stop_processes([(c.role, c.version, c.proc) for c in self.children],
+                           self.config.stop_signal_timeout, self.log, self.world)
+        self.children = []
+        self.record()
+
+    def stop_leftovers(self, previous: Optional[RunState]) -> None:
+        """Children of an earlier visor that still run (it was killed) are stopped first:
+        the ones it recorded (pid and start time must match) and any it was forking."""
+        if previous is None:
+            return
+        found = [("recorded " + c.role, "?", self.world.leftover(c.pid, c.start_time))
+                 for c in previous.children]
+        for marker in previous.starting:
+            found += [("being started", "?", proc) for proc in self.world.spawned_with(marker)]
+        procs = [(role, version, proc) for role, version, proc in found if proc is not None]
+        for role, _, proc in procs:
+            self.log.warn("stopping a child left by an earlier vegavisor", role=role,
+                          pid=proc.pid, earlier_pid=previous.pid)
+        if procs:
+            self.reporter.update(children=tuple(
+                ChildRecord(role, proc.pid, proc.start_time, ()) for role, _, proc in procs))
+            stop_processes(procs, self.config.stop_signal_timeout, self.log, self.world)
+            self.reporter.update(children=())
+
+
+def stop_processes(procs: Sequence[Tuple[str, str, Any]], grace: float, log: Log,
+                   world: Any) -> None:
+    """SIGTERM to each process group, up to `grace` seconds, then SIGKILL to what is left.
+    VisorError when something survives SIGKILL (it stays recorded)."""
+    for role, version, proc in procs:
+        if not proc.gone():
+            log.info("stopping", role=role, pid=proc.pid, version=version, signal="SIGTERM")
+            proc.signal(signal.SIGTERM)
+    for sig, seconds in ((signal.SIGKILL, grace), (None, LEFTOVER_KILL_WAIT_SECONDS)):
+        deadline = world.now() + seconds
+        while not all(proc.gone() for _, _, proc in procs) and world.now() < deadline:
+            world.wait(min(STOP_POLL_SECONDS, deadline - world.now()))
+        left = [(role, version, proc) for role, version, proc in procs if not proc.gone()]
+        if not left:
+            break
+        if sig is None:
+            raise VisorError("still running after SIGKILL: " + ", ".join(
+                f"{role} pid {proc.pid}" for role, _, proc in left) + "; stop them by hand "
+                "before starting vegavisor again")
+        for role, version, proc in left:
+            log.warn("killing", role=role, pid=proc.pid, version=version, signal="SIGKILL",
+                     reason=f"still running {grace:g}s after SIGTERM")
+            proc.signal(signal.SIGKILL)
+    for role, version, proc in procs:
+        code = proc.returncode()
+        log.info("stopped", role=role, pid=proc.pid, version=version,
+                 status=describe_exit_status(code) if code is not None and code != -1
+                 else "gone")
+
+
+# --- supervisor: prefetch ---
+
+class Prefetch:
+    """Makes sure an accepted release is ready long before its block (SPEC 2.4): installs it
+    while the old version runs, or checks the folder an operator prepared.
+
+    It never deletes anything: a withdrawn or replaced tag's folder stays (SPEC 3.3.1), and
+    a null or empty tag means "not known yet". Installs start at most every
+    PREFETCH_MIN_START_SECONDS, so a flapping tag cannot exhaust GitHub's budget."""
+
+    def __init__(self, home: Path, config: Config, log: Log, world: Any,
+                 reporter: Reporter) -> None:
+        self.home, self.config, self.log, self.world = home, config, log, world
+        self.reporter = reporter
+        self.tag, self.folder, self.state = "", home, ""
+        self.job: Optional[Any] = None
+        self.attempts, self.next_try, self.last_start = 0, -math.inf, -math.inf
+        self.last_error, self.last_tag = "", ""
+        self.attempts_by_tag: Dict[str, int] = {}  # a flapping tag keeps its backoff
+
+    def update(self, tag: str, current: RunConfig, current_folder: Path) -> None:
+        """After each admin answer: start, collect or retry the prefetch of `tag`."""
+        if not tag:
+            return
+        if tag != self.tag:
+            self.close()
+            self.attempts_by_tag[self.tag] = self.attempts
+            self.tag, self.state = tag, ""
+            self.attempts = self.attempts_by_tag.get(tag, 0)
+        self.collect()
+        if self.job is not None or self.state in ("staged", "checked"):
+            return
+        now = self.world.now()
+        if now < self.next_try or (tag != self.last_tag
+                                   and now - self.last_start < PREFETCH_MIN_START_SECONDS):
+            return
+        try:
+            self.folder = folder_for_tag(self.home, tag, self.config.upgrade_folders)
+        except VisorError as e:
+            self.reporter.warn_repeated("prefetch-tag", "accepted release has no usable folder",
+                                        tag=tag, error=str(e))
+            return
+        if os.path.realpath(self.folder) == os.path.realpath(current_folder):
+            return
+        self.attempts += 1
+        self.last_start, self.last_tag = now, tag
+        if self.folder.exists():
+            self.start("checking", lambda cancel: check_release_folder(
+                self.folder, tag, self.world.query))
+        elif self.config.auto_install.enabled and self.config.auto_install.prefetch:
+            self.start("downloading", lambda cancel: self.world.install(
+                self.home, self.config, tag, self.folder, current, cancel))
+        elif not self.config.auto_install.enabled:
+            self.state = "missing"
+            self.log.error("accepted release is not installed and auto-install is off",
+                           tag=tag, folder=str(self.folder),
+                           todo=f"install it in {self.folder} before the upgrade block")
+            self.reporter.save_prefetch(PrefetchState(tag, str(self.folder), "missing"))
+
+    def start(self, state: str, work: Callable[[Cancellation], None]) -> None:
+        self.state = state
+        self.log.info("prefetching" if state == "downloading" else "checking prepared release",
+                      tag=self.tag, folder=str(self.folder), attempt=self.attempts)
+        self.job = self.world.start_job(self.tag, work)
+        self.reporter.save_prefetch(PrefetchState(self.tag, str(self.folder), state,
+                                                  self.attempts))
+
+    def collect(self) -> None:
+        """A finished job's outcome: ready, or a failure retried later."""
+        job = self.job
+        if job is None or not job.done():
+            return
+        self.job = None
+        if job.error is None:
+            self.state = "staged" if self.state == "downloading" else "checked"
+            self.log.info("prefetched" if self.state == "staged" else "prepared release checked",
+                          tag=self.tag, folder=str(self.folder))
+            self.reporter.save_prefetch(PrefetchState(self.tag, str(self.folder), self.state,
+                                                      self.attempts))
+            return
+        self.last_error, self.state = job.error, "failed"
+        delay = max(restart_delay(self.attempts, self.config.auto_install.prefetch_retry_delay,
+                                  PREFETCH_RETRY_MAX_SECONDS), job.retry_after or 0.0)
+        self.next_try = self.world.now() + delay
+        level = "error" if self.attempts >= PREFETCH_ERROR_AFTER_ATTEMPTS else "warn"
+        self.log.emit(level, "prefetch failed", tag=self.tag, attempt=self.attempts,
+                      retry_in=round(delay, 3), error=job.error)
+        self.reporter.save_prefetch(PrefetchState(self.tag, str(self.folder), "failed",
+                                                  self.attempts, job.error))
+
+    def settle(self, tag: str) -> None:
+        """At the upgrade block: let a prefetch of `tag` under way finish (or a stop end it)."""
+        if tag != self.tag:
+            self.close()
+            return
+        if self.job is not None:
+            self.log.info("waiting for the prefetch to finish", tag=tag)
+            while not self.job.done() and not self.world.stop_signal:
+                self.world.wait(STOP_POLL_SECONDS * 10)
+            self.collect()
+
+    def close(self) -> None:
+        """Visor stops or the tag changed: an install under way is cancelled (the install
+        removes its own staging folder)."""
+        if self.job is not None:
+            self.job.cancel()
+            self.job = None
+            self.state = "cancelled"
+            self.reporter.save_prefetch(PrefetchState(self.tag, str(self.folder), "cancelled",
+                                                      self.attempts))
+
+
+def check_release_folder(folder: Path, tag: str, query: Callable[[Sequence[str]], str]) -> None:
+    """A prepared folder must hold a run-config and binaries that report `tag`."""
+    if not (folder / RUN_CONFIG_FILE).is_file():
+        raise incomplete_folder(folder, tag)
+    run_config, _ = load_run_config(folder)
+    check_versions(folder, run_config, tag, query)
+
+
+def check_versions(folder: Path, run_config: RunConfig, tag: str,
+                   query: Callable[[Sequence[str]], str]) -> List[Tuple[str, Path]]:
+    """Every binary of the version must say it is `tag` before it may run (SPEC 3.3.3)."""
+    checked = []
+    for role, binary in (("core", run_config.vega), ("data node", run_config.data_node)):
+        if binary is None:
+            continue
+        path = resolve_binary(folder, binary)
+        make_runnable(path)
+        output = query([str(path), "version", "--output", "json"])
+        version = version_in_output(output)
+        if version != tag:
+            said = f"reports version {version}" if version else \
+                f"printed no version ({output.strip()[:80]!r})"
+            raise VisorError(f"{role} binary {path} {said}, not {tag}; "
+                             f"{os.path.realpath(folder)} holds the wrong release")
+        checked.append((role, path))
+    return checked
+
+
+# --- supervisor: the upgrade ---
+
+class Upgrade:
+    """At the upgrade block: find or install the release, check it, switch current. Each
+    step is journaled, so a visor killed meanwhile finishes the upgrade (SPEC 2.4)."""
+
+    def __init__(self, home: Path, config: Config, log: Log, world: Any,
+                 reporter: Reporter) -> None:
+        self.home, self.config, self.log, self.world = home, config, log, world
+        self.reporter = reporter
+        self.journal: Optional[Journal] = None
+        self.checked = False  # this process checked the versions of the journal's folder
+
+    def write(self, step: str, error: str = "") -> None:
+        """Record a step. Only "installed", written just before `current` is switched, is
+        synced: a power loss that loses another step leaves the old version at the block,
+        which upgrades again, or a journal that makes the next run switch again."""
+        assert self.journal is not None
+        self.journal = self.journal._replace(step=step, updated=utc_now(), error=error)
+        path = self.home / JOURNAL_FILE
+        try:
+            write_record(path, self.journal, durable=step == "installed")
+        except OSError as e:
+            raise VisorError(f"the upgrade journal {path} cannot be written "
+                             f"({e.strerror or e}); free space or fix permissions in "
+                             f"{self.home}, then start vegavisor again: it resumes") from None
+        self.log.debug("journal", step=step, tag=self.journal.tag)
+
+    def begin(self, tag: str, height: int, current: Path, target: Path) -> None:
+        self.journal = Journal(tag, height, current.name, target.name, "ready", utc_now())
+        self.checked = False
+        self.write("ready")
+
+    @property
+    def unfinished(self) -> bool:
+        return self.journal is not None and self.journal.unfinished
+
+    def install(self, current: RunConfig) -> bool:
+        """Find or install the release of the journal's tag, check it, switch current.
+        False when visor was asked to stop meanwhile (the journal resumes it)."""
+        assert self.journal is not None
+        tag = self.journal.tag
+        folder = folder_for_tag(self.home, tag, self.config.upgrade_folders)
+        if not folder.exists() and not self.install_at_block(tag, folder, current):
+            return False
+        if not (folder / RUN_CONFIG_FILE).is_file():
+            raise incomplete_folder(folder, tag)
+        self.write("installed")
+        self.check(folder)
+        switch_current(self.home, folder, self.log)
+        self.write("switched")
+        self.log.info("switched", current=str(folder), tag=tag)
+        return True
+
+    def install_at_block(self, tag: str, folder: Path, current: RunConfig) -> bool:
+        """Install now, retrying up to maxNumberOfRestarts times; False when asked to stop."""
+        if not self.config.auto_install.enabled:
+            raise VisorError(
+                f"release {tag} is not installed: {folder} does not exist and auto-install is "
+                f"off ([autoInstall] enabled); create it with the release's binaries and a "
+                f"{RUN_CONFIG_FILE}, or run `vegavisor prepare-upgrade --home {self.home} "
+                f"{tag}` with auto-install on, then start vegavisor again")
+        attempt, limit = 0, self.config.max_restarts
+        while True:
+            attempt += 1
+            self.log.info("installing", tag=tag, folder=str(folder), attempt=attempt)
+            job = self.world.start_job(tag, lambda cancel: self.world.install(
+                self.home, self.config, tag, folder, current, cancel))
+            while not job.done() and not self.world.stop_signal:
+                self.world.wait(1.0)
+            if self.world.stop_signal:
+                job.cancel()
+                if job.error is not None:
+                    self.log.info("install cancelled", tag=tag, signal=self.world.stop_signal)
+                    return False
+            if job.error is None:
+                return True
+            if attempt > limit:
+                raise InstallError(f"{job.error} (gave up after {attempt} attempts: "
+                                   f"maxNumberOfRestarts = {limit})")
+            delay = max(restart_delay(attempt, self.config.restarts_delay,
+                                      self.config.restarts_backoff_max), job.retry_after or 0.0)
+            self.log.error("install failed", tag=tag, attempt=attempt, limit=limit,
+                           retry_in=round(delay, 3), error=job.error)
+            if not pause(self.world, delay):
+                return False
+
+    def check(self, folder: Path) -> None:
+        """The binaries about to start report the journal's tag (SPEC 3.3.3): checked on
+        the folder being switched to, and again on HOME/current when a restart resumes."""
+        assert self.journal is not None
+        run_config, _ = load_run_config(folder)
+        for role, path in check_versions(folder, run_config, self.journal.tag,
+                                         self.world.query):
+            self.log.info("version checked", role=role, binary=str(path),
+                          version=self.journal.tag)
+        self.checked = True
+
+    def answered(self) -> None:
+        """The new core answered its admin socket: the upgrade is done."""
+        if self.journal is not None and self.journal.step == "started":
+            self.write("done")
+            self.reporter.upgrades += 1
+            self.log.info("upgrade complete", tag=self.journal.tag)
+            self.journal = None
+
+
+def pause(world: Any, seconds: float) -> bool:
+    """Wait `seconds` unless visor is asked to stop meanwhile; False when it is."""
+    deadline = world.now() + seconds
+    while not world.stop_signal and world.now() < deadline:
+        world.wait(deadline - world.now())
+    return not world.stop_signal
 
 
 # --- supervisor ---
@@ -2380,6 +2937,8 @@ class Phase(enum.Enum):
     RESTARTING = "restarting"
     UPGRADING = "upgrading"
     STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
 
 
 class Stopped(NamedTuple):
@@ -2411,285 +2970,252 @@ class Ready(NamedTuple):
 class Supervisor:
     """Runs the version HOME/current names, restarts it on crashes, upgrades it when ready.
 
-    What it is doing is kept in HOME's state files: the children it started (so a
-    visor restarted after kill -9 stops them first) and the upgrade journal (so it
-    finishes an upgrade that was under way instead of running the old version past
-    the upgrade block).
+    Its parts: Node (the processes), Prefetch (the release, before the block), Upgrade (the
+    switch, journaled), Reporter (state, metrics, systemd). The world (clock, signals,
+    processes, admin socket, installs) is passed in: tests drive it with a fake one.
     """
 
-    def __init__(self, home: Path, config: Config, log: Log, inbox: SignalInbox,
-                 env: Dict[str, str], clock: Callable[[], float] = time.monotonic,
-                 rng: Optional[random.Random] = None) -> None:
-        self.home, self.config, self.log, self.inbox, self.clock = home, config, log, inbox, clock
-        token = env.get("GITHUB_TOKEN") or None
-        self.token = token
-        self.notifier = Notifier(env, clock)
-        self.upgrades, self.told_ready = 0, False
-        self.rng = rng or random.Random()
-        self.prefetch = Prefetch(home, config, token, log, clock)
-        self.phase = Phase.STARTING
-        self.started = utc_now()
-        self.folder, self.version, self.children = home, "", []  # type: Path, str, List[Child]
-        self.restarts_total, self.accepted, self.last_poll_ok = 0, UpgradeStatus(False, "", 0), ""
-        self.last_poll_time = 0.0
-        self.last_state_write = -math.inf
-        self.journal: Dict[str, Any] = {}
-        self.starting: List[List[str]] = []  # argv of a child about to be started
+    def __init__(self, home: Path, config: Config, log: Log, world: Any,
+                 env: Dict[str, str]) -> None:
+        self.home, self.config, self.log, self.world = home, config, log, world
+        self.reporter = Reporter(home, config, log, world)
+        self.node = Node(home, config, log, world, self.reporter, env)
+        self.prefetch = Prefetch(home, config, log, world, self.reporter)
+        self.upgrade = Upgrade(home, config, log, world, self.reporter)
+        self.config_stamp = config_stamp(home)
+        self.told_ready = False
 
     def enter(self, phase: Phase, **facts: Any) -> None:
-        self.log.debug("phase", was=self.phase.value, now=phase.value, **facts)
-        self.phase = phase
-        self.notifier.send(f"STATUS={self.version or 'no version yet'}: {phase.value}")
-        self.save_state()
-
-    def tick(self) -> None:
-        """Called by every waiting loop: the watchdog sees a live supervision loop."""
-        self.notifier.tick()
+        self.log.debug("phase", was=self.reporter.state.phase, now=phase.value, **facts)
+        self.reporter.update(phase=phase.value)
+        self.reporter.status(f"{self.reporter.state.version or 'no version yet'}: {phase.value}")
 
     def run(self) -> int:
-        """Supervise until stopped (0) or until there is no way on (VisorError)."""
+        """Supervise until stopped (0) or until there is no way on (1, 2). The one exit
+        path: whatever happened, the prefetch is cancelled and the children are stopped
+        and recorded as gone before this returns (SPEC 3.3.2)."""
+        code, ended, last_words = EXIT_FAILURE, "died", ""
         try:
-            return self.supervise()
-        finally:
+            code = self.supervise()
+            ended = f"stopped by {self.world.stop_signal}"
+        except VisorError as e:
+            code, ended, last_words = e.exit_code, f"gave up: {e}", str(e)
+        except Exception as e:  # a bug must not leave a node running unrecorded
+            ended = f"failed: unexpected {type(e).__name__}"
+            last_words = f"unexpected {type(e).__name__}: {str(e)[:300]} at {_where(e)}"
+        try:
             self.prefetch.close()
-            self.children = []
-            self.save_state()
-            if self.notifier.sock is not None:
-                self.notifier.sock.close()
+            self.enter(Phase.STOPPING)
+            self.world.notify("STOPPING=1")
+            self.node.stop()
+        except VisorError as e:
+            self.log.error("children not stopped", reason=str(e))
+            code = EXIT_FAILURE
+        phase = Phase.STOPPED if code == EXIT_OK else Phase.FAILED
+        self.reporter.update(phase=phase.value, ended=ended, download=None)
+        if last_words:  # the last line says why, after the node is stopped
+            self.log.error("giving up", reason=last_words)
+        else:
+            self.log.info("vegavisor stopped", signal=self.world.stop_signal)
+        return code
 
     def supervise(self) -> int:
         # 1. clear what an earlier visor killed with -9 may have left: children, staging
-        self.stop_leftovers()
+        previous, problem = read_record(self.home / RUN_STATE_FILE, RunState)
+        if problem:
+            self.log.warn("run state unreadable; no leftover children can be recognised",
+                          problem=problem)
+        self.node.stop_leftovers(previous)
         remove_stale_staging(self.home)
-        folder = current_folder(self.home, self.log)
-        run_config = self.read_run_config(folder)
+        folder, run_config = self.open_current()
+        self.check_start_up(folder, run_config)
         core_args = run_config.vega.args
         # 2. an upgrade under way when that visor died is finished before anything runs
-        journal = read_journal(self.home)
-        if journal:
-            self.log.warn("resuming upgrade", tag=journal["tag"], height=journal["height"],
-                          step=journal["step"])
-            self.journal = journal
-            status = UpgradeStatus(True, journal["tag"], journal["height"])
-            upgraded = self.finish_upgrade(status, run_config, verified=False)
-            if upgraded is None:
-                return self.stopped()
-            folder, run_config = upgraded
-            core_args = with_snapshot_flag(run_config.vega.args, status.height)
-        retry_limit = self.config.max_first_connection_retries
-        restarts = 0
-        while not self.inbox.stop_signal:
-            # 3. start every binary of the current version
-            self.folder, self.version = folder, run_config.name
+        journal, problem = read_record(self.home / JOURNAL_FILE, Journal)
+        if problem:
+            self.log.warn("upgrade journal unreadable; no upgrade is resumed from it "
+                          "(a node at its upgrade block upgrades again)", problem=problem)
+        if journal is not None and journal.unfinished:
+            self.log.warn("resuming upgrade", tag=journal.tag, height=journal.height,
+                          step=journal.step)
+            self.upgrade.journal = journal
+            self.enter(Phase.UPGRADING, tag=journal.tag)
+            if not self.upgrade.install(run_config):
+                return EXIT_OK
+            folder, run_config = self.open_current()
+            core_args = with_snapshot_flag(run_config.vega.args, journal.height)
+        limit_key, restarts = "maxNumberOfFirstConnectionRetries", 0
+        while not self.world.stop_signal:
+            # 3. start every binary of the current version (checked first after an upgrade)
+            self.reporter.update(version=run_config.name, folder=str(folder))
             self.enter(Phase.STARTING, version=run_config.name)
-            self.children = self.start(folder, run_config, core_args, restarts)
-            if self.journal:
-                self.write_journal("started")
+            if self.upgrade.unfinished and not self.upgrade.checked:
+                self.upgrade.check(self.home / CURRENT_LINK)
+            self.node.start(run_config, core_args, restarts + 1)
+            if self.upgrade.unfinished:
+                self.upgrade.write("started")
+            self.notify_ready(run_config)
             # 4. watch them and poll core's admin socket until something happens
             self.enter(Phase.RUNNING, version=run_config.name)
-            outcome = self.watch(self.children, folder, run_config, retry_limit)
+            outcome = self.watch(run_config, folder, limit_key)
             if isinstance(outcome, Ready):
                 # 5. upgrade: stop, install or find the folder, switch current
-                upgraded = self.upgrade(self.children, outcome.status, run_config)
-                if upgraded is None:
+                if not self.upgrade_at_block(outcome.status, folder, run_config):
                     break
-                folder, run_config = upgraded
+                folder, run_config = self.open_current()
                 core_args = with_snapshot_flag(run_config.vega.args, outcome.status.height)
-                retry_limit, restarts = self.config.max_first_connection_retries, 0
+                limit_key, restarts = "maxNumberOfFirstConnectionRetries", 0
                 continue
-            self.stop(self.children)
+            self.enter(Phase.STOPPING)
+            self.node.stop()
             if isinstance(outcome, Stopped):
                 break
             if isinstance(outcome, Unreachable):
-                raise VisorError(self.describe_unreachable(run_config.rpc, outcome, retry_limit))
+                raise VisorError(self.describe_unreachable(run_config.rpc, outcome, limit_key))
             # 6. a crash: restart after a backoff, from the data node's history when there is one
             restarts = self.count_crash(outcome, restarts)
             delay = restart_delay(restarts, self.config.restarts_delay,
                                   self.config.restarts_backoff_max)
             self.log.info("restarting", delay=delay, restart=restarts,
                           limit=self.config.max_restarts)
-            self.pause(delay)
+            if not pause(self.world, delay):
+                break
             core_args = self.restart_args(folder, run_config)
-            retry_limit = self.config.max_restart_connection_retries
-        return self.stopped()
-
-    def stopped(self) -> int:
-        self.log.info("vegavisor stopped", signal=self.inbox.stop_signal)
+            # a core that loads the upgrade's snapshot again takes as long as the first time
+            limit_key = "maxNumberOfFirstConnectionRetries" if self.upgrade.unfinished \
+                else "maxNumberOfRestartConnectionRetries"
         return EXIT_OK
 
-    def stopping(self) -> bool:
-        self.tick()
-        return bool(self.inbox.stop_signal)
-
-    def stop_leftovers(self) -> None:
-        """Children of an earlier visor that still run (it was killed) are stopped first:
-        the ones it recorded (pid, command line and start time must all match) and any
-        running the command it was about to start when it died."""
-        state = read_json_file(self.home / RUN_STATE_FILE)
-        leftovers = []
-        for child in state.get("children") or []:
-            try:
-                pid, argv, start_time = child["pid"], child["argv"], child["startTime"]
-            except (KeyError, TypeError):
-                continue
-            if isinstance(pid, int) and is_same_process(pid, argv, start_time):
-                leftovers.append((pid, child.get("role")))
-        for argv in state.get("starting") or []:
-            if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
-                leftovers += [(pid, "being started") for pid in processes_running(argv)]
-        for pid, role in leftovers:
-            self.log.warn("stopping a child left by an earlier vegavisor", role=role, pid=pid)
-            stop_leftover(pid, self.config.stop_signal_timeout, self.log, self.clock)
-
-    def save_state(self, poll_only: bool = False) -> None:
-        """What `status` reads, and what a restarted visor needs to stop leftovers."""
-        now = self.clock()
-        self.write_metrics()
-        if poll_only and now - self.last_state_write < RUN_STATE_POLL_WRITE_SECONDS:
-            return
-        self.last_state_write = now
-        children = [{"role": c.role, "pid": c.popen.pid, "argv": list(c.argv),
-                     "startTime": c.start_time} for c in self.children
-                    if c.popen.returncode is None]
-        record = {"pid": os.getpid(), "started": self.started, "phase": self.phase.value,
-                  "version": self.version, "folder": str(self.folder),
-                  "restarts": self.restarts_total, "lastPollOk": self.last_poll_ok or None,
-                  "acceptedTag": self.accepted.tag, "upgradeHeight": self.accepted.height,
-                  "children": children, "starting": self.starting}
-        try:
-            # Not synced: it matters after a kill, which keeps the page cache, and
-            # after a power loss no child is left to stop.
-            write_file_atomically(self.home / RUN_STATE_FILE, json.dumps(record) + "\n",
-                                  durable=False)
-        except OSError as e:
-            self.log.warn("run state not saved", file=str(self.home / RUN_STATE_FILE),
-                          error=e.strerror)
-
-    def write_metrics(self) -> None:
-        if not self.config.metrics_file:
-            return
-        prefetch = self.prefetch
-        state = ("downloading" if prefetch.job is not None else "staged" if prefetch.staged
-                 else "failed" if prefetch.last_error else "idle") if prefetch.tag else "idle"
-        text = format_metrics(dict(
-            version=self.version, phase=self.phase.value, upgrades=self.upgrades,
-            restarts=self.restarts_total, lastPoll=round(self.last_poll_time, 3),
-            acceptedTag=self.accepted.tag, upgradeHeight=self.accepted.height,
-            prefetchTag=prefetch.tag, prefetchState=state))
-        path = Path(self.config.metrics_file)
-        try:
-            write_file_atomically(path, text, durable=False)
-        except OSError as e:
-            self.log.warn("metrics file not written", file=str(path), error=e.strerror)
-
-    def reload(self) -> None:
-        """SIGHUP: a valid config.toml takes effect whole; an invalid one changes nothing."""
-        self.inbox.reload_requested = False
-        try:
-            config, warnings = load_config(self.home)
-        except VisorError as e:
-            self.log.error("config reload failed; keeping the old settings", error=str(e))
-            return
-        for warning in warnings:
-            self.log.warn("config warning", problem=warning)
-        changed = [f for f in Config._fields if getattr(config, f) != getattr(self.config, f)]
-        self.config = self.prefetch.config = config
-        self.log.configure(config.logging)
-        self.log.info("config reloaded", changed=",".join(changed) or "nothing")
-        self.save_state()
-
-    def write_journal(self, step: str) -> None:
-        """Record an upgrade step. Only "installed", written just before `current` is
-        switched (durably), is synced: a power loss that loses another step leaves the
-        old version at the block, which upgrades again, or a journal that makes the
-        next run switch again and start the new version with the snapshot flag."""
-        self.journal = dict(self.journal, step=step, updated=utc_now())
-        write_file_atomically(self.home / JOURNAL_FILE, json.dumps(self.journal) + "\n",
-                              durable=step == "installed")
-        self.log.debug("journal", step=step, tag=self.journal.get("tag"))
-        if step == "done":
-            self.journal = {}
-
-    def read_run_config(self, folder: Path) -> RunConfig:
+    def open_current(self) -> Tuple[Path, RunConfig]:
+        """The folder HOME/current names and its run-config; a missing or broken link is
+        pointed at genesis (SPEC 1.1), with a warning when it named a missing folder."""
+        current = read_current(self.home)
+        if current.usable:
+            folder = current.folder
+        else:
+            genesis = self.home / GENESIS_FOLDER
+            if not (genesis / RUN_CONFIG_FILE).is_file():
+                raise ConfigError(f"{current.problem}; and {genesis / RUN_CONFIG_FILE} does not "
+                                  f"exist either: create it (see `vegavisor init`)")
+            level = "info" if current.kind == "missing" else "warn"
+            self.log.emit(level, "current points at genesis now", link=str(current.link),
+                          was=current.problem)
+            switch_current(self.home, genesis, self.log)
+            folder = genesis
         run_config, warnings = load_run_config(folder)
         for warning in warnings:
             self.log.warn("run-config warning", problem=warning)
-        return run_config
+        return folder, run_config
 
-    def start(self, folder: Path, run_config: RunConfig, core_args: Sequence[str],
-              restarts: int) -> List[Child]:
-        binaries = [("core", run_config.vega, core_args)]
-        if run_config.data_node:
-            binaries.append(("data node", run_config.data_node, run_config.data_node.args))
-        children: List[Child] = []
-        try:
-            for role, binary, args in binaries:
-                # Recorded before the fork: a visor killed right after it still leaves
-                # the restarted one enough to find this child (by its command line).
-                self.starting = [list(child_argv(folder, binary, args))]
-                self.save_state()
-                child = start_child(role, run_config.name, folder, binary, args, self.clock)
-                children.append(child)
-                self.children, self.starting = children, []
-                self.save_state()
-                self.log.info("started", role=role, pid=child.popen.pid, version=run_config.name,
-                              attempt=restarts + 1, command=shlex.join(child.argv))
-        except VisorError:
-            self.stop(children)
-            raise
-        return children
+    def check_start_up(self, folder: Path, run_config: RunConfig) -> None:
+        """What validate checks cheaply, said in the log at once (SPEC 3.2.1)."""
+        auto = self.config.auto_install
+        if auto.enabled:
+            self.log.info("auto-install is on", repository=f"{auto.repository_owner}/"
+                          f"{auto.repository}", api=auto.github_api_url,
+                          asset=asset_name(auto.asset.name, host_platform()),
+                          prefetch=auto.prefetch)
+        else:
+            self.log.info("auto-install is off: releases must be installed in their folders "
+                          "before the upgrade block")
+        for finding in quick_checks(self.home, self.config, folder, run_config):
+            self.log.emit("error" if finding.level == "problem" else "info",
+                          "start-up check", finding=finding.text)
 
-    def watch(self, children: Sequence[Child], folder: Path, run_config: RunConfig,
-              retry_limit: int) -> Any:
-        """Poll the admin socket and watch the children until one of the outcomes happens."""
-        rpc = run_config.rpc
-        failures, answered = 0, False
-        next_poll = self.clock() + self.config.poll_interval
-        while not self.inbox.stop_signal:
-            self.tick()
-            if self.inbox.reload_requested:
-                self.reload()
-            for child in children:
-                if child.popen.poll() is not None:
-                    return Exited(child, self.clock() - child.started)
-            if self.clock() >= next_poll:
+    def notify_ready(self, run_config: RunConfig) -> None:
+        """READY=1 once the node is started: a core replaying its chain for hours must not
+        keep `systemctl start` waiting (STATUS says what visor waits for)."""
+        if not self.told_ready:
+            self.world.notify("READY=1", f"STATUS={run_config.name}: started, waiting for "
+                              f"core's admin socket {run_config.rpc.socket_path}")
+            self.told_ready = True
+
+    def watch(self, run_config: RunConfig, folder: Path, limit_key: str) -> Any:
+        """Poll the admin socket and watch the children until one of the outcomes happens.
+
+        Retry limits are time, as in Go (SPEC 3.1.1): a poll that gets no answer is
+        retried after pollIntervalSeconds; the fast upgrade interval applies only while
+        core answers."""
+        rpc, limit = run_config.rpc, self.limit(limit_key)
+        failures, answered, started = 0, False, self.world.now()
+        next_poll = started + self.config.poll_interval
+        next_config_check = started + self.config.poll_interval
+        warnings = iter(NOT_ANSWERING_WARNINGS)
+        next_warning = started + next(warnings)
+        while not self.world.stop_signal:
+            now = self.world.now()
+            if self.world.take_reload_request() or now >= next_config_check:
+                next_config_check = now + self.config.poll_interval
+                self.reload_if_changed()
+                limit = self.limit(limit_key)
+            child = self.node.exited()
+            if child is not None:
+                return Exited(child, now - child.started)
+            if now >= next_poll:
                 try:
-                    status = call_upgrade_status(rpc, self.config.rpc_timeout,
-                                                 self.rng.getrandbits(63))
+                    status = self.world.poll_admin(rpc, self.config.rpc_timeout)
                 except AdminError as e:
                     failures += 1
-                    self.log_poll_failure(rpc, e, failures, retry_limit, answered)
-                    if failures > retry_limit:
+                    self.log_poll_failure(rpc, e, failures, limit, answered)
+                    if failures > limit:
                         return Unreachable(failures, str(e))
+                    next_poll = self.world.now() + self.config.poll_interval
                 else:
                     if not answered or failures:
                         self.log.info("admin socket answering", socket=rpc.socket_path)
+                        self.reporter.update(waiting="")
                     failures, answered = 0, True
-                    if status.ready:
+                    if self.is_ready(status, run_config, folder):
                         return Ready(status)
-                    self.note_answer(status)
-                    self.prefetch.update(status.tag, run_config, folder)
-                interval = (self.config.upgrade_poll_interval if self.accepted.tag
-                            else self.config.poll_interval)
-                next_poll = self.clock() + interval
-            self.inbox.wait(min(next_poll - self.clock(), self.notifier.seconds_to_tick()))
-        return Stopped(self.inbox.stop_signal)
+                    self.note_answer(status, run_config, folder)
+                    interval = (self.config.upgrade_poll_interval
+                                if self.reporter.state.accepted_tag
+                                else self.config.poll_interval)
+                    next_poll = self.world.now() + interval
+            self.prefetch.collect()
+            if not answered and now >= next_warning:
+                self.warn_not_answering(rpc, now - started, failures)
+                next_warning = started + next(warnings, now - started + NOT_ANSWERING_REPEAT)
+            self.world.wait(max(0.0, min(next_poll, next_config_check) - self.world.now()))
+        return Stopped(self.world.stop_signal)
 
-    def note_answer(self, status: UpgradeStatus) -> None:
+    def limit(self, key: str) -> int:
+        return self.config.max_first_connection_retries \
+            if key == "maxNumberOfFirstConnectionRetries" \
+            else self.config.max_restart_connection_retries
+
+    def is_ready(self, status: UpgradeStatus, run_config: RunConfig, folder: Path) -> bool:
+        """ReadyToUpgrade to a release other than the one running; anything else is ignored
+        with one line (SPEC 3.3.4): no tag, or the version already running."""
+        if not status.ready:
+            return False
+        if not status.tag:
+            self.reporter.warn_repeated("ready-no-tag", "core says ready to upgrade but names "
+                                        "no release; ignored", socket=run_config.rpc.socket_path)
+            return False
+        running = status.tag == run_config.name
+        try:
+            target = folder_for_tag(self.home, status.tag, self.config.upgrade_folders)
+        except VisorError as e:
+            self.reporter.warn_repeated("ready-bad-tag", "core says ready to upgrade to a tag "
+                                        "that names no folder; ignored", error=str(e))
+            return False
+        if running or os.path.realpath(target) == os.path.realpath(folder):
+            self.reporter.warn_repeated("ready-same", "core says ready to upgrade to the "
+                                        "version already running; ignored", tag=status.tag,
+                                        folder=str(folder))
+            return False
+        return True
+
+    def note_answer(self, status: UpgradeStatus, run_config: RunConfig, folder: Path) -> None:
         """A good admin answer: the upgrade journal is done, the state file current."""
-        self.last_poll_ok, self.last_poll_time = utc_now(), time.time()
-        if not self.told_ready:
-            self.notifier.send("READY=1", f"STATUS={self.version}: running")
-            self.told_ready = True
-        if self.journal.get("step") == "started":
-            self.write_journal("done")
-            self.upgrades += 1
-            self.log.info("upgrade complete", tag=self.version)
-        if status.tag != self.accepted.tag:
-            self.log_accepted(status, self.accepted.tag)
-            self.accepted = status
-            self.save_state()
-        self.save_state(poll_only=True)
+        self.upgrade.answered()
+        previous = self.reporter.state.accepted_tag
+        if status.tag and status.tag != previous:
+            self.log.info("upgrade accepted", tag=status.tag, height=status.height)
+            self.reporter.update(accepted_tag=status.tag, upgrade_height=status.height)
+        self.reporter.note_poll()
+        self.prefetch.update(status.tag, run_config, folder)
 
     def log_poll_failure(self, rpc: RpcConfig, error: AdminError, failures: int, limit: int,
                          answered: bool) -> None:
@@ -2701,55 +3227,71 @@ class Supervisor:
         else:
             self.log.debug("admin poll failed", **facts)
 
-    def log_accepted(self, status: UpgradeStatus, previous: str) -> None:
-        if status.tag:
-            self.log.info("upgrade accepted", tag=status.tag, height=status.height)
-        elif previous and previous != self.version:  # not the upgrade just completed
-            self.log.info("upgrade withdrawn", tag=previous)
+    def warn_not_answering(self, rpc: RpcConfig, waited: float, failures: int) -> None:
+        """While core has never answered: at 10 s, 30 s, 1 min, then every 5 min (SPEC 3.2.1)."""
+        text = (f"core's admin socket {rpc.socket_path} has not answered for {waited:.0f}s "
+                f"({failures} failed polls)")
+        self.log.warn("core has not answered yet", socket=rpc.socket_path,
+                      waited=round(waited), failures=failures,
+                      likely="core still loading its snapshot or replaying blocks; or "
+                      "socketPath/httpPath differ from core's [Admin.Server] SocketPath/"
+                      "HTTPPath; or core exits at once (see its output)")
+        self.reporter.update(waiting=text)
+        self.reporter.status(text)
 
-    def describe_unreachable(self, rpc: RpcConfig, outcome: Unreachable, limit: int) -> str:
-        key = ("maxNumberOfFirstConnectionRetries"
-               if limit == self.config.max_first_connection_retries
-               else "maxNumberOfRestartConnectionRetries")
+    def describe_unreachable(self, rpc: RpcConfig, outcome: Unreachable, key: str) -> str:
         return (f"core's admin socket {rpc.socket_path} failed {outcome.failures} polls in a "
-                f"row ({key} = {limit}); last error: {outcome.error}")
+                f"row, {self.config.poll_interval:g}s apart ({key} = {self.limit(key)}); "
+                f"last error: {outcome.error}")
 
-    def stop(self, children: Sequence[Child]) -> None:
-        if self.inbox.stop_signal:
-            self.notifier.send("STOPPING=1")
-        self.enter(Phase.STOPPING)
-        stop_children(children, self.config.stop_signal_timeout, self.inbox, self.log,
-                      self.clock, self.tick)
-        self.save_state()
-
-    def pause(self, seconds: float) -> None:
-        """Wait, unless visor is asked to stop meanwhile."""
-        deadline = self.clock() + seconds
-        while not self.inbox.stop_signal and self.clock() < deadline:
-            self.tick()
-            self.inbox.wait(min(deadline - self.clock(), self.notifier.seconds_to_tick()))
+    def reload_if_changed(self) -> None:
+        """config.toml saved (or SIGHUP): a valid file takes effect whole; an invalid one
+        changes nothing (SPEC 3.1.4)."""
+        stamp = config_stamp(self.home)
+        if stamp == self.config_stamp:
+            return
+        self.config_stamp = stamp
+        try:
+            config, warnings = load_config(self.home)
+        except VisorError as e:
+            self.log.error("config reload failed; keeping the old settings", error=str(e))
+            return
+        for warning in warnings:
+            self.log.warn("config warning", problem=warning)
+        changed = changed_keys(self.config, config)
+        if not changed:
+            return
+        for part in (self, self.node, self.prefetch, self.upgrade, self.reporter):
+            part.config = config
+        self.log.configure(config.logging)
+        self.log.info("config reloaded", changed=",".join(changed))
 
     def count_crash(self, outcome: Exited, restarts: int) -> int:
         child = outcome.child
-        status = describe_exit_status(child.popen.returncode)
+        code = child.proc.returncode()
+        status = describe_exit_status(code)
         restarts = count_restart(restarts, outcome.uptime, self.config.restarts_reset_after)
         limit = self.config.max_restarts
-        self.log.error("child exited", role=child.role, pid=child.popen.pid, status=status,
+        self.log.error("child exited", role=child.role, pid=child.proc.pid, status=status,
                        uptime=round(outcome.uptime, 3), restart=restarts, limit=limit)
         if restarts > limit:
-            raise VisorError(f"{child.role} {child.path} {status}; it was restarted {limit} "
+            raise VisorError(f"{child.role} {child.argv[0]} {status}; it was restarted {limit} "
                              f"times already (maxNumberOfRestarts = {limit}), giving up")
-        self.restarts_total += 1
+        self.reporter.update(restarts=self.reporter.state.restarts + 1)
         self.enter(Phase.RESTARTING, restart=restarts)
         return restarts
 
     def restart_args(self, folder: Path, run_config: RunConfig) -> Tuple[str, ...]:
-        """Core's args for a crash restart: resume from the data node's newest segment."""
+        """Core's args for a crash restart: before the upgraded core answered, the upgrade's
+        snapshot again (SPEC 3.1.10); else from the data node's newest history segment."""
         args = run_config.vega.args
+        if self.upgrade.unfinished and self.upgrade.journal is not None:
+            return with_snapshot_flag(args, self.upgrade.journal.height)
         if run_config.data_node is None:
             return args
         try:
-            height = latest_history_segment(folder, run_config.data_node)
+            height = latest_history_segment(self.home / CURRENT_LINK, run_config.data_node,
+                                            self.world.query)
         except VisorError as e:
             self.log.warn("latest history segment unknown", error=str(e))
             return args
@@ -2759,84 +3301,38 @@ class Supervisor:
         self.log.info("core resumes from the data node's history", height=height)
         return with_snapshot_flag(args, height)
 
-    def upgrade(self, children: Sequence[Child], status: UpgradeStatus,
-                current: RunConfig) -> Optional[Tuple[Path, RunConfig]]:
-        """Stop the node at the upgrade block and make the new version current.
-
-        None when visor was asked to stop meanwhile: the journal makes the next run
-        finish the upgrade before it starts anything.
-        """
+    def upgrade_at_block(self, status: UpgradeStatus, folder: Path,
+                         run_config: RunConfig) -> bool:
+        """Stop the node at the upgrade block and make the new version current. False when
+        visor was asked to stop meanwhile: the journal makes the next run finish it."""
         self.enter(Phase.UPGRADING, tag=status.tag)
         self.log.info("ready to upgrade", tag=status.tag, height=status.height)
         target = folder_for_tag(self.home, status.tag, self.config.upgrade_folders)
-        self.journal = {"tag": status.tag, "height": status.height, "from": self.folder.name,
-                        "to": target.name, "started": utc_now()}
-        self.write_journal("ready")
-        verified = self.prefetch.settle(status.tag, self.stopping)
-        self.pause(self.config.stop_delay)
-        self.stop(children)
-        self.write_journal("stopped")
-        if self.inbox.stop_signal:
-            return None
-        return self.finish_upgrade(status, current, verified)
+        self.upgrade.begin(status.tag, status.height, folder, target)
+        self.prefetch.settle(status.tag)
+        pause(self.world, self.config.stop_delay)
+        self.node.stop()
+        self.upgrade.write("stopped")
+        if self.world.stop_signal:
+            return False
+        return self.upgrade.install(run_config)
 
-    def finish_upgrade(self, status: UpgradeStatus, current: RunConfig,
-                       verified: bool) -> Optional[Tuple[Path, RunConfig]]:
-        """With the node stopped: find or install the release, check it, switch current."""
-        self.enter(Phase.UPGRADING, tag=status.tag)
-        folder = folder_for_tag(self.home, status.tag, self.config.upgrade_folders)
-        if not folder.exists():
-            if not self.install_at_block(status.tag, folder, current):
-                return None
-            verified = True
-        self.write_journal("installed")
-        if not (folder / RUN_CONFIG_FILE).is_file():
-            raise incomplete_folder(folder, status.tag)
-        run_config = self.read_run_config(folder)
-        if not verified:
-            self.check_versions(folder, run_config, status.tag)
-        switch_current(self.home, folder)
-        self.write_journal("switched")
-        self.log.info("switched", current=str(folder), tag=status.tag)
-        return folder, run_config
 
-    def install_at_block(self, tag: str, folder: Path, current: RunConfig) -> bool:
-        """Install now, retrying as crash restarts do; False when visor is asked to stop."""
-        if not self.config.auto_install.enabled:
-            raise VisorError(
-                f"release {tag} is not installed: {folder} does not exist and [autoInstall] "
-                f"enabled = false; create it with the release's binaries and a "
-                f"{RUN_CONFIG_FILE}, or run `vegavisor prepare-upgrade --home {self.home} "
-                f"{tag}` with autoInstall on, then restart vegavisor")
-        attempt = 0
-        while True:
-            attempt += 1
-            job = BackgroundInstall(self.home, self.config, tag, folder, current, self.token,
-                                    self.log)
-            error = job.wait(self.stopping)
-            if error is None or self.stopping():
-                return error is None
-            limit = self.config.max_restarts
-            if attempt > limit:
-                raise InstallError(error)
-            delay = restart_delay(attempt, self.config.restarts_delay,
-                                  self.config.restarts_backoff_max)
-            self.log.error("install failed", tag=tag, attempt=attempt, limit=limit,
-                           retry_in=delay, error=error)
-            self.pause(delay)
+def _where(e: BaseException) -> str:
+    """file:line of the innermost frame of an unexpected exception, for the bug report."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb else "?"
 
-    def check_versions(self, folder: Path, run_config: RunConfig, tag: str) -> None:
-        """Every binary of the new version must say it is `tag` before it may run."""
-        binaries = [("core", run_config.vega), ("data node", run_config.data_node)]
-        for role, binary in binaries:
-            if binary is None:
-                continue
-            path = resolve_binary(folder, binary)
-            version = binary_version(path)
-            if version != tag:
-                raise VisorError(f"{role} binary {path} reports version {version}, not {tag}; "
-                                 f"{folder} holds the wrong release")
-            self.log.info("version checked", role=role, binary=str(path), version=version)
+
+def config_stamp(home: Path) -> Tuple[float, int, int]:
+    """What changes when config.toml is saved: mtime, size, inode (an editor's rename)."""
+    try:
+        st = (home / CONFIG_FILE).stat()
+    except OSError:
+        return (0.0, -1, -1)
+    return (st.st_mtime, st.st_size, st.st_ino)
 
 
 # --- status and validate ---
@@ -3120,22 +3616,7 @@ def check_folder(folder: Path, tag: Optional[str], timeout: float) -> List[Findi
 
 def current_problem(home: Path) -> Optional[str]:
     """What is wrong with HOME/current, saying what `run` will do about it; None if nothing."""
-    link = home / CURRENT_LINK
-    genesis = home / GENESIS_FOLDER / RUN_CONFIG_FILE
-    fallback = ("`vegavisor run` will point it at genesis" if genesis.is_file() else
-                f"{genesis} does not exist either, so `vegavisor run` cannot start")
-    if link.is_symlink():
-        target = os.readlink(link)
-        if not link.exists():
-            return (f"{link} is dangling: it points at {target}, which does not exist; "
-                    f"{fallback} (ln -sfn FOLDER {link} to run another version)")
-        if not (link / RUN_CONFIG_FILE).is_file():
-            return f"{link} points at {target}, which has no {RUN_CONFIG_FILE}; {fallback}"
-        return None
-    if link.exists():
-        return (f"{link} is a real folder, not a link: `vegavisor run` refuses to start; move it "
-                f"aside and link {link} to the version to run")
-    return f"{link} does not exist; {fallback}"
+    return read_current(home).problem or None
 
 
 def home_folders(home: Path) -> List[Path]:
@@ -3233,70 +3714,82 @@ def run_lock_holder(home: Path) -> Optional[int]:
         os.close(fd)
 
 
-def child_alive(child: Dict[str, Any]) -> Optional[bool]:
-    """Whether a child named in the run state still runs; None where there is no /proc."""
-    if not Path("/proc/self/stat").exists():
-        return None
-    # pid and start time name one process for good; argv is not compared: the kernel
-    # shows a script's interpreter first ("python3 /path/vega ...").
-    return child["pid"] is not None and child["startTime"] is not None \
-        and process_start_time(child["pid"]) == child["startTime"]
+class StatusReport(NamedTuple):
+    """Everything `status` reports (SPEC 2.5), read from the records without changing a file."""
+
+    home: Path
+    current: CurrentLink
+    current_config: Optional[RunConfig]
+    installed: List[Dict[str, Any]]
+    node: Dict[str, Any]
+    holder: Optional[int]  # the pid holding the run lock (0: not written yet), None: none
+    state: Optional[RunState]
+    prefetch: Optional[PrefetchState]
+    journal: Optional[Journal]
+    problems: List[str]
+
+    @property
+    def running(self) -> bool:
+        return self.holder is not None
+
+    @property
+    def fresh(self) -> bool:
+        """The run state was written by the run now holding the lock."""
+        return self.running and self.state is not None and self.holder in (0, self.state.pid)
 
 
-def _field(record: Any, key: str, kind: type) -> Any:
-    """record[key] when it has the type `kind` (a bool is no int here), else None."""
-    value = record.get(key) if isinstance(record, dict) else None
-    if isinstance(value, bool) and kind is not bool:
-        return None
-    return value if isinstance(value, kind) else None
+def children_json(children: Sequence[ChildRecord]) -> List[Dict[str, Any]]:
+    return [{"role": c.role, "pid": c.pid, "argv": list(c.argv), "startTime": c.start_time,
+             "alive": is_alive(c.pid, c.start_time)} for c in children]
 
 
-def describe_run(holder: Optional[int], state: Optional[dict]) -> Dict[str, Any]:
-    """The `run` section: the lock says whether a run holds HOME, the run-state file the rest.
-
-    A run-state file not written by the lock's holder is stale: shown as such, not used.
-    """
-    running = holder is not None
-    state_pid = _field(state, "pid", int)
-    fresh = running and state is not None and holder in (0, state_pid)
-    record = state if fresh else {}
+def run_json(report: StatusReport) -> Dict[str, Any]:
+    state, fresh = report.state, report.fresh
+    shown = state if fresh or (state is not None and state.ended) else None
+    stale = state is not None and not fresh
     return {
-        "running": running,
-        "pid": holder or (state_pid if fresh else None),
-        "phase": _field(record, "phase", str),
-        "started": _field(record, "started", str),
-        "version": _field(record, "version", str),
-        "folder": _field(record, "folder", str),
-        "restarts": _field(record, "restarts", int),
-        "lastPollOk": _field(record, "lastPollOk", str),
-        "acceptedTag": _field(record, "acceptedTag", str),
-        "upgradeHeight": _field(record, "upgradeHeight", int),
-        "children": _children(record),
-        "stale": state is not None and not fresh,
-        "stalePid": state_pid if state is not None and not fresh else None,
+        "running": report.running,
+        "pid": (report.holder or (state.pid if fresh else None)) if report.running else None,
+        "phase": shown.phase if shown else None,
+        "started": shown.started if shown else None,
+        "version": shown.version if shown else None,
+        "folder": shown.folder if shown else None,
+        "restarts": shown.restarts if shown else None,
+        "lastPollOk": shown.last_poll_ok if shown else None,
+        "acceptedReleaseTag": (shown.accepted_tag or None) if shown else None,
+        "upgradeBlockHeight": (shown.upgrade_height or None) if shown else None,
+        "waiting": (shown.waiting or None) if fresh and shown else None,
+        "download": shown.download if fresh and shown else None,
+        "ended": ended_words(report) if not report.running else None,
+        "endedAt": state.updated if state is not None and not report.running else None,
+        "children": children_json(state.children) if fresh and state else [],
+        "stale": stale,
+        "stalePid": state.pid if stale and state else None,
         # children a vegavisor that died (kill -9) may have left running
-        "leftoverChildren": _children(state) if state is not None and not fresh else [],
+        "leftoverChildren": children_json(state.children) if stale and state else [],
     }
 
 
-def _children(record: Any) -> List[Dict[str, Any]]:
-    children = _field(record, "children", list) or []
-    return [{"role": _field(c, "role", str), "pid": _field(c, "pid", int),
-             "argv": _field(c, "argv", list) or [], "startTime": _field(c, "startTime", int)}
-            for c in children]
+def ended_words(report: StatusReport) -> Optional[str]:
+    """How the last `run` ended: its own words, or "died" when it could not say."""
+    state = report.state
+    if state is None:
+        return None
+    if state.ended:
+        return state.ended
+    return f"died without a word (kill -9, OOM or power loss?); pid {state.pid}"
 
 
-def describe_journal(journal: Optional[dict]) -> Tuple[Optional[dict], Optional[dict]]:
+def journal_json(journal: Optional[Journal]) -> Tuple[Optional[dict], Optional[dict]]:
     """(lastUpgrade, upgradeInProgress) from the upgrade journal: step "done" is finished."""
     if journal is None:
         return None, None
-    facts = {"tag": _field(journal, "tag", str), "height": _field(journal, "height", int),
-             "from": _field(journal, "from", str), "to": _field(journal, "to", str)}
-    if journal.get("step") == "done":
-        return dict(facts, finished=_field(journal, "updated", str)), None
-    return None, dict(facts, step=_field(journal, "step", str),
-                      started=_field(journal, "started", str),
-                      updated=_field(journal, "updated", str))
+    facts = {"tag": journal.tag, "height": journal.height, "from": journal.from_folder,
+             "to": journal.to_folder}
+    if not journal.unfinished:
+        return dict(facts, finished=journal.updated), None
+    return None, dict(facts, step=journal.step, started=journal.started,
+                      updated=journal.updated, error=journal.error or None)
 
 
 def ask_node(rpc: Optional[RpcConfig], timeout: float, request_id: int) -> Dict[str, Any]:
@@ -3315,31 +3808,13 @@ def ask_node(rpc: Optional[RpcConfig], timeout: float, request_id: int) -> Dict[
                 upgradeBlockHeight=status.height if status.tag else None)
 
 
-def read_current(home: Path) -> Tuple[Optional[Dict[str, Any]], Optional[RunConfig]]:
-    """`current` as status shows it, and the run-config naming the socket `run` would poll.
-
-    A missing or dangling link is reported, not repaired (SPEC 1.1 leaves that to `run`);
-    the socket is then genesis's, as `run` would start genesis.
-    """
-    link = home / CURRENT_LINK
-    error = current_problem(home)
-    if link.is_symlink() and error is None:
-        run_config = load_run_config(link)[0]
-        return {"folder": os.path.realpath(link), "name": run_config.name, "error": None}, \
-            run_config
-    if link.is_symlink():
-        target = os.path.normpath(os.path.join(home, os.readlink(link)))
-        genesis = _run_config_in(home / GENESIS_FOLDER)
-        return {"folder": target, "name": None, "error": error}, genesis
-    if link.exists():
-        run_config = _run_config_in(link)
-        name = run_config.name if run_config else None
-        return {"folder": str(link), "name": name, "error": error}, run_config
-    return None, _run_config_in(home / GENESIS_FOLDER)
-
-
-def _run_config_in(folder: Path) -> Optional[RunConfig]:
-    return load_run_config(folder)[0] if (folder / RUN_CONFIG_FILE).is_file() else None
+def _run_config_in(folder: Optional[Path]) -> Optional[RunConfig]:
+    if folder is None or not (folder / RUN_CONFIG_FILE).is_file():
+        return None
+    try:
+        return load_run_config(folder)[0]
+    except VisorError:
+        return None
 
 
 def describe_installed(home: Path) -> List[Dict[str, Any]]:
@@ -3350,97 +3825,108 @@ def describe_installed(home: Path) -> List[Dict[str, Any]]:
             continue
         try:
             installed.append({"folder": str(folder), "name": load_run_config(folder)[0].name})
-        except ConfigError as e:
+        except VisorError as e:
             installed.append({"folder": str(folder), "name": None, "error": str(e)})
     return installed
 
 
-def status_problems(report: Dict[str, Any], config: Config) -> List[str]:
+def collect_status(home: Path, request_id: int) -> StatusReport:
+    """Read everything `status` shows; each thing that cannot be read is a problem, not
+    the end of the report (SPEC 3.2.3)."""
+    problems: List[str] = []
+    # 1. the config (a broken one is reported; defaults stand in)
+    try:
+        config, warnings = load_config(home)
+        problems += [f"config: {w}" for w in warnings]
+    except VisorError as e:
+        config = parse_config({}, home / CONFIG_FILE)[0]
+        problems.append(f"config: {e}")
+    # 2. which version is current, what is installed
+    current = read_current(home)
+    problems += [f"current: {current.problem}"] if current.problem else []
+    run_config = _run_config_in(current.folder if current.usable else home / GENESIS_FOLDER)
+    # 3. whether a `run` holds the home, and what the records say
+    try:
+        holder = run_lock_holder(home)
+    except VisorError as e:
+        holder = None
+        problems.append(f"run: {e}")
+    records = []
+    for name, kind in ((RUN_STATE_FILE, RunState), (PREFETCH_STATE_FILE, PrefetchState),
+                       (JOURNAL_FILE, Journal)):
+        record, problem = read_record(home / name, kind)
+        problems += [f"{problem}; `vegavisor run` rewrites it"] if problem else []
+        records.append(record)
+    node = ask_node(run_config.rpc if run_config else None, config.rpc_timeout, request_id)
+    report = StatusReport(home, current, run_config, describe_installed(home), node, holder,
+                          records[0], records[1], records[2], problems)
+    report.problems.extend(status_problems(report, config))
+    return report
+
+
+def status_problems(report: StatusReport, config: Config) -> List[str]:
     """Each thing in the report an operator must act on, with what to do next."""
-    home, run, node = report["home"], report["run"], report["node"]
-    problems = [f"installed: {entry['error']}" for entry in report["installed"]
+    home, run, node = report.home, run_json(report), report.node
+    problems = [f"installed: {entry['error']}" for entry in report.installed
                 if entry.get("error")]
     leftovers = [f"{c['role']} pid {c['pid']}" for c in run["leftoverChildren"] if c["alive"]]
     if leftovers:
         problems.append(f"run: {', '.join(leftovers)}, started by vegavisor pid "
                         f"{run['stalePid']} which is gone, still run; the next "
                         f"`vegavisor run --home {home}` stops them first")
-    if not node["reachable"]:
-        hint = (f"vegavisor run (pid {run['pid']}) is running: core may still be starting; "
-                f"see its log" if run["running"] else
-                f"is `vegavisor run --home {home}` running?")
+    upgrading = run["running"] and run["phase"] in ("upgrading", "stopping", "restarting")
+    if not node["reachable"] and not upgrading:
+        hint = (f"vegavisor run (pid {run['pid']}) is running: "
+                + (run["waiting"] or "core may still be starting; see its log")
+                if run["running"] else f"is `vegavisor run --home {home}` running?")
         where = f" at {node['socket']}" if node["socket"] else ""
         problems.append(f"node: not reachable{where}: {node['error']}; {hint}")
-    problems += _prefetch_problems(report["prefetch"])
+    prefetch = report.prefetch
+    if prefetch is not None and prefetch.state in ("failed", "missing") \
+            and prefetch.tag == node["acceptedReleaseTag"]:
+        problems.append(f"prefetch: {prefetch.tag}: {prefetch.last_error or 'not installed'} "
+                        f"(attempt {prefetch.attempts}); fix the cause before the upgrade block")
     problems += _accepted_release_problems(report, config)
-    in_progress = report["upgradeInProgress"]
-    if in_progress and not run["running"]:
-        problems.append(f"upgrade: the upgrade to {in_progress['tag']} stopped at step "
-                        f"{in_progress['step']} ({in_progress['updated']}) and no vegavisor is "
-                        f"running; read its last log lines, then start "
-                        f"`vegavisor run --home {home}`: it finishes the upgrade")
+    journal = report.journal
+    if journal is not None and journal.unfinished and not run["running"]:
+        problems.append(f"upgrade: the upgrade to {journal.tag} stopped at step "
+                        f"{journal.step} ({journal.updated}) and no vegavisor is running; "
+                        f"read its last log lines, then start `vegavisor run --home {home}`: "
+                        f"it finishes the upgrade")
     return problems
 
 
-def _prefetch_problems(prefetch: Optional[dict]) -> List[str]:
-    if not prefetch or prefetch.get("state") != "failed":
-        return []
-    return [f"prefetch: installing {prefetch.get('tag')} failed {prefetch.get('attempts')} "
-            f"time(s), last: {prefetch.get('lastError')}; vegavisor retries, but fix the "
-            f"cause before the upgrade block"]
-
-
-def _accepted_release_problems(report: Dict[str, Any], config: Config) -> List[str]:
-    tag, height = report["node"]["acceptedReleaseTag"], report["node"]["upgradeBlockHeight"]
+def _accepted_release_problems(report: StatusReport, config: Config) -> List[str]:
+    tag, height = report.node["acceptedReleaseTag"], report.node["upgradeBlockHeight"]
     if not tag or config.auto_install.enabled:
         return []
     try:
-        folder = folder_for_tag(Path(report["home"]), tag, config.upgrade_folders)
+        folder = folder_for_tag(report.home, tag, config.upgrade_folders)
     except VisorError as e:
         return [f"upgrade: {e}"]
-    if any(entry["folder"] == str(folder) for entry in report["installed"]):
+    if any(entry["folder"] == str(folder) for entry in report.installed):
         return []
     return [f"upgrade: {tag} is accepted for block {height}, but {folder} holds no "
-            f"{RUN_CONFIG_FILE} and [autoInstall] enabled = false: install it before the block"]
+            f"{RUN_CONFIG_FILE} and auto-install is off: install it before the block"]
 
 
-def collect_status(home: Path, config: Config, warnings: List[str],
-                   request_id: int) -> Dict[str, Any]:
-    """Everything `status` reports (SPEC 2.5), read without changing a file."""
-    problems = list(warnings)
-    # 1. which version is current and what is installed
-    current, run_config = read_current(home)
-    problem = current_problem(home)
-    problems += [f"current: {problem}"] if problem else []
-    # 2. whether a `run` holds the home, and what it last wrote about itself
-    state, error = read_state_file(home / RUN_STATE_FILE)
-    problems += [error] if error else []
-    try:
-        run = describe_run(run_lock_holder(home), state)
-    except VisorError as e:
-        run = dict(describe_run(None, None), running=None)
-        problems.append(f"run: {e}")
-    for child in run["children"] + run["leftoverChildren"]:
-        child["alive"] = child_alive(child)
-    # 3. what core says, the prefetch, the upgrade journal
-    prefetch, error = read_state_file(home / PREFETCH_STATE_FILE)
-    problems += [error] if error else []
-    journal, error = read_state_file(home / JOURNAL_FILE)
-    problems += [error] if error else []
-    last_upgrade, in_progress = describe_journal(journal)
-    report = {
-        "home": str(home),
-        "current": current,
-        "installed": describe_installed(home),
-        "node": ask_node(run_config.rpc if run_config else None, config.rpc_timeout,
-                         request_id),
-        "run": run,
-        "prefetch": prefetch,
+def status_json(report: StatusReport) -> Dict[str, Any]:
+    current = report.current
+    last_upgrade, in_progress = journal_json(report.journal)
+    return {
+        "home": str(report.home),
+        "current": None if current.kind == "missing" else {
+            "folder": str(current.folder), "name": report.current_config.name
+            if current.usable and report.current_config else None,
+            "error": current.problem or None},
+        "installed": report.installed,
+        "node": report.node,
+        "run": run_json(report),
+        "prefetch": report.prefetch.to_json() if report.prefetch else None,
         "lastUpgrade": last_upgrade,
         "upgradeInProgress": in_progress,
+        "problems": report.problems,
     }
-    report["problems"] = problems + status_problems(report, config)
-    return report
 
 
 def format_status(report: Dict[str, Any]) -> str:
@@ -3450,6 +3936,8 @@ def format_status(report: Dict[str, Any]) -> str:
             ("installed", _installed_words(report["installed"], report["current"])),
             ("vegavisor", _run_words(report["run"])),
             ("node", _node_words(report["node"]))]
+    if report["run"]["download"]:
+        rows.append(("download", _download_words(report["run"]["download"])))
     if report["prefetch"]:
         rows.append(("prefetch", _prefetch_words(report["prefetch"])))
     if report["upgradeInProgress"]:
@@ -3480,20 +3968,19 @@ def _installed_words(installed: List[Dict[str, Any]], current: Optional[Dict[str
     in_use = os.path.realpath(current["folder"]) if current and not current["error"] else None
     words = []
     for entry in installed:
-        facts = [entry["name"] or "unreadable run-config"]
+        name = Path(entry["folder"]).name
+        facts = [] if entry["name"] == name else [entry["name"] or "unreadable run-config"]
         facts += ["current"] if os.path.realpath(entry["folder"]) == in_use else []
-        words.append(f"{Path(entry['folder']).name} ({', '.join(facts)})")
+        words.append(name + (f" ({', '.join(facts)})" if facts else ""))
     return ", ".join(words) or "nothing"
 
 
 def _run_words(run: Dict[str, Any]) -> str:
-    if run["running"] is None:
-        return "unknown (see problems)"
     if not run["running"]:
-        stale = f" (stale run state left by pid {run['stalePid']})" if run["stale"] else ""
-        return "not running" + stale
-    words = [f"running, pid {run['pid']}"]
-    words += [f"{run['phase']}"] if run["phase"] else []
+        ended = f" since {run['endedAt']}: {run['ended']}" if run["ended"] else ""
+        return "not running" + ended
+    pid = f"pid {run['pid']}" if run["pid"] else "starting"
+    words = [f"running ({pid})" + (f", node {run['phase']}" if run["phase"] else "")]
     words += [f"{run['restarts']} crash restarts"] if run["restarts"] is not None else []
     words += [f"last good poll {run['lastPollOk']}"] if run["lastPollOk"] else []
     gone = [f"{c['role']} pid {c['pid']}" for c in run["children"] if c["alive"] is False]
@@ -3511,19 +3998,29 @@ def _node_words(node: Dict[str, Any]) -> str:
             f"{node['upgradeBlockHeight']}, {ready}")
 
 
+def _download_words(download: Dict[str, Any]) -> str:
+    done, total = download.get("done"), download.get("total")
+    words = [f"{download.get('tag')}: {done} of {total or '?'} bytes"]
+    words += [f"{download['rate']:.0f} B/s"] if download.get("rate") else []
+    words += [f"ETA {download['eta']:.0f}s"] if download.get("eta") is not None else []
+    return ", ".join(words)
+
+
 def _prefetch_words(prefetch: dict) -> str:
     tag, state, attempts = prefetch.get("tag"), prefetch.get("state"), prefetch.get("attempts")
     what = {"staged": f"{tag} staged in {prefetch.get('folder')}",
+            "checked": f"{tag} prepared in {prefetch.get('folder')}, versions checked",
+            "checking": f"checking {tag} in {prefetch.get('folder')}",
             "downloading": f"downloading {tag} (attempt {attempts})",
+            "missing": f"{tag} not installed in {prefetch.get('folder')}, auto-install off",
             "failed": f"{tag} failed (attempt {attempts}): {prefetch.get('lastError')}",
-            "abandoned": f"{tag} abandoned (the accepted release changed)"}
+            "cancelled": f"{tag} cancelled"}
     return what.get(state, f"{tag}: {state}") + f", updated {prefetch.get('updated')}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     home = resolve_home(args)
-    config, warnings = load_config(home)
-    report = collect_status(home, config, warnings, random.Random().getrandbits(63))
+    report = status_json(collect_status(home, random.Random().getrandbits(63)))
     print(json.dumps(report, indent=2) if args.output == "json" else format_status(report))
     return EXIT_OK
 
@@ -3655,43 +4152,59 @@ def cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def open_home(args: argparse.Namespace) -> Tuple[Path, Config, Log]:
+def open_home(args: argparse.Namespace, stream: TextIO) -> Tuple[Path, Config, Log]:
     """The home, its config, and a log set up as the config says (warnings logged)."""
     home = resolve_home(args)
     config, warnings = load_config(home)
-    log = Log(sys.stderr, config.logging.format, config.logging.level)
+    log = Log(stream, config.logging.format, config.logging.level)
     for warning in warnings:
         log.warn("config warning", problem=warning)
     return home, config, log
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    home, config, log = open_home(args)
+    # run's log goes to standard output, as the Go Visor's does (SPEC 3.1.12)
+    home, config, log = open_home(args, sys.stdout)
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise ConfigError(f"{home} is not writable by user {_user_name()} (uid {os.getuid()}); "
+                          f"vegavisor keeps its lock, state and staging folders there: "
+                          f"`chown -R {_user_name()} {home}` or run as its owner")
     lock = lock_home(home)
     inbox = SignalInbox()
     inbox.install()
+    env = dict(os.environ)
+    world = World(inbox, Notifier(env, time.monotonic), log, env.get("GITHUB_TOKEN") or None)
     log.info("vegavisor starting", version=__version__, home=str(home), pid=os.getpid(),
              python=platform.python_version())
     try:
-        return Supervisor(home, config, log, inbox, dict(os.environ)).run()
-    except VisorError as e:
-        log.error("giving up", reason=str(e))
-        return e.exit_code
+        return Supervisor(home, config, log, world, env).run()
     finally:
+        world.close()
         inbox.restore()
         os.close(lock)
 
 
+def _user_name() -> str:
+    import pwd
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
 def cmd_prepare_upgrade(args: argparse.Namespace) -> int:
-    home, config, log = open_home(args)
+    home, config, log = open_home(args, sys.stderr)
     folder = folder_for_tag(home, args.tag, config.upgrade_folders)
     if (folder / RUN_CONFIG_FILE).is_file():
         print(f"{args.tag} is already installed in {folder}")
         return EXIT_OK
     if folder.exists():
         raise incomplete_folder(folder, args.tag)
-    current, _ = load_run_config(usable_current(home))
-    install_release(home, config, args.tag, folder, current, os.environ.get("GITHUB_TOKEN"),
+    current = read_current(home)
+    current_config, _ = load_run_config(current.folder if current.usable
+                                        else home / GENESIS_FOLDER)
+    install_release(home, config, args.tag, folder, current_config,
+                    os.environ.get("GITHUB_TOKEN"),
                     log)
     print(f"installed {args.tag} in {folder}")
     return EXIT_OK
@@ -3746,6 +4259,7 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vegavisor", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"vegavisor {__version__}")
     commands = parser.add_subparsers(dest="command_name", metavar="COMMAND")
     commands.required = True
     for name, command in COMMANDS.items():
@@ -3753,6 +4267,17 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_arguments(sub)
         sub.set_defaults(command=command)
     return parser
+
+
+def describe_os_error(e: OSError) -> str:
+    """An OSError as one line naming the path and what the system said (SPEC 3.2.2)."""
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    hint = {errno.EACCES: "check the owner and mode of the path (is this the right user?)",
+            errno.EPERM: "check the owner and mode of the path (is this the right user?)",
+            errno.EROFS: "the file system is read-only", errno.ENOSPC: "free some space",
+            errno.ENAMETOOLONG: "use a shorter name"}.get(e.errno or 0, "")
+    text = f"{where}: {e.strerror or e}" if where else str(e.strerror or e)
+    return text + (f"; {hint}" if hint else "")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -3763,11 +4288,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.command.run(args)
     except VisorError as e:
-        print(f"vegavisor: error: {e}", file=sys.stderr)
+        _say(f"vegavisor: error: {e}")
         return e.exit_code
+    except OSError as e:
+        _say(f"vegavisor: error: {describe_os_error(e)}")
+        return EXIT_FAILURE
+    except RecursionError:
+        _say("vegavisor: error: input nested too deeply to read")
+        return EXIT_FAILURE
     except KeyboardInterrupt:
-        print("vegavisor: interrupted", file=sys.stderr)
+        _say("vegavisor: interrupted")
         return EXIT_INTERRUPTED
+    finally:
+        _flush_quietly()
+
+
+def _say(line: str) -> None:
+    try:
+        print(line, file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+
+
+def _flush_quietly() -> None:
+    """A closed stdout (`status | head`) must not turn a result into a traceback at exit."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared helpers: homes with a fake core, and a real `vegavisor.py run` to watch."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -331,3 +332,249 @@ def github():
     from fakes.github import FakeGitHub
     with FakeGitHub(unauthenticated_limit=10000) as gh:
         yield gh
+
+
+# --- the in-process world: the supervisor without processes, sockets or a real clock ---
+
+FAKE_BINARY_PREFIX = "fake vega "
+
+
+def write_fake_binary(path: Path, version: str) -> Path:
+    """A file the in-process world reads as a binary reporting `version` (never run)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(FAKE_BINARY_PREFIX + version + "\n")
+    path.chmod(0o755)
+    return path
+
+
+def write_run_config(folder: Path, name: str, socket: str = "/tmp/fake.sock",
+                     args: Sequence[str] = ("node",), data_node: bool = False) -> Path:
+    lines = [f"name = {json.dumps(name)}", "[vega.binary]", 'path = "vega"',
+             f"args = {toml_value(list(args))}", "[vega.rpc]",
+             f"socketPath = {json.dumps(socket)}", 'httpPath = "/rpc"']
+    if data_node:
+        lines += ["[data_node.binary]", 'path = "vega"', 'args = ["datanode", "start"]']
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run-config.toml").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def make_fake_home(root: Path, config: str = "", data_node: bool = False) -> Path:
+    """A home with genesis running a fake v1 (the in-process world reads its binaries)."""
+    home = root / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(config)
+    genesis = write_run_config(home / "genesis", "v1", data_node=data_node)
+    write_fake_binary(genesis / "vega", "v1")
+    return home
+
+
+class FakeProc:
+    """A child in the in-process world: exits when the world or a signal says so."""
+
+    def __init__(self, world: "FakeWorld", pid: int, argv: Sequence[str], env: Dict[str, str],
+                 version: str) -> None:
+        self.world, self.pid, self.start_time = world, pid, pid * 7
+        self.argv, self.env, self.version = tuple(argv), env, version
+        self.role = "data node" if "datanode" in argv else "core"
+        self.started = world.clock
+        self.code: Optional[int] = None
+        self.lingering = 0.0  # a grandchild that outlives the leader by this long
+        self.ignores_sigterm = False
+        self.signals: List[int] = []
+
+    def returncode(self) -> Optional[int]:
+        return self.code
+
+    def gone(self) -> bool:
+        return self.code is not None and self.world.clock >= self.lingering
+
+    def exit(self, code: int) -> None:
+        if self.code is None:
+            self.code = code
+            self.world.events.append((self.world.clock, "exit", self.role, self.pid, code))
+
+    def signal(self, sig: int) -> None:
+        self.signals.append(sig)
+        if sig == signal.SIGKILL:
+            self.exit(-signal.SIGKILL)
+            self.lingering = 0.0
+        elif not self.ignores_sigterm:
+            self.exit(-sig)
+
+
+class FakeJob:
+    """An install or check run at once (the in-process world has no threads)."""
+
+    def __init__(self, work: Callable[[object], None]) -> None:
+        import vegavisor
+        self.error: Optional[str] = None
+        self.retry_after: Optional[float] = None
+        try:
+            work(vegavisor.Cancellation())
+        except vegavisor.VisorError as e:
+            self.error = str(e)
+            self.retry_after = getattr(e, "retry_after", None)
+
+    def done(self) -> bool:
+        return True
+
+    def cancel(self) -> None:
+        pass
+
+
+class FakeChain:
+    """What core answers, as a real one does (SPEC 1.4): nothing until it listens (its
+    start-up delay), a null AcceptedReleaseInfo before the first block, then the accepted
+    release, and ReadyToUpgrade at the upgrade block (for a core older than the tag)."""
+
+    def __init__(self, tag: str = "", accept_height: int = 2, upgrade_height: int = 10**9,
+                 block_seconds: float = 1.0, listen_after: float = 0.0,
+                 snapshot_listen_after: Optional[float] = None) -> None:
+        self.tag, self.accept_height, self.upgrade_height = tag, accept_height, upgrade_height
+        self.block_seconds, self.listen_after = block_seconds, listen_after
+        self.snapshot_listen_after = listen_after if snapshot_listen_after is None \
+            else snapshot_listen_after
+
+    def answer(self, world: "FakeWorld") -> object:
+        import vegavisor
+        core = world.live("core")
+        if core is None:
+            raise vegavisor.AdminError("the socket file does not exist (core still starting?)")
+        from_snapshot = "--snapshot.load-from-block-height" in core.argv
+        delay = self.snapshot_listen_after if from_snapshot else self.listen_after
+        up = world.clock - core.started - delay
+        if up < 0:
+            raise vegavisor.AdminError("the socket file does not exist (core still starting?)")
+        height = int(up / self.block_seconds)
+        if from_snapshot:
+            height += self.upgrade_height
+        if height < 1:
+            return vegavisor.UpgradeStatus(False, "", 0)
+        if not self.tag or height < self.accept_height or core.version == self.tag:
+            return vegavisor.UpgradeStatus(False, "", 0)
+        return vegavisor.UpgradeStatus(height >= self.upgrade_height, self.tag,
+                                       self.upgrade_height)
+
+
+class FakeWorld:
+    """The clock, signals, processes, admin socket and installs the supervisor sees,
+    in-process: `wait` advances a fake clock; nothing runs and nothing sleeps.
+
+    `answer(world)` gives core's admin answer (an UpgradeStatus, or raises AdminError);
+    `releases` maps a tag to the version its install writes (None: the install fails);
+    `timeline` is a list of (time, action(world)) fired as the clock passes them;
+    `on_step(world)` runs after every wait (invariant checks)."""
+
+    def __init__(self, home: Path, answer: Optional[Callable[["FakeWorld"], object]] = None,
+                 max_seconds: float = 3600.0) -> None:
+        self.home, self.clock, self.max_seconds = home, 0.0, max_seconds
+        self.answer = answer or FakeChain().answer
+        self.stop_signal, self.reload_requested = "", False
+        self.procs: List[FakeProc] = []
+        self.leftovers: List[FakeProc] = []
+        self.events: List[tuple] = []
+        self.notes: List[Tuple[float, str]] = []
+        self.polls: List[float] = []
+        self.installs: List[Tuple[float, str]] = []
+        self.releases: Dict[str, Optional[str]] = {}
+        self.install_error = "GitHub is down"
+        self.timeline: List[Tuple[float, Callable[["FakeWorld"], None]]] = []
+        self.on_step: Optional[Callable[["FakeWorld"], None]] = None
+        self.next_pid = 1000
+
+    # the supervisor's side
+    def now(self) -> float:
+        return self.clock
+
+    def take_reload_request(self) -> bool:
+        requested, self.reload_requested = self.reload_requested, False
+        return requested
+
+    def wait(self, seconds: float) -> None:
+        due = [t for t, _ in self.timeline if t > self.clock]
+        target = self.clock + max(seconds, 0.0)
+        if due:
+            target = min(target, min(due))
+        self.clock = max(self.clock, target)
+        for entry in [e for e in self.timeline if e[0] <= self.clock]:
+            self.timeline.remove(entry)
+            entry[1](self)
+        if self.on_step is not None:
+            self.on_step(self)
+        if self.clock > self.max_seconds:
+            raise AssertionError(f"the supervisor still runs after {self.max_seconds}s "
+                                 f"of fake time")
+
+    def notify(self, *fields: str) -> None:
+        self.notes += [(self.clock, f) for f in fields]
+
+    def spawn(self, argv: Sequence[str], env: Dict[str, str]) -> FakeProc:
+        real = Path(os.path.realpath(argv[0]))
+        text = real.read_text()  # FileNotFoundError -> OSError, like exec
+        version = text[len(FAKE_BINARY_PREFIX):].strip() \
+            if text.startswith(FAKE_BINARY_PREFIX) else "?"
+        self.next_pid += 1
+        proc = FakeProc(self, self.next_pid, argv, env, version)
+        self.procs.append(proc)
+        self.events.append((self.clock, "spawn", proc.role, proc.pid, version, str(real),
+                            tuple(argv)))
+        return proc
+
+    def leftover(self, pid: int, start_time: Optional[int]) -> Optional[FakeProc]:
+        return next((p for p in self.leftovers if p.pid == pid and p.start_time == start_time
+                     and p.code is None), None)
+
+    def spawned_with(self, marker: str) -> List[FakeProc]:
+        return [p for p in self.leftovers if p.env.get("VEGAVISOR_CHILD") == marker
+                and p.code is None]
+
+    def query(self, argv: Sequence[str]) -> str:
+        import vegavisor
+        text = Path(os.path.realpath(argv[0])).read_text()
+        if not text.startswith(FAKE_BINARY_PREFIX):
+            raise vegavisor.VisorError(f"`{argv[0]} version` cannot be run: Exec format error")
+        if "latest-history-segment" in argv:
+            return "no history segments found"
+        return json.dumps({"version": text[len(FAKE_BINARY_PREFIX):].strip(), "hash": "0"})
+
+    def poll_admin(self, rpc: object, timeout: float) -> object:
+        self.polls.append(self.clock)
+        return self.answer(self)
+
+    def install(self, home: Path, config: object, tag: str, folder: Path, current: object,
+                cancel: object) -> None:
+        import vegavisor
+        self.installs.append((self.clock, tag))
+        version = self.releases.get(tag)
+        if version is None:
+            raise vegavisor.InstallError(self.install_error)
+        write_run_config(folder, tag)
+        write_fake_binary(folder / "vega", version)
+
+    def start_job(self, name: str, work: Callable[[object], None]) -> FakeJob:
+        return FakeJob(work)
+
+    # the test's side
+    def live(self, role: str) -> Optional[FakeProc]:
+        alive = [p for p in self.procs + self.leftovers if p.role == role and p.code is None]
+        assert len(alive) <= 1, f"two {role}s alive at once: {[p.argv for p in alive]}"
+        return alive[0] if alive else None
+
+    def at(self, when: float, action: Callable[["FakeWorld"], None]) -> None:
+        self.timeline.append((when, action))
+
+    def started(self, role: str = "core") -> List[FakeProc]:
+        return [p for p in self.procs if p.role == role]
+
+
+def run_in_process(home: Path, world: FakeWorld, env: Optional[Dict[str, str]] = None,
+                   stream: Optional[io.StringIO] = None) -> Tuple[int, str]:
+    """`vegavisor run` in-process against `world`: (exit code, log text)."""
+    import vegavisor
+    config, warnings = vegavisor.load_config(home)
+    out = stream or io.StringIO()
+    log = vegavisor.Log(out, config.logging.format, config.logging.level,
+                        clock=lambda: 1_800_000_000 + world.clock)
+    code = vegavisor.Supervisor(home, config, log, world, env or {}).run()
+    return code, out.getvalue()

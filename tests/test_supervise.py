@@ -1,0 +1,442 @@
+"""The supervisor in-process (SPEC 1.6, 2.4, 3.1, 3.2, 3.3): a fake clock, fake processes
+and a fake admin socket (conftest.FakeWorld), real files in a temporary home. Each test
+takes milliseconds; the same behaviour end to end is in test_supervisor.py."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+import vegavisor
+from conftest import FakeChain
+from conftest import FakeWorld
+from conftest import make_fake_home
+from conftest import run_in_process
+from conftest import write_fake_binary
+from conftest import write_run_config
+
+AUTO = "[autoInstall]\nenabled = true\n"
+
+
+def stop_at(world: FakeWorld, when: float) -> None:
+    world.at(when, lambda w: setattr(w, "stop_signal", "SIGTERM"))
+
+
+def lines(log: str, text: str) -> list:
+    return [line for line in log.splitlines() if text in line]
+
+
+def state(home: Path) -> dict:
+    return json.loads((home / ".run-state.json").read_text())
+
+
+def journal(home: Path) -> dict:
+    return json.loads((home / ".upgrade-journal.json").read_text())
+
+
+def test_an_upgrade_stops_switches_and_starts_the_new_core_from_the_snapshot(tmp_path):
+    home = make_fake_home(tmp_path, AUTO)
+    world = FakeWorld(home, FakeChain("v2", upgrade_height=20).answer)
+    world.releases["v2"] = "v2"
+    stop_at(world, 60)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    v1, v2 = world.started()
+    assert (v1.version, v2.version) == ("v1", "v2")
+    assert v1.code == -signal.SIGTERM and v1.signals == [signal.SIGTERM]
+    assert v2.argv == (str(home / "current" / "vega"), "node",
+                       "--snapshot.load-from-block-height", "20")
+    assert os.readlink(home / "current") == "v2"
+    assert journal(home)["step"] == "done"
+    assert lines(log, "upgrade complete tag=v2")
+    assert log.splitlines()[-1].endswith("INFO  vegavisor stopped signal=SIGTERM")
+    assert state(home)["ended"] == "stopped by SIGTERM" and state(home)["children"] == []
+
+
+def test_a_crash_loop_starts_core_max_restarts_plus_one_times_then_gives_up(tmp_path):
+    home = make_fake_home(tmp_path, "maxNumberOfRestarts = 2\nrestartsDelaySeconds = 5\n")
+    world = FakeWorld(home)
+    world.on_step = lambda w: [p.exit(-signal.SIGSEGV) for p in w.procs
+                               if p.code is None and w.clock - p.started >= 1]
+    code, log = run_in_process(home, world)
+    assert code == 1
+    assert len(world.started()) == 3
+    exits = [e[0] for e in world.events if e[1] == "exit"]
+    starts = [e[0] for e in world.events if e[1] == "spawn"]
+    assert [s - e for e, s in zip(exits, starts[1:])] == [5, 10], "5 s, then doubled"
+    assert log.splitlines()[-1].endswith(
+        f'giving up reason="core {home}/current/vega terminated by SIGSEGV; it was restarted 2 '
+        f'times already (maxNumberOfRestarts = 2), giving up"')
+    assert state(home)["ended"].startswith("gave up: core")
+    assert state(home)["phase"] == "failed"
+
+
+@pytest.mark.parametrize("listen_after, survives", [(15, True), (25, False)],
+                         ids=["listens-within-20s", "listens-after-20s"])
+def test_a_restarted_core_has_restart_retries_times_the_poll_interval_to_listen(
+        tmp_path, listen_after, survives):
+    """SPEC 3.1.1: with an upgrade accepted polls run every 0.25 s while core answers, but
+    a core that does not answer is retried every pollIntervalSeconds: 10 x 2 s = 20 s."""
+    home = make_fake_home(tmp_path, "maxNumberOfRestartConnectionRetries = 10\n")
+    chain = FakeChain("v2", upgrade_height=10**6)
+    world = FakeWorld(home, chain.answer)
+    world.at(30, lambda w: w.live("core").exit(1))
+    world.at(30, lambda w: setattr(chain, "listen_after", listen_after))
+    stop_at(world, 120)
+    code, log = run_in_process(home, world)
+    assert len(world.started()) == 2
+    if survives:
+        assert code == 0 and lines(log, "admin socket answering")[1:]
+    else:
+        assert code == 1
+        assert "failed 11 polls in a row, 2s apart (maxNumberOfRestartConnectionRetries = 10)" \
+            in log.splitlines()[-1]
+        restarted = world.started()[1].started
+        assert 20 <= world.clock - restarted <= 24
+
+
+def test_the_upgraded_core_has_first_retries_times_the_poll_interval_to_listen(tmp_path):
+    """Go gives the new core maxNumberOfFirstConnectionRetries x 2 s: 20 retries = 40 s."""
+    home = make_fake_home(tmp_path, AUTO + "[autoInstall.asset]\n" if False else
+                          "maxNumberOfFirstConnectionRetries = 20\n" + AUTO)
+    chain = FakeChain("v2", upgrade_height=10, snapshot_listen_after=38)
+    world = FakeWorld(home, chain.answer)
+    world.releases["v2"] = "v2"
+    stop_at(world, 200)
+    code, log = run_in_process(home, world)
+    assert code == 0, log
+    assert lines(log, "upgrade complete tag=v2")
+
+
+def test_a_core_that_never_answers_is_named_at_growing_intervals(tmp_path):
+    home = make_fake_home(tmp_path)
+    world = FakeWorld(home, FakeChain(listen_after=10**9).answer)
+    stop_at(world, 700)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    warned = [round(float(line.split("waited=")[1].split()[0]))
+              for line in lines(log, "core has not answered yet")]
+    assert warned == [10, 30, 60, 360, 660]
+    assert "socketPath/httpPath differ from core's [Admin.Server]" in lines(log, "waited=10 ")[0]
+    assert "has not answered for 660s" in state(home)["waiting"]
+    assert any(n.startswith("STATUS=core's admin socket /tmp/fake.sock has not answered")
+               for _, n in world.notes)
+
+
+def test_systemd_hears_ready_once_the_node_is_started_not_when_core_answers(tmp_path):
+    home = make_fake_home(tmp_path)
+    world = FakeWorld(home, FakeChain(listen_after=10**9).answer)
+    stop_at(world, 5)
+    run_in_process(home, world)
+    ready = [t for t, n in world.notes if n == "READY=1"]
+    assert ready == [0.0]
+    assert ("STOPPING=1" in [n for _, n in world.notes])
+
+
+def test_children_do_not_inherit_the_github_token_but_carry_a_marker(tmp_path):
+    home = make_fake_home(tmp_path)
+    world = FakeWorld(home)
+    stop_at(world, 5)
+    run_in_process(home, world, env={"GITHUB_TOKEN": "ghp_secret", "PATH": "/bin"})
+    [core] = world.started()
+    assert "GITHUB_TOKEN" not in core.env and core.env["PATH"] == "/bin"
+    assert core.env["VEGAVISOR_CHILD"]
+
+
+def test_a_null_answer_after_a_crash_never_removes_a_prefetched_release(tmp_path):
+    """SPEC 1.4: a restarted core answers null until its first block; SPEC 3.3.1."""
+    home = make_fake_home(tmp_path, AUTO)
+    chain = FakeChain("v2", upgrade_height=100)
+    world = FakeWorld(home, chain.answer)
+    world.releases["v2"] = "v2"
+    world.at(20, lambda w: w.live("core").exit(1))
+    world.at(21, lambda w: w.releases.pop("v2"))  # GitHub goes down
+    stop_at(world, 300)
+    code, log = run_in_process(home, world)
+    assert code == 0, log
+    assert (home / "v2" / "run-config.toml").is_file()
+    assert [p.version for p in world.started()] == ["v1", "v1", "v2"]
+    assert world.installs == [(2.0, "v2")]
+
+
+def test_a_withdrawn_release_folder_stays(tmp_path):
+    home = make_fake_home(tmp_path, AUTO)
+    answers = {"tag": "v2"}
+    world = FakeWorld(home, lambda w: vegavisor.UpgradeStatus(False, answers["tag"], 50))
+    world.releases.update(v2="v2", v3="v3")
+    world.at(10, lambda w: answers.update(tag="v3"))
+    stop_at(world, 400)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    assert (home / "v2" / "vega").is_file() and (home / "v3" / "vega").is_file()
+    assert [t for _, t in world.installs] == ["v2", "v3"]
+    assert world.installs[1][0] >= 300, "a new tag waits PREFETCH_MIN_START_SECONDS"
+
+
+def test_a_flapping_tag_costs_a_bounded_number_of_installs_an_hour(tmp_path):
+    home = make_fake_home(tmp_path, AUTO + "prefetchRetryDelaySeconds = 1\n")
+    world = FakeWorld(home, lambda w: vegavisor.UpgradeStatus(
+        False, "v2" if int(w.clock / 0.25) % 2 else "v3", 10**6), max_seconds=3700)
+    stop_at(world, 3600)
+    code, _ = run_in_process(home, world)
+    assert code == 0
+    assert len(world.installs) <= 20, world.installs
+
+
+@pytest.mark.parametrize("status", [
+    vegavisor.UpgradeStatus(True, "", 0),
+    vegavisor.UpgradeStatus(True, "v1", 10),
+], ids=["ready-without-tag", "ready-for-the-running-version"])
+def test_a_ready_answer_that_names_no_other_release_is_ignored(tmp_path, status):
+    home = make_fake_home(tmp_path)
+    world = FakeWorld(home, lambda w: status)
+    stop_at(world, 900)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    assert len(world.started()) == 1, "no restart loop"
+    ignored = [line for line in log.splitlines() if "ignored" in line]
+    assert len(ignored) == 3, "logged at once, then every 5 minutes with a count"
+    assert "repeated=" in ignored[1]
+
+
+def test_a_release_replaced_after_the_prefetch_is_checked_at_the_block(tmp_path):
+    """SPEC 3.3.3: whatever the prefetch said, the folder switched to reports the tag."""
+    home = make_fake_home(tmp_path, AUTO)
+    world = FakeWorld(home, FakeChain("v2", upgrade_height=30).answer)
+    world.releases["v2"] = "v2"
+    world.at(10, lambda w: write_fake_binary(home / "v2" / "vega", "v3"))
+    code, log = run_in_process(home, world)
+    assert code == 1
+    assert [p.version for p in world.started()] == ["v1"], "v3 never started"
+    assert "reports version v3, not v2" in log.splitlines()[-1]
+    assert os.readlink(home / "current") == "genesis"
+    assert journal(home)["step"] == "installed"
+
+
+def test_an_empty_prepared_folder_is_reported_long_before_the_block(tmp_path):
+    home = make_fake_home(tmp_path)
+    (home / "v2").mkdir()
+    world = FakeWorld(home, FakeChain("v2", upgrade_height=10**6).answer)
+    stop_at(world, 60)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    failed = lines(log, "prefetch failed")[0]
+    assert "v2 exists but has no run-config.toml" in failed
+    prefetch = json.loads((home / ".prefetch.json").read_text())
+    assert (prefetch["state"], prefetch["tag"]) == ("failed", "v2")
+
+
+def test_auto_install_off_and_no_folder_is_an_error_when_accepted_and_at_the_block(tmp_path):
+    home = make_fake_home(tmp_path)
+    world = FakeWorld(home, FakeChain("v2", upgrade_height=30).answer)
+    code, log = run_in_process(home, world)
+    assert code == 1
+    assert lines(log, "accepted release is not installed and auto-install is off tag=v2")
+    assert "release v2 is not installed" in log.splitlines()[-1]
+    assert world.installs == []
+
+
+def test_sigterm_during_the_install_at_the_block_is_not_an_install(tmp_path):
+    home = make_fake_home(tmp_path, AUTO + "prefetch = false\n")
+    world = FakeWorld(home, FakeChain("v2", upgrade_height=20).answer)
+
+    def install_then_stop(*args, **kwargs):
+        world.stop_signal = "SIGTERM"
+        raise vegavisor.InstallError("cancelled")
+    world.install = install_then_stop
+    code, log = run_in_process(home, world)
+    assert code == 0
+    assert journal(home)["step"] == "stopped"
+    assert not (home / "v2").exists() and os.readlink(home / "current") == "genesis"
+    assert world.live("core") is None
+
+
+def test_a_journal_left_at_stopped_is_finished_before_anything_runs(tmp_path):
+    home = make_fake_home(tmp_path)
+    write_run_config(home / "v2", "v2")
+    write_fake_binary(home / "v2" / "vega", "v2")
+    (home / ".upgrade-journal.json").write_text(json.dumps(
+        {"tag": "v2", "height": 77, "from": "genesis", "to": "v2", "step": "stopped"}))
+    world = FakeWorld(home, FakeChain().answer)
+    stop_at(world, 10)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    [core] = world.started()
+    assert core.version == "v2" and core.argv[-2:] == ("--snapshot.load-from-block-height", "77")
+    assert lines(log, "resuming upgrade tag=v2 height=77 step=stopped")
+    assert journal(home)["step"] == "done"
+
+
+def test_a_crash_before_the_upgraded_core_answered_repeats_the_snapshot_and_the_check(
+        tmp_path):
+    """SPEC 3.1.10 and 1.7."""
+    home = make_fake_home(tmp_path, AUTO)
+    chain = FakeChain("v2", upgrade_height=20, snapshot_listen_after=30)
+    world = FakeWorld(home, chain.answer)
+    world.releases["v2"] = "v2"
+    world.at(25, lambda w: w.live("core").exit(1))
+    stop_at(world, 200)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    v1, v2, v2_again = world.started()
+    assert v2_again.argv[-2:] == ("--snapshot.load-from-block-height", "20")
+    assert len(lines(log, "version checked")) == 1, "checked once in this process"
+    assert journal(home)["step"] == "done"
+
+
+@pytest.mark.parametrize("kind", ["recorded", "being-started"])
+def test_children_left_by_a_killed_visor_are_stopped_before_anything_starts(tmp_path, kind):
+    home = make_fake_home(tmp_path)
+    world = FakeWorld(home)
+    from conftest import FakeProc
+    leftover = FakeProc(world, 42, ["/old/vega", "node"], {"VEGAVISOR_CHILD": "m-1"}, "v1")
+    world.leftovers.append(leftover)
+    record = vegavisor.RunState(
+        9999, "", "running", "v1", str(home / "genesis"),
+        children=(vegavisor.ChildRecord("core", 42, leftover.start_time, ("/old/vega",)),)
+        if kind == "recorded" else (), starting=("m-1",) if kind == "being-started" else ())
+    (home / ".run-state.json").write_text(json.dumps(record.to_json()))
+    stop_at(world, 5)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    assert leftover.signals == [signal.SIGTERM]
+    order = [(e[1], e[3]) for e in world.events]
+    assert order.index(("exit", 42)) < order.index(("spawn", 1001))
+    assert lines(log, "stopping a child left by an earlier vegavisor")
+
+
+def test_a_grandchild_that_outlives_core_is_waited_for_then_killed(tmp_path):
+    home = make_fake_home(tmp_path, "stopSignalTimeoutSeconds = 3\n")
+    world = FakeWorld(home)
+
+    def wrapper_stays(w):
+        core = w.live("core")
+        core.lingering = 10**9  # its group keeps a process until SIGKILL
+    world.at(1, wrapper_stays)
+    stop_at(world, 5)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    [core] = world.started()
+    assert core.signals == [signal.SIGTERM, signal.SIGKILL]
+    assert lines(log, "killing role=core")
+    assert 8 <= world.clock < 9
+
+
+def test_an_unexpected_error_stops_the_node_and_says_so_last(tmp_path):
+    home = make_fake_home(tmp_path)
+
+    def broken(w):
+        if w.clock > 5:
+            raise RuntimeError("boom")
+        return vegavisor.UpgradeStatus(False, "", 0)
+    world = FakeWorld(home, broken)
+    code, log = run_in_process(home, world)
+    assert code == 1
+    assert world.live("core") is None
+    assert "unexpected RuntimeError: boom at" in log.splitlines()[-1]
+    assert state(home)["children"] == [] and state(home)["phase"] == "failed"
+
+
+def test_a_journal_that_cannot_be_written_at_the_block_stops_the_node(tmp_path):
+    home = make_fake_home(tmp_path, AUTO)
+    world = FakeWorld(home, FakeChain("v2", upgrade_height=20).answer)
+    world.releases["v2"] = "v2"
+    world.at(19, lambda w: (home / ".upgrade-journal.json").mkdir())  # unwritable
+    code, log = run_in_process(home, world)
+    assert code == 1
+    assert world.live("core") is None
+    assert f"the upgrade journal {home}/.upgrade-journal.json cannot be written" in \
+        log.splitlines()[-1]
+
+
+def test_a_truncated_journal_is_reported_by_name(tmp_path):
+    home = make_fake_home(tmp_path)
+    (home / ".upgrade-journal.json").write_text('{"tag": "v2", "hei')
+    world = FakeWorld(home)
+    stop_at(world, 3)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    [warned] = lines(log, "upgrade journal unreadable")
+    assert f"{home}/.upgrade-journal.json is not a valid Journal record" in warned
+
+
+def test_a_saved_config_edit_applies_by_itself(tmp_path):
+    """SPEC 3.1.4: no SIGHUP needed; the log names the changed keys as config.toml does."""
+    home = make_fake_home(tmp_path, "maxNumberOfRestarts = 3\n")
+
+    def edit(w):
+        path = home / "config.toml"
+        path.write_text("maxNumberOfRestarts = 0\n")
+        os.utime(path, (1, 1))
+    world = FakeWorld(home)
+    world.at(10, edit)
+    world.at(20, lambda w: w.live("core").exit(1))
+    code, log = run_in_process(home, world)
+    assert code == 1
+    assert lines(log, "config reloaded changed=maxNumberOfRestarts")
+    assert "(maxNumberOfRestarts = 0)" in log.splitlines()[-1]
+
+
+def test_a_broken_config_edit_keeps_the_old_settings(tmp_path):
+    home = make_fake_home(tmp_path, "maxNumberOfRestarts = 3\n")
+    world = FakeWorld(home)
+    world.at(10, lambda w: (home / "config.toml").write_text("maxNumberOfRestarts = [\n"))
+    stop_at(world, 20)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    assert len(lines(log, "config reload failed; keeping the old settings")) == 1
+
+
+def test_a_real_current_folder_runs_and_is_moved_aside_at_the_upgrade(tmp_path):
+    """SPEC 3.1.6: a `current` that is a real folder is used as it is, never deleted."""
+    home = make_fake_home(tmp_path, AUTO)
+    write_run_config(home / "current", "v1")
+    write_fake_binary(home / "current" / "vega", "v1")
+    world = FakeWorld(home, FakeChain("v2", upgrade_height=20).answer)
+    world.releases["v2"] = "v2"
+    stop_at(world, 60)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    [aside] = home.glob(".current-replaced-*")
+    assert (aside / "vega").read_text().endswith("v1\n")
+    assert os.readlink(home / "current") == "v2"
+
+
+def test_a_current_naming_a_missing_folder_is_a_warning(tmp_path):
+    home = make_fake_home(tmp_path)
+    os.symlink("v9", home / "current")
+    world = FakeWorld(home)
+    stop_at(world, 3)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    [line] = lines(log, "current points at genesis now")
+    assert " WARN " in line and "it points at v9, which does not exist" in line
+
+
+def test_an_unwritable_metrics_file_is_warned_about_every_five_minutes(tmp_path):
+    home = make_fake_home(tmp_path, f'metricsFile = "{tmp_path}/missing/vv.prom"\n')
+    world = FakeWorld(home, FakeChain("v2", upgrade_height=10**6).answer)
+    stop_at(world, 700)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    assert len(lines(log, "metrics file not written")) == 3
+
+
+@pytest.mark.parametrize("args, command", [
+    (("start", "--home", "/dn"), []),
+    (("datanode", "start", "--home", "/dn"), ["datanode"]),
+], ids=["standalone-data-node", "vega-datanode"])
+def test_the_history_query_adds_datanode_only_when_the_data_node_args_do(
+        tmp_path, args, command):
+    """SPEC 1.7: an old standalone data-node binary has no `datanode` subcommand."""
+    write_fake_binary(tmp_path / "vega", "v1")
+    calls = []
+    height = vegavisor.latest_history_segment(
+        tmp_path, vegavisor.Binary("vega", args),
+        lambda argv: calls.append(argv) or '{"LatestSegment": {"to_height": 7}}')
+    assert height == 7
+    assert calls == [[str(tmp_path / "vega")] + command + [
+        "network-history", "latest-history-segment", "--home", "/dn", "--output", "json"]]
