@@ -134,4 +134,4 @@ def test_systemctl_edit_hints_show_the_service_header(path):
     hints = [i for i, line in enumerate(lines) if "systemctl edit" in line]
     assert hints
     for i in hints:
-        assert any("[Service]" in line for line in lines[i:i + 8]), lines[i]
+        assert any("[Service]" in line for line in lines[max(i - 2, 0):i + 8]), lines[i]
