@@ -1,13 +1,17 @@
-"""The supervision smoke test under every CPython 3.8 … 3.13 this machine has."""
+"""The supervision smoke test under every CPython 3.8 … 3.13 this machine has, and
+scripts/test's choice of interpreter and venv."""
 from __future__ import annotations
 
 import glob
 import os
+import shutil
 import signal
 import subprocess
+import sys
 
 import pytest
 
+from conftest import ROOT
 from conftest import Visor
 from conftest import run_vegavisor
 from conftest import wait_for
@@ -58,3 +62,91 @@ def test_supervises_and_stops_under_python(minor, home):
         assert "vegavisor stopped signal=SIGTERM" in visor.log()
     finally:
         visor.close()
+
+
+# --- scripts/test: one venv per interpreter ---
+
+def checkout_copy(tmp_path) -> str:
+    """scripts/test and its setup.cfg in a folder of their own, with nothing to install:
+    these tests run the script without touching this checkout or the network."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "test", tmp_path / "scripts" / "test")
+    shutil.copy(ROOT / "setup.cfg", tmp_path / "setup.cfg")
+    (tmp_path / "requirements-dev.txt").write_text("# nothing: these tests install nothing\n")
+    (tmp_path / "tests").mkdir()
+    return str(tmp_path / "scripts" / "test")
+
+
+def run_script_test(script: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("COVERAGE", "PYTHON", "VEGAVISOR_VENV"))}
+    return subprocess.run([script], env=dict(clean, **env), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=timeout)
+
+
+def fake_venv(folder, version: str) -> None:
+    """A venv whose python says it is another interpreter."""
+    (folder / "bin").mkdir(parents=True)
+    python = folder / "bin" / "python"
+    python.write_text(f"#!/bin/sh\necho {version} /opt/another-python\n")
+    python.chmod(0o755)
+
+
+def identity(python: str) -> str:
+    return subprocess.run([python, "-c", "import sys, platform; "
+                           "print(platform.python_version(), sys.base_prefix)"],
+                          stdout=subprocess.PIPE, text=True, timeout=30).stdout.strip()
+
+
+@pytest.mark.timeout(60)
+def test_a_venv_named_by_the_user_from_another_python_is_refused(tmp_path):
+    script = checkout_copy(tmp_path)
+    fake_venv(tmp_path / "theirs", "3.6.15")
+    done = run_script_test(script, PYTHON=sys.executable, VEGAVISOR_VENV=str(tmp_path / "theirs"))
+    assert done.returncode == 2
+    assert (f"scripts/test: VEGAVISOR_VENV={tmp_path / 'theirs'} was made by Python "
+            f"3.6.15 /opt/another-python, not by PYTHON={sys.executable}") in done.stderr
+    assert (tmp_path / "theirs" / "bin" / "python").exists(), "the user's venv is kept"
+
+
+@pytest.mark.timeout(120)
+def test_its_own_venv_from_another_python_is_rebuilt(tmp_path):
+    script = checkout_copy(tmp_path)
+    minor = "%d.%d" % sys.version_info[:2]
+    fake_venv(tmp_path / f".venv-{minor}", "3.6.15")
+    done = run_script_test(script, timeout=110, PYTHON=sys.executable)
+    assert (f"scripts/test: .venv-{minor} was made by Python 3.6.15 /opt/another-python, "
+            f"not by {sys.executable}") in done.stderr
+    assert "rebuilding it" in done.stderr
+    assert identity(str(tmp_path / f".venv-{minor}" / "bin" / "python")) == identity(sys.executable)
+    # Nothing was installed into the new venv, so coverage cannot run: that fails.
+    assert done.returncode != 0
+
+
+@pytest.mark.timeout(60)
+def test_a_python_that_does_not_run_or_is_too_old_is_named(tmp_path):
+    script = checkout_copy(tmp_path)
+    done = run_script_test(script, PYTHON=str(tmp_path / "no-python"))
+    assert done.returncode == 2
+    assert done.stderr == (f"scripts/test: PYTHON={tmp_path / 'no-python'} is not a Python "
+                           f"interpreter that runs here; set PYTHON to one, e.g. PYTHON=python3.8\n")
+    old = sorted(glob.glob(f"{pyenv_root()}/versions/3.7.*/bin/python3"))
+    if old:
+        done = run_script_test(script, PYTHON=old[-1])
+        assert done.returncode == 2
+        assert "; vegavisor supports 3.8 to 3.13" in done.stderr
+    assert not list(tmp_path.glob(".venv*")), "no venv is made for a refused interpreter"
+
+
+@pytest.mark.timeout(120)
+def test_a_run_that_collects_no_tests_fails(tmp_path):
+    if sys.prefix == sys.base_prefix:
+        pytest.skip("the tests run outside a venv: there is no venv with pytest to lend")
+    import coverage
+    if coverage.version_info < (7, 10):
+        pytest.skip("with coverage < 7.10 scripts/test writes its coveragerc into the venv "
+                    "it is given, which is the one running these tests")
+    script = checkout_copy(tmp_path)
+    done = run_script_test(script, timeout=110, PYTHON=sys.executable, VEGAVISOR_VENV=sys.prefix)
+    assert done.returncode == 5, done.stderr
+    assert "scripts/test: pytest collected no tests (exit 5)" in done.stderr
