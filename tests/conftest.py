@@ -57,6 +57,22 @@ def wait_for(condition: Callable[[], object], timeout: float,
         time.sleep(0.02)
 
 
+def snapshot(root: Path) -> dict:
+    """Every entry under root (and root): a link's target, a file's bytes, mode and mtime."""
+    import stat
+    entries = {}
+    for path in [root] + sorted(root.rglob("*")):
+        info = os.lstat(path)
+        key = str(path.relative_to(root))
+        if stat.S_ISLNK(info.st_mode):
+            entries[key] = ("link", os.readlink(path))
+        elif stat.S_ISDIR(info.st_mode):
+            entries[key] = ("folder", info.st_mode, info.st_mtime_ns)
+        else:
+            entries[key] = ("file", path.read_bytes(), info.st_mode, info.st_mtime_ns)
+    return entries
+
+
 def toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

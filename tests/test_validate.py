@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run_vegavisor
 from conftest import set_table
-from test_status import snapshot
+from conftest import snapshot
 
 
 def validate(home):
@@ -29,8 +29,10 @@ def notes(done):
 
 @pytest.fixture
 def good(home):
-    """An init-made home whose genesis holds a fake core reporting v1."""
+    """An init-made home whose genesis holds a fake core reporting v1, `current` linked to
+    genesis by hand as the operator docs say."""
     home.install_version("genesis", "v1")
+    os.symlink("genesis", home.path / "current")
     return home
 
 
@@ -116,12 +118,11 @@ BREAKAGES = {
         r"config\.toml does not exist; create it with `vegavisor init --home "),
     "upgrade-folder-named-current": (
         lambda h: set_table(h, "upgradeFolders", v2="current"),
-        r"config\.toml: upgradeFolders\.v2: expected a folder name inside HOME \(no '/', "
-        r"not '\.', '\.\.' or 'current'\)"),
+        r"config\.toml: upgradeFolders\.v2: expected a path inside HOME \(not absolute; no "
+        r"'\.\.', '\.' or empty part, not 'current'\)"),
     "run-config-bad-http-path": (
-        lambda h: edit_run_config(h, "genesis", 'httpPath = "/rpc"', 'httpPath = "rpc"'),
-        r'genesis/run-config\.toml: vega\.rpc\.httpPath: expected an HTTP path starting '
-        r'with "/"'),
+        lambda h: edit_run_config(h, "genesis", 'httpPath = "/rpc"', 'httpPath = ""'),
+        r'genesis/run-config\.toml: vega\.rpc\.httpPath: must not be empty, got ""$'),
     "run-config-rpc-not-a-table": (
         lambda h: h.path.joinpath("genesis", "run-config.toml").write_text(re.sub(
             r"\[vega\.rpc\][^[]*", "[vega]\nrpc = 5\n",
@@ -198,9 +199,10 @@ BREAKAGES = {
     "current-a-real-folder": (
         lambda h: (h.path.joinpath("current").unlink(), h.path.joinpath("current").mkdir()),
         r"/current is a real folder, not a link: `vegavisor run` refuses to start"),
-    "current-missing": (
-        lambda h: h.path.joinpath("current").unlink(),
-        r"/current does not exist; `vegavisor run` will point it at genesis$"),
+    "current-missing-and-no-genesis": (
+        lambda h: (h.path.joinpath("current").unlink(),
+                   h.path.joinpath("genesis", "run-config.toml").rename(h.path / "rc.bak")),
+        r"/current does not exist; \S+/genesis/run-config\.toml does not exist either"),
 }
 
 
@@ -256,8 +258,7 @@ def test_a_binary_without_exec_bits_is_a_note_and_keeps_its_mode(good):
     assert done.returncode == 0, done.stdout
     [line] = notes(done)
     assert line == (f"note: {good.path}/genesis/run-config.toml: vega.binary.path: {binary} is "
-                    f"not executable: vegavisor adds the exec bits when it starts it; its version "
-                    f"was not checked")
+                    f"not executable: vegavisor adds the exec bits when it starts it")
     assert stat.S_IMODE(binary.stat().st_mode) == 0o644, "validate never chmods"
     assert done.stdout.splitlines()[-1] == (
         f"no problems in {good.path} (1 note, 1 version folder checked)")
