@@ -299,4 +299,4 @@ def test_prepare_upgrade_failure_exits_1_and_leaves_nothing(home, github):
     assert done.stderr.strip().splitlines()[-1] == (
         "vegavisor: error: cannot install v2 from vegaprotocol/vega: vegaprotocol/vega has no "
         "release v2; its 0 releases are: none")
-    assert sorted(p.name for p in home.path.iterdir()) == ["config.toml", "current", "genesis"]
+    assert sorted(p.name for p in home.path.iterdir()) == ["config.toml", "genesis"]
