@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 
@@ -12,31 +11,13 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 import vegavisor
+from conftest import GO_VISOR_CONFIG
 from conftest import run_vegavisor
 
 CONFIG = Path("/h/config.toml")
 RUN_CONFIG = Path("/h/genesis/run-config.toml")
 
-# A config.toml exactly as the original Go Visor's `init` writes it.
-ORIGINAL_VISOR_CONFIG = """\
-maxNumberOfFirstConnectionRetries = 175000
-maxNumberOfRestartConnectionRetries = 10
-maxNumberOfRestarts = 3
-restartsDelaySeconds = 5
-stopDelaySeconds = 0
-stopSignalTimeoutSeconds = 15
-
-[upgradeFolders]
-  "vX.X.X" = "vX.X.X"
-
-[autoInstall]
-  enabled = true
-  repositoryOwner = "vegaprotocol"
-  repository = "vega"
-  [autoInstall.asset]
-    name = "vega-linux-amd64.zip"
-    binaryName = "vega"
-"""
+ORIGINAL_VISOR_CONFIG = GO_VISOR_CONFIG
 
 ORIGINAL_RUN_CONFIG = """\
 name = "v0.74.0"
@@ -463,12 +444,3 @@ def test_run_warns_of_run_config_typos_with_validates_did_you_mean(home, start_v
     assert f"{path}: {expected}" in warning
     done = run_vegavisor(["validate", "--home", str(home.path)])
     assert f"problem: {path}: {expected}" in done.stdout.splitlines()
-
-
-@pytest.mark.timeout(30)
-def test_home_with_a_tilde_after_an_equals_sign_is_the_users_home(short_tmp):
-    env = dict(os.environ, HOME=str(short_tmp))
-    done = run_vegavisor(["init", "--home=~/vega-home"], env=env)
-    assert done.returncode == 0, done.stderr
-    assert (short_tmp / "vega-home" / "config.toml").is_file()
-    assert not Path("~").exists() and not (short_tmp / "~").exists()
