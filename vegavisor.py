@@ -716,8 +716,7 @@ def _format_string(text: str) -> str:
 # A new config.toml key is one Key line in CONFIG_SCHEMA and one record field.
 
 REQUIRED = object()  # a default meaning "the file must set it"
-DEFAULTS = object()  # a table the file may leave out: its keys take their defaults
-ABSENT = object()  # a table the file may leave out: its record is then None
+ABSENT = object()  # a table the file may leave out, its record then None
 # Waits longer than this overflow threading's timeouts (about 9.2e9 s); no pause or
 # timeout of a node supervisor is sanely longer than 31 years.
 MAX_SECONDS = 1e9
@@ -740,17 +739,16 @@ class Key(NamedTuple):
     default: Any = REQUIRED
 
     def read(self, raw: dict, values: Dict[str, Any], where: str, report: Report) -> None:
-        if self.name not in raw:
-            if self.default is REQUIRED:
-                report.errors.append(f"{report.path}: {where}{self.name} is missing")
-            else:
-                values[self.attr] = self.default
-            return
-        try:
-            values[self.attr] = self.check(raw[self.name])
-        except ValueError as e:
-            report.errors.append(
-                f"{report.path}: {where}{self.name}: {e}, got {_show(raw[self.name])}")
+        if self.name in raw:
+            try:
+                values[self.attr] = self.check(raw[self.name])
+            except ValueError as e:
+                report.errors.append(f"{report.path}: {where}{_key(self.name)}: {e}, got "
+                                     f"{_show(raw[self.name])}")
+        elif self.default is REQUIRED:
+            report.errors.append(f"{report.path}: {where}{self.name} is missing")
+        else:
+            values[self.attr] = self.default
 
 
 class Map(NamedTuple):
@@ -763,8 +761,8 @@ class Map(NamedTuple):
     def read(self, raw: dict, values: Dict[str, Any], where: str, report: Report) -> None:
         table = _sub_table(raw, self.name, where, report)
         if table is not None:
-            keys = [Key(name, name, self.check) for name in table]
-            values[self.attr] = _read_fields(table, keys, f"{where}{self.name}.", report)
+            values[self.attr] = _read_fields(table, [Key(k, k, self.check) for k in table],
+                                             f"{where}{self.name}.", report)
 
 
 class Table(NamedTuple):
@@ -774,13 +772,13 @@ class Table(NamedTuple):
     attr: str
     record: Optional[Callable[..., Any]]
     fields: Tuple[Any, ...]
-    missing: Any = DEFAULTS  # DEFAULTS, ABSENT, REQUIRED, or why it is required
+    missing: Any = None  # None: read as empty (defaults); ABSENT; REQUIRED or why it is
 
     def read(self, raw: dict, values: Dict[str, Any], where: str, report: Report) -> None:
         if self.name not in raw and self.missing is ABSENT:
             values.update({self.attr: None} if self.attr else
                           {field.attr: None for field in self.fields})
-        elif self.name not in raw and self.missing is not DEFAULTS:
+        elif self.name not in raw and self.missing is not None:
             why = "" if self.missing is REQUIRED else f": {self.missing}"
             report.errors.append(f"{report.path}: {where}{self.name} is missing{why}")
         else:
@@ -807,18 +805,14 @@ class OldAssetsFormat(NamedTuple):
             return
         entry = _lookup(raw, self.name, "vega")
         entry = entry if isinstance(entry, dict) else {}
-        name = _show(entry.get("asset_name", "vega-{os}-{arch}.zip"))
-        binary = _show(entry.get("binary_name", "vega"))
-        if values.get("enabled") is True:
-            report.errors.append(
-                f"{report.path}: [autoInstall.assets] is the old format, which the original "
-                f"Visor ignored until the upgrade failed; replace it with [autoInstall.asset] "
-                f"name = {name} and binaryName = {binary}")
-        else:
-            report.warnings.append(
-                f"{report.path}: [autoInstall.assets] is the old format, ignored while "
-                f"auto-install is off; replace it with [autoInstall.asset] name = {name} and "
-                f"binaryName = {binary}")
+        on = values.get("enabled") is True
+        (report.errors if on else report.warnings).append(
+            f"{report.path}: [autoInstall.assets] is the old format, "
+            + ("which the original Visor ignored until the upgrade failed" if on else
+               "ignored while auto-install is off")
+            + f"; replace it with [autoInstall.asset] name = "
+              f"{_show(entry.get('asset_name', 'vega-{os}-{arch}.zip'))} and binaryName = "
+              f"{_show(entry.get('binary_name', 'vega'))}")
 
 
 def _count(value: Any) -> int:
@@ -993,6 +987,11 @@ def _show(value: Any) -> str:
     return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
+def _key(name: str) -> str:
+    """A key as a message names it: quoted as in TOML unless it is a bare key."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+
+
 def _lookup(doc: Any, *keys: str) -> Any:
     """doc[k1][k2]..., matching each key exactly or else case-insensitively (as Go does)."""
     for key in keys:
@@ -1023,9 +1022,8 @@ def _read_fields(raw: dict, fields: Sequence[Any], where: str, report: Report) -
     return values
 
 
-def unknown_key_warnings(
-    table: dict, known: Sequence[str], where: str, path: Path,
-) -> List[str]:
+def unknown_key_warnings(table: dict, known: Sequence[str], where: str, path: Path
+                         ) -> List[str]:
     """One line per key the table has but nobody reads, with the nearest valid key."""
     warnings = []
     for name in table:
@@ -1034,21 +1032,23 @@ def unknown_key_warnings(
         nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         nearest += [k for k in known if k.lower() == name.lower()]
         hint = f" (did you mean {where}{nearest[-1]}?)" if nearest else ""
-        warnings.append(f"{path}: unknown key {where}{name} is ignored{hint}")
+        warnings.append(f"{path}: unknown key {where}{_key(name)} is ignored{hint}")
     return warnings
 
 
-def read_schema(doc: dict, schema: Table, path: Path) -> Tuple[Dict[str, Any], Report]:
-    """One walk of a parsed file: the record fields that could be read, and the report."""
+def read_schema(doc: dict, schema: Table, path: Path) -> Tuple[Any, Report]:
+    """One walk of a parsed file: its record (None in each part that could not be read)
+    and the report."""
     report = Report(path, [], [])
-    return _read_fields(doc, schema.fields, "", report), report
+    values = _read_fields(doc, schema.fields, "", report)
+    return schema.record(**{name: values.get(name) for name in schema.record._fields}), report
 
 
 def _parse(doc: dict, schema: Table, path: Path) -> Tuple[Any, List[str]]:
-    values, report = read_schema(doc, schema, path)
+    record, report = read_schema(doc, schema, path)
     if report.errors:
         raise ConfigError(report.errors[0])
-    return schema.record(**values), report.warnings
+    return record, report.warnings
 
 
 def parse_config(doc: dict, path: Path) -> Tuple[Config, List[str]]:
@@ -1061,17 +1061,14 @@ def parse_run_config(doc: dict, path: Path) -> Tuple[RunConfig, List[str]]:
     return _parse(doc, RUN_CONFIG_SCHEMA, path)
 
 
-def changed_keys(old: Config, new: Config) -> List[str]:
+def changed_keys(old: Config, new: Config, fields: Sequence[Any] = CONFIG_SCHEMA.fields,
+                 where: str = "") -> List[str]:
     """The config.toml names of the keys whose values differ, e.g. "autoInstall.enabled"."""
-    return _changed_keys(CONFIG_SCHEMA.fields, old, new, "")
-
-
-def _changed_keys(fields: Sequence[Any], old: Any, new: Any, where: str) -> List[str]:
     changed = []
     for field in fields:
         if isinstance(field, Table):
-            changed += _changed_keys(field.fields, getattr(old, field.attr),
-                                     getattr(new, field.attr), f"{where}{field.name}.")
+            changed += changed_keys(getattr(old, field.attr), getattr(new, field.attr),
+                                    field.fields, f"{where}{field.name}.")
         elif field.attr and getattr(old, field.attr) != getattr(new, field.attr):
             changed.append(where + field.name)
     return changed
@@ -2960,9 +2957,8 @@ def _note(text: str) -> Finding:
 
 def _check(doc: dict, schema: Table, path: Path) -> Tuple[Any, List[Finding]]:
     """Every problem and unknown key of a parsed file (the first problem is what _parse
-    raises), and its record with None for each part that could not be read."""
-    values, report = read_schema(doc, schema, path)
-    record = schema.record(**{name: values.get(name) for name in schema.record._fields})
+    raises), and its record with None in each part that could not be read."""
+    record, report = read_schema(doc, schema, path)
     return record, [_problem(text) for text in report.errors + report.warnings]
 
 
@@ -3088,7 +3084,7 @@ def check_metrics_file(path: Path, metrics_file: str) -> List[Finding]:
     folder = Path(metrics_file).parent
     if not metrics_file:
         return []
-    if not folder.is_dir():
+    elif not folder.is_dir():
         return [_problem(f"{path}: metricsFile = {json.dumps(metrics_file)}: {folder} is not a "
                          f"folder; create it or change metricsFile")]
     if not os.access(folder, os.W_OK | os.X_OK):

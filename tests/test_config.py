@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -368,7 +369,7 @@ def put(doc: dict, path, value) -> dict:
 
 
 @pytest.mark.timeout(120)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=int(os.environ.get("CONFIG_EXAMPLES", "300")), deadline=None)
 @given(kind=st.sampled_from(["config", "run"]), data=st.data(), value=toml_values)
 def test_any_value_at_any_key_is_a_record_or_one_line(kind, data, value):
     parse_file, check_file, path = PARSERS[kind]
