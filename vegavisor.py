@@ -3038,13 +3038,13 @@ def check_core_admin_config(path: Path, args: Sequence[str], rpc: RpcConfig) -> 
     doc, found = _read_node_config(config_path, f"{path}: vega.rpc against core's config")
     if doc is None:
         return found
-    for ours, key, theirs_key, check in ((rpc.socket_path, "socketPath", "SocketPath", str),
-                                         (rpc.http_path, "httpPath", "HTTPPath", _http_path)):
+    for ours, key, theirs_key in ((rpc.socket_path, "socketPath", "SocketPath"),
+                                  (rpc.http_path, "httpPath", "HTTPPath")):
         theirs = _lookup(doc, "Admin", "Server", theirs_key)
         if theirs is None:
             found.append(_note(f"{config_path}: [Admin.Server] {theirs_key} is not set; "
                                f"{path}: vega.rpc.{key} not checked"))
-        elif not isinstance(theirs, str) or check(theirs) != ours:
+        elif theirs != ours:
             found.append(_problem(
                 f"{path}: vega.rpc.{key} = {json.dumps(ours)}, but core's {config_path} has "
                 f"[Admin.Server] {theirs_key} = {_show(theirs)}: vegavisor would never "
@@ -3229,11 +3229,9 @@ def validate_home(home: Path, timeout: float) -> Tuple[List[Finding], int]:
 def summarize_findings(findings: Sequence[Finding], home: Path, folders: int) -> str:
     problems = sum(1 for f in findings if f.level == "problem")
     notes = len(findings) - problems
+    found = f"{problems} problem{'s' * (problems != 1)}" if problems else "no problems"
     noted = f"{notes} note{'s' * (notes != 1)}, " if notes else ""
-    checked = f"{folders} version folder{'s' * (folders != 1)} checked"
-    if not problems:
-        return f"no problems in {home} ({noted}{checked})"
-    return f"{problems} problem{'s' * (problems != 1)} in {home} ({noted}{checked})"
+    return f"{found} in {home} ({noted}{folders} version folder{'s' * (folders != 1)} checked)"
 
 
 def run_lock_holder(home: Path) -> Optional[int]:
