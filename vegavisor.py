@@ -1090,11 +1090,16 @@ def read_toml_file(path: Path) -> dict:
         raise ConfigError(f"{path}: line {e.line}, column {e.col}: {e.msg}") from None
 
 
-def load_config(home: Path) -> Tuple[Config, List[str]]:
+def read_config_toml(home: Path) -> dict:
+    """HOME/config.toml parsed; a ConfigError saying how to make one when it is missing."""
     path = home / CONFIG_FILE
     if not path.exists():
         raise ConfigError(f"{path} does not exist; create it with `vegavisor init --home {home}`")
-    return parse_config(read_toml_file(path), path)
+    return read_toml_file(path)
+
+
+def load_config(home: Path) -> Tuple[Config, List[str]]:
+    return parse_config(read_config_toml(home), home / CONFIG_FILE)
 
 
 def load_run_config(folder: Path) -> Tuple[RunConfig, List[str]]:
@@ -3179,12 +3184,9 @@ def folder_tag(name: str, upgrade_folders: Dict[str, str]) -> Optional[str]:
 def _current_finding(home: Path) -> List[Finding]:
     """A missing `current` is how the Go Visor's init leaves a home (SPEC 3.1.11): a note."""
     problem = current_problem(home)
-    link = home / CURRENT_LINK
-    if problem is None:
-        return []
-    if os.path.lexists(link) or not (home / GENESIS_FOLDER / RUN_CONFIG_FILE).is_file():
-        return [_problem(problem)]
-    return [_note(problem)]
+    missing = not os.path.lexists(home / CURRENT_LINK)
+    usable = missing and (home / GENESIS_FOLDER / RUN_CONFIG_FILE).is_file()
+    return [] if problem is None else [(_note if usable else _problem)(problem)]
 
 
 def validate_home(home: Path, timeout: float) -> Tuple[List[Finding], int]:
@@ -3196,16 +3198,12 @@ def validate_home(home: Path, timeout: float) -> Tuple[List[Finding], int]:
     # 1. vegavisor's own config.toml, and the folder of its metricsFile
     path = home / CONFIG_FILE
     upgrade_folders: Dict[str, str] = {}
-    if not path.exists():
-        found.append(_problem(f"{path} does not exist; create it with "
-                              f"`vegavisor init --home {home}`"))
-    else:
-        try:
-            config, problems = check_config(read_toml_file(path), path)
-            found += problems + check_metrics_file(path, config.metrics_file or "")
-            upgrade_folders = config.upgrade_folders or {}
-        except ConfigError as e:
-            found.append(_problem(str(e)))
+    try:
+        config, problems = check_config(read_config_toml(home), path)
+        found += problems + check_metrics_file(path, config.metrics_file or "")
+        upgrade_folders = config.upgrade_folders or {}
+    except ConfigError as e:
+        found.append(_problem(str(e)))
     # 2. the current link
     found += _current_finding(home)
     # 3. every version folder: run-config, binaries, and core's and the data node's config
