@@ -283,7 +283,7 @@ def test_prepare_upgrade_installs_once_then_is_a_no_op(home, github, short_tmp):
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"installed v2 in {home.path}/v2\n"
     assert (home.path / "v2" / "run-config.toml").is_file()
-    assert os.readlink(home.path / "current") == "genesis"
+    assert not os.path.lexists(home.path / "current"), "prepare-upgrade links nothing"
     requests = len(github.requests)
     again = run_vegavisor(["prepare-upgrade", "--home", str(home.path), "v2"])
     assert (again.returncode, again.stdout) == (0, f"v2 is already installed in {home.path}/v2\n")
