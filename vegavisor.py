@@ -722,8 +722,25 @@ def _format_string(text: str) -> str:
 
 
 # --- configuration ---
+# Each file has one schema: a table of keys, each with its name in the file, the
+# record field it fills, its check and its default. One walk of a schema collects
+# every problem and every unknown key of a file: `run` stops at the first problem
+# (parse_*), `validate` reports them all (check_*), so the two cannot disagree.
+# A new config.toml key is one Key line in CONFIG_SCHEMA and one record field.
 
-REQUIRED = object()  # a Key default meaning "the file must set it"
+REQUIRED = object()  # a default meaning "the file must set it"
+ABSENT = object()  # a table the file may leave out, its record then None
+# Waits longer than this overflow threading's timeouts (about 9.2e9 s); no pause or
+# timeout of a node supervisor is sanely longer than 31 years.
+MAX_SECONDS = 1e9
+
+
+class Report(NamedTuple):
+    """What one walk of a schema found in a file: problems, then keys nobody reads."""
+
+    path: Path
+    errors: List[str]
+    warnings: List[str]
 
 
 class Key(NamedTuple):
@@ -731,8 +748,84 @@ class Key(NamedTuple):
 
     name: str
     attr: str
+    check: Callable[[Any], Any]  # the value as the record holds it; ValueError says why not
+    default: Any = REQUIRED
+
+    def read(self, raw: dict, values: Dict[str, Any], where: str, report: Report) -> None:
+        if self.name in raw:
+            try:
+                values[self.attr] = self.check(raw[self.name])
+            except ValueError as e:
+                report.errors.append(f"{report.path}: {where}{_key(self.name)}: {e}, got "
+                                     f"{_show(raw[self.name])}")
+        elif self.default is REQUIRED:
+            report.errors.append(f"{report.path}: {where}{self.name} is missing")
+        else:
+            values[self.attr] = self.default
+
+
+class Map(NamedTuple):
+    """A table of names the operator chooses (tags), each value checked alike."""
+
+    name: str
+    attr: str
     check: Callable[[Any], Any]
-    default: Any
+
+    def read(self, raw: dict, values: Dict[str, Any], where: str, report: Report) -> None:
+        table = _sub_table(raw, self.name, where, report)
+        if table is not None:
+            values[self.attr] = _read_fields(table, [Key(k, k, self.check) for k in table],
+                                             f"{where}{self.name}.", report)
+
+
+class Table(NamedTuple):
+    """A sub-table read into `record` at `attr` ("": its records fill the parent's fields)."""
+
+    name: str
+    attr: str
+    record: Optional[Callable[..., Any]]
+    fields: Tuple[Any, ...]
+    missing: Any = None  # None: read as empty (defaults); ABSENT; REQUIRED or why it is
+
+    def read(self, raw: dict, values: Dict[str, Any], where: str, report: Report) -> None:
+        if self.name not in raw and self.missing is ABSENT:
+            values.update({self.attr: None} if self.attr else
+                          {field.attr: None for field in self.fields})
+        elif self.name not in raw and self.missing is not None:
+            why = "" if self.missing is REQUIRED else f": {self.missing}"
+            report.errors.append(f"{report.path}: {where}{self.name} is missing{why}")
+        else:
+            table = _sub_table(raw, self.name, where, report)
+            if table is None:
+                return
+            errors = len(report.errors)
+            read = _read_fields(table, self.fields, f"{where}{self.name}.", report)
+            if not self.attr:
+                values.update(read)
+            elif len(report.errors) == errors:
+                values[self.attr] = self.record(**read)
+
+
+class OldAssetsFormat(NamedTuple):
+    """[autoInstall.assets.vega] asset_name / binary_name, still seen in the wild (SPEC 1.2):
+    refused while auto-install is on, else a warning (SPEC 3.1.3). Follows `enabled`."""
+
+    name: str = "assets"
+    attr: str = ""
+
+    def read(self, raw: dict, values: Dict[str, Any], where: str, report: Report) -> None:
+        if self.name not in raw:
+            return
+        entry = _lookup(raw, self.name, "vega")
+        entry = entry if isinstance(entry, dict) else {}
+        on = values.get("enabled") is True
+        (report.errors if on else report.warnings).append(
+            f"{report.path}: [autoInstall.assets] is the old format, "
+            + ("which the original Visor ignored until the upgrade failed" if on else
+               "ignored while auto-install is off")
+            + f"; replace it with [autoInstall.asset] name = "
+              f"{_show(entry.get('asset_name', 'vega-{os}-{arch}.zip'))} and binaryName = "
+              f"{_show(entry.get('binary_name', 'vega'))}")
 
 
 def _count(value: Any) -> int:
@@ -744,8 +837,8 @@ def _count(value: Any) -> int:
 def _seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError("expected a number of seconds")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError("expected a number of seconds >= 0")
+    if not 0 <= value <= MAX_SECONDS:  # also false for nan
+        raise ValueError(f"expected a number of seconds >= 0 and <= {MAX_SECONDS:.0e}")
     return float(value)
 
 
@@ -764,6 +857,8 @@ def _flag(value: Any) -> bool:
 def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a string")
+    if "\0" in value:
+        raise ValueError("a NUL character cannot be passed on")
     return value
 
 
@@ -776,7 +871,7 @@ def _nonempty_text(value: Any) -> str:
 def _texts(value: Any) -> Tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("expected an array of strings")
-    return tuple(value)
+    return tuple(_text(v) for v in value)
 
 
 def _choice(*options: str) -> Callable[[Any], str]:
@@ -785,6 +880,12 @@ def _choice(*options: str) -> Callable[[Any], str]:
             raise ValueError("expected one of " + ", ".join(json.dumps(o) for o in options))
         return value
     return check
+
+
+def _github_name(value: Any) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", _text(value)):
+        raise ValueError("expected a GitHub name (letters, digits, '.', '_' and '-')")
+    return value
 
 
 def _api_url(value: Any) -> str:
@@ -801,11 +902,17 @@ def _asset_template(value: Any) -> str:
     return value
 
 
-def _folder_name(value: Any) -> str:
-    if not is_plain_name(_text(value)) or value == CURRENT_LINK:
-        raise ValueError("expected a folder name inside HOME (no '/', not '.', '..' or "
-                         "'current')")
-    return value
+def _path_inside(folder: str, reserved: str = "") -> Callable[[Any], str]:
+    """A relative path that stays inside `folder` (SPEC 3.1.8); its first part not `reserved`."""
+    not_reserved = f", not {reserved!r}" if reserved else ""
+
+    def check(value: Any) -> str:
+        parts = _text(value).split("/")
+        if any(part in ("", ".", "..") for part in parts) or parts[0] == reserved:
+            raise ValueError(f"expected a path inside {folder} (not absolute; no '..', '.' or "
+                             f"empty part{not_reserved})")
+        return value
+    return check
 
 
 def _checksum(value: Any) -> str:
@@ -814,59 +921,71 @@ def _checksum(value: Any) -> str:
     return value.lower()
 
 
-def _rpc_path(value: Any) -> str:
-    if not _nonempty_text(value).startswith("/"):
-        raise ValueError('expected an HTTP path starting with "/", e.g. "/rpc"')
-    return value
+def _http_path(value: Any) -> str:
+    """Core's admin HTTP path; a missing leading slash is added as the Go Visor does."""
+    return value if _nonempty_text(value).startswith("/") else "/" + value
 
 
 def _socket_path(value: Any) -> str:
-    if len(os.fsencode(_nonempty_text(value))) > MAX_UNIX_SOCKET_PATH:
+    if len(_nonempty_text(value).encode("utf-8", "surrogateescape")) > MAX_UNIX_SOCKET_PATH:
         raise ValueError(f"a unix socket path is limited to {MAX_UNIX_SOCKET_PATH} bytes")
     return value
 
 
-CONFIG_KEYS = (
+CONFIG_SCHEMA = Table("", "", Config, (
     Key("maxNumberOfFirstConnectionRetries", "max_first_connection_retries", _count, 175000),
     Key("maxNumberOfRestartConnectionRetries", "max_restart_connection_retries", _count, 10),
     Key("maxNumberOfRestarts", "max_restarts", _count, 3),
-    Key("restartsDelaySeconds", "restarts_delay", _seconds, 5),
-    Key("stopDelaySeconds", "stop_delay", _seconds, 0),
-    Key("stopSignalTimeoutSeconds", "stop_signal_timeout", _seconds, 15),
-    Key("pollIntervalSeconds", "poll_interval", _positive_seconds, 2),
+    Key("restartsDelaySeconds", "restarts_delay", _seconds, 5.0),
+    Key("stopDelaySeconds", "stop_delay", _seconds, 0.0),
+    Key("stopSignalTimeoutSeconds", "stop_signal_timeout", _seconds, 15.0),
+    Key("pollIntervalSeconds", "poll_interval", _positive_seconds, 2.0),
     Key("upgradePollIntervalSeconds", "upgrade_poll_interval", _positive_seconds, 0.25),
-    Key("rpcTimeoutSeconds", "rpc_timeout", _positive_seconds, 5),
-    Key("restartsBackoffMaxSeconds", "restarts_backoff_max", _seconds, 60),
-    Key("restartsResetAfterSeconds", "restarts_reset_after", _seconds, 600),
+    Key("rpcTimeoutSeconds", "rpc_timeout", _positive_seconds, 5.0),
+    Key("restartsBackoffMaxSeconds", "restarts_backoff_max", _seconds, 60.0),
+    Key("restartsResetAfterSeconds", "restarts_reset_after", _seconds, 600.0),
     Key("metricsFile", "metrics_file", _text, ""),
-)
-AUTO_INSTALL_KEYS = (
-    Key("enabled", "enabled", _flag, True),
-    Key("repositoryOwner", "repository_owner", _nonempty_text, "vegaprotocol"),
-    Key("repository", "repository", _nonempty_text, "vega"),
-    Key("githubApiUrl", "github_api_url", _api_url, "https://api.github.com"),
-    Key("prefetch", "prefetch", _flag, True),
-    Key("prefetchRetryDelaySeconds", "prefetch_retry_delay", _positive_seconds, 30),
-    Key("httpTimeoutSeconds", "http_timeout", _positive_seconds, 60),
-    Key("requireChecksum", "require_checksum", _flag, False),
-)
-ASSET_KEYS = (
-    Key("name", "name", _asset_template, "vega-{os}-{arch}.zip"),
-    Key("binaryName", "binary_name", _folder_name, "vega"),
-)
-LOGGING_KEYS = (
-    Key("format", "format", _choice(*LOG_FORMATS), "text"),
-    Key("level", "level", _choice(*LOG_LEVELS), "info"),
-)
-RUN_CONFIG_KEYS = (Key("name", "name", _nonempty_text, REQUIRED),)
-BINARY_KEYS = (
-    Key("path", "path", _nonempty_text, REQUIRED),
+    Map("upgradeFolders", "upgrade_folders", _path_inside("HOME", reserved=CURRENT_LINK)),
+    Table("autoInstall", "auto_install", AutoInstallConfig, (
+        # Off unless the file turns it on: Go's zero value (SPEC 3.1.2); init writes true.
+        Key("enabled", "enabled", _flag, False),
+        OldAssetsFormat(),
+        Key("repositoryOwner", "repository_owner", _github_name, "vegaprotocol"),
+        Key("repository", "repository", _github_name, "vega"),
+        Key("githubApiUrl", "github_api_url", _api_url, "https://api.github.com"),
+        Key("prefetch", "prefetch", _flag, True),
+        Key("prefetchRetryDelaySeconds", "prefetch_retry_delay", _positive_seconds, 30.0),
+        Key("httpTimeoutSeconds", "http_timeout", _positive_seconds, 60.0),
+        Key("requireChecksum", "require_checksum", _flag, False),
+        Map("checksums", "checksums", _checksum),
+        Table("asset", "asset", AssetConfig, (
+            Key("name", "name", _asset_template, "vega-{os}-{arch}.zip"),
+            Key("binaryName", "binary_name", _path_inside("the release"), "vega"),
+        )),
+    )),
+    Table("logging", "logging", LoggingConfig, (
+        Key("format", "format", _choice(*LOG_FORMATS), "text"),
+        Key("level", "level", _choice(*LOG_LEVELS), "info"),
+    )),
+))
+BINARY_FIELDS = (
+    Key("path", "path", _nonempty_text),
     Key("args", "args", _texts, ()),
 )
-RPC_KEYS = (
-    Key("socketPath", "socket_path", _socket_path, REQUIRED),
-    Key("httpPath", "http_path", _rpc_path, REQUIRED),
-)
+RUN_CONFIG_SCHEMA = Table("", "", RunConfig, (
+    Table("vega", "", None, (
+        Table("binary", "vega", Binary, BINARY_FIELDS, REQUIRED),
+        Table("rpc", "rpc", RpcConfig, (
+            Key("socketPath", "socket_path", _socket_path),
+            Key("httpPath", "http_path", _http_path),
+        ), "it names core's admin socket"),
+    ), "it says how to run core"),
+    Key("name", "name", _nonempty_text),
+    # present means run a data node too (SPEC 1.3)
+    Table("data_node", "", None, (
+        Table("binary", "data_node", Binary, BINARY_FIELDS, REQUIRED),
+    ), ABSENT),
+))
 
 
 def is_plain_name(name: str) -> bool:
@@ -875,29 +994,49 @@ def is_plain_name(name: str) -> bool:
 
 
 def _show(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (str, bool, list)) else repr(value)
+    """A value as an error message quotes it: JSON-like, cut short when long."""
+    shown = (json.dumps(value, default=str) if isinstance(value, (str, bool, list, dict))
+             else repr(value))
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
-def _read_keys(table: dict, keys: Sequence[Key], where: str, path: Path) -> Dict[str, Any]:
-    """Check the table's keys against `keys`; fills in defaults; raises for the first bad one."""
-    values = {}
+def _key(name: str) -> str:
+    """A key as a message names it: quoted as in TOML unless it is a bare key."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+
+
+def _lookup(doc: Any, *keys: str) -> Any:
+    """doc[k1][k2]..., matching each key exactly or else case-insensitively (as Go does)."""
     for key in keys:
-        name = where + key.name
-        if key.name not in table:
-            if key.default is REQUIRED:
-                raise ConfigError(f"{path}: {name} is missing")
-            values[key.attr] = key.default
-            continue
-        try:
-            values[key.attr] = key.check(table[key.name])
-        except ValueError as e:
-            raise ConfigError(f"{path}: {name}: {e}, got {_show(table[key.name])}") from None
+        if not isinstance(doc, dict):
+            return None
+        if key not in doc:
+            key = next((k for k in doc if k.lower() == key.lower()), key)
+        doc = doc.get(key)
+    return doc
+
+
+def _sub_table(raw: dict, name: str, where: str, report: Report) -> Optional[dict]:
+    """raw[name] as a table ({} when absent); None, with a problem, when it is not one."""
+    value = raw.get(name, {})
+    if isinstance(value, dict):
+        return value
+    report.errors.append(f"{report.path}: {where}{name} must be a table, got {_show(value)}")
+    return None
+
+
+def _read_fields(raw: dict, fields: Sequence[Any], where: str, report: Report) -> Dict[str, Any]:
+    """The values of `fields` found in `raw`; each bad or unknown key goes in the report."""
+    report.warnings.extend(unknown_key_warnings(raw, [f.name for f in fields], where,
+                                                report.path))
+    values: Dict[str, Any] = {}
+    for field in fields:
+        field.read(raw, values, where, report)
     return values
 
 
-def unknown_key_warnings(
-    table: dict, known: Sequence[str], where: str, path: Path,
-) -> List[str]:
+def unknown_key_warnings(table: dict, known: Sequence[str], where: str, path: Path
+                         ) -> List[str]:
     """One line per key the table has but nobody reads, with the nearest valid key."""
     warnings = []
     for name in table:
@@ -906,99 +1045,46 @@ def unknown_key_warnings(
         nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         nearest += [k for k in known if k.lower() == name.lower()]
         hint = f" (did you mean {where}{nearest[-1]}?)" if nearest else ""
-        warnings.append(f"{path}: unknown key {where}{name} is ignored{hint}")
+        warnings.append(f"{path}: unknown key {where}{_key(name)} is ignored{hint}")
     return warnings
 
 
-def _table(doc: dict, name: str, where: str, path: Path) -> dict:
-    value = doc.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: {where}{name} must be a table, got {_show(value)}")
-    return value
+def read_schema(doc: dict, schema: Table, path: Path) -> Tuple[Any, Report]:
+    """One walk of a parsed file: its record (None in each part that could not be read)
+    and the report."""
+    report = Report(path, [], [])
+    values = _read_fields(doc, schema.fields, "", report)
+    return schema.record(**{name: values.get(name) for name in schema.record._fields}), report
 
 
-def _read_map(table: dict, check: Callable[[Any], str], where: str, path: Path) -> Dict[str, str]:
-    return _read_keys(table, [Key(k, k, check, REQUIRED) for k in table], where, path)
-
-
-def _reject_old_assets_format(auto_install: dict, path: Path) -> None:
-    if "assets" not in auto_install:
-        return
-    old = auto_install["assets"]
-    entry = old.get("vega", {}) if isinstance(old, dict) else {}
-    entry = entry if isinstance(entry, dict) else {}
-    name = entry.get("asset_name", "vega-{os}-{arch}.zip")
-    binary = entry.get("binary_name", "vega")
-    raise ConfigError(
-        f"{path}: [autoInstall.assets] is the old format, which the original Visor ignored "
-        f"until the upgrade failed; replace it with [autoInstall.asset] "
-        f"name = {_show(name)} and binaryName = {_show(binary)}"
-    )
+def _parse(doc: dict, schema: Table, path: Path) -> Tuple[Any, List[str]]:
+    record, report = read_schema(doc, schema, path)
+    if report.errors:
+        raise ConfigError(report.errors[0])
+    return record, report.warnings
 
 
 def parse_config(doc: dict, path: Path) -> Tuple[Config, List[str]]:
-    """Turn a parsed config.toml into a Config, plus warnings for keys nobody reads."""
-    auto = _table(doc, "autoInstall", "", path)
-    _reject_old_assets_format(auto, path)
-    asset = _table(auto, "asset", "autoInstall.", path)
-    logging_table = _table(doc, "logging", "", path)
-    tables = ("upgradeFolders", "autoInstall", "logging")
-    warnings = (
-        unknown_key_warnings(doc, [k.name for k in CONFIG_KEYS] + list(tables), "", path)
-        + unknown_key_warnings(auto, [k.name for k in AUTO_INSTALL_KEYS] + ["asset", "checksums"],
-                               "autoInstall.", path)
-        + unknown_key_warnings(asset, [k.name for k in ASSET_KEYS], "autoInstall.asset.", path)
-        + unknown_key_warnings(logging_table, [k.name for k in LOGGING_KEYS], "logging.", path)
-    )
-    auto_install = AutoInstallConfig(
-        **_read_keys(auto, AUTO_INSTALL_KEYS, "autoInstall.", path),
-        checksums=_read_map(_table(auto, "checksums", "autoInstall.", path), _checksum,
-                            "autoInstall.checksums.", path),
-        asset=AssetConfig(**_read_keys(asset, ASSET_KEYS, "autoInstall.asset.", path)),
-    )
-    config = Config(
-        **_read_keys(doc, CONFIG_KEYS, "", path),
-        upgrade_folders=_read_map(_table(doc, "upgradeFolders", "", path), _folder_name,
-                                  "upgradeFolders.", path),
-        auto_install=auto_install,
-        logging=LoggingConfig(**_read_keys(logging_table, LOGGING_KEYS, "logging.", path)),
-    )
-    return config, warnings
-
-
-def _binary(table: dict, where: str, path: Path) -> Binary:
-    binary = _table(table, "binary", where, path)
-    if "binary" not in table:
-        raise ConfigError(f"{path}: {where}binary is missing")
-    return Binary(**_read_keys(binary, BINARY_KEYS, where + "binary.", path))
+    """A parsed config.toml as a Config, plus warnings; ConfigError for the first problem."""
+    return _parse(doc, CONFIG_SCHEMA, path)
 
 
 def parse_run_config(doc: dict, path: Path) -> Tuple[RunConfig, List[str]]:
-    """Turn a parsed run-config.toml into a RunConfig, plus warnings for unknown keys."""
-    vega = _table(doc, "vega", "", path)
-    rpc = _table(vega, "rpc", "vega.", path)
-    if "vega" not in doc:
-        raise ConfigError(f"{path}: vega is missing: it says how to run core")
-    if "rpc" not in vega:
-        raise ConfigError(f"{path}: vega.rpc is missing: it names core's admin socket")
-    data_node = _table(doc, "data_node", "", path)
-    warnings = (
-        unknown_key_warnings(doc, ["name", "vega", "data_node"], "", path)
-        + unknown_key_warnings(vega, ["binary", "rpc"], "vega.", path)
-        + unknown_key_warnings(rpc, [k.name for k in RPC_KEYS], "vega.rpc.", path)
-        + unknown_key_warnings(data_node, ["binary"], "data_node.", path)
-        + unknown_key_warnings(_table(vega, "binary", "vega.", path),
-                               [k.name for k in BINARY_KEYS], "vega.binary.", path)
-        + unknown_key_warnings(_table(data_node, "binary", "data_node.", path),
-                               [k.name for k in BINARY_KEYS], "data_node.binary.", path)
-    )
-    run_config = RunConfig(
-        **_read_keys(doc, RUN_CONFIG_KEYS, "", path),
-        vega=_binary(vega, "vega.", path),
-        rpc=RpcConfig(**_read_keys(rpc, RPC_KEYS, "vega.rpc.", path)),
-        data_node=_binary(data_node, "data_node.", path) if "data_node" in doc else None,
-    )
-    return run_config, warnings
+    """A parsed run-config.toml as a RunConfig, plus warnings; ConfigError for the first problem."""
+    return _parse(doc, RUN_CONFIG_SCHEMA, path)
+
+
+def changed_keys(old: Config, new: Config, fields: Sequence[Any] = CONFIG_SCHEMA.fields,
+                 where: str = "") -> List[str]:
+    """The config.toml names of the keys whose values differ, e.g. "autoInstall.enabled"."""
+    changed = []
+    for field in fields:
+        if isinstance(field, Table):
+            changed += changed_keys(getattr(old, field.attr), getattr(new, field.attr),
+                                    field.fields, f"{where}{field.name}.")
+        elif field.attr and getattr(old, field.attr) != getattr(new, field.attr):
+            changed.append(where + field.name)
+    return changed
 
 
 def read_toml_file(path: Path) -> dict:
@@ -1017,15 +1103,21 @@ def read_toml_file(path: Path) -> dict:
         raise ConfigError(f"{path}: line {e.line}, column {e.col}: {e.msg}") from None
 
 
-def load_config(home: Path) -> Tuple[Config, List[str]]:
+def read_config_toml(home: Path) -> dict:
+    """HOME/config.toml parsed; a ConfigError saying how to make one when it is missing."""
     path = home / CONFIG_FILE
     if not path.exists():
         raise ConfigError(f"{path} does not exist; create it with `vegavisor init --home {home}`")
-    return parse_config(read_toml_file(path), path)
+    return read_toml_file(path)
+
+
+def load_config(home: Path) -> Tuple[Config, List[str]]:
+    return parse_config(read_config_toml(home), home / CONFIG_FILE)
 
 
 def load_run_config(folder: Path) -> Tuple[RunConfig, List[str]]:
     return parse_run_config(read_toml_file(folder / RUN_CONFIG_FILE), folder / RUN_CONFIG_FILE)
+
 
 # --- decisions (pure) ---
 
@@ -1076,10 +1168,11 @@ def count_restart(restarts: int, uptime: float, reset_after: float) -> int:
 
 
 def folder_for_tag(home: Path, tag: str, upgrade_folders: Dict[str, str]) -> Path:
-    name = upgrade_folders.get(tag, tag)
-    if not is_plain_name(name) or name == CURRENT_LINK:
+    if tag in upgrade_folders:  # checked when config.toml was read: inside HOME
+        return home / upgrade_folders[tag]
+    if not is_plain_name(tag) or tag == CURRENT_LINK:
         raise VisorError(f"release tag {tag!r} cannot name a folder inside {home}")
-    return home / name
+    return home / tag
 
 
 def with_snapshot_flag(args: Sequence[str], height: int) -> Tuple[str, ...]:
@@ -3363,151 +3456,51 @@ def _note(text: str) -> Finding:
     return Finding("note", text)
 
 
-def _attempt(found: List[Finding], default: Any, read: Callable[..., Any], *args: Any) -> Any:
-    """read(*args); a VisorError it raises becomes a problem, and `default` is returned."""
+def _check(doc: dict, schema: Table, path: Path) -> Tuple[Any, List[Finding]]:
+    """Every problem and unknown key of a parsed file (the first problem is what _parse
+    raises), and its record with None in each part that could not be read."""
+    record, report = read_schema(doc, schema, path)
+    return record, [_problem(text) for text in report.errors + report.warnings]
+
+
+def check_config(doc: dict, path: Path) -> Tuple[Config, List[Finding]]:
+    return _check(doc, CONFIG_SCHEMA, path)
+
+
+def check_run_config(doc: dict, path: Path) -> Tuple[RunConfig, List[Finding]]:
+    return _check(doc, RUN_CONFIG_SCHEMA, path)
+
+
+def check_runnable(where: str, path: Path) -> List[Finding]:
+    """What keeps `run` from starting the binary at `path` (SPEC 1.3); changes nothing."""
     try:
-        return read(*args)
-    except VisorError as e:
-        found.append(_problem(str(e)))
-        return default
-
-
-def _check_keys(found: List[Finding], table: dict, keys: Sequence[Key], where: str,
-                path: Path) -> Optional[Dict[str, Any]]:
-    """_read_keys one key at a time, so every bad key is reported; None when one is bad."""
-    values: Dict[str, Any] = {}
-    for key in keys:
-        values.update(_attempt(found, {}, _read_keys, table, [key], where, path))
-    return values if len(values) == len(keys) else None
-
-
-def _check_map(found: List[Finding], table: dict, check: Callable[[Any], str], where: str,
-               path: Path) -> Dict[str, str]:
-    """The good entries of a name -> value table; each bad one is a problem."""
-    values: Dict[str, str] = {}
-    for name, value in table.items():
-        values.update(_attempt(found, {}, _read_map, {name: value}, check, where, path))
-    return values
-
-
-def _unknown_keys(found: List[Finding], tables: Sequence[Tuple[dict, List[str], str]],
-                  path: Path) -> None:
-    for table, known, where in tables:
-        found.extend(_problem(w) for w in unknown_key_warnings(table, known, where, path))
-
-
-def _cross_check(found: List[Finding], parse: Callable[[dict, Path], Tuple[Any, List[str]]],
-                 doc: dict, path: Path) -> None:
-    """Add what the real parser says and the key-by-key walk missed (a key added since)."""
-    seen = {finding.text for finding in found}
-    try:
-        _, warnings = parse(doc, path)
-    except ConfigError as e:
-        warnings = [str(e)]
-    found.extend(_problem(w) for w in warnings if w not in seen)
-
-
-def check_config(doc: dict, path: Path) -> List[Finding]:
-    """Every bad or unknown key of a parsed config.toml (parse_config stops at the first)."""
-    found: List[Finding] = []
-    auto = _attempt(found, {}, _table, doc, "autoInstall", "", path)
-    _attempt(found, None, _reject_old_assets_format, auto, path)
-    asset = _attempt(found, {}, _table, auto, "asset", "autoInstall.", path)
-    checksums = _attempt(found, {}, _table, auto, "checksums", "autoInstall.", path)
-    logging_table = _attempt(found, {}, _table, doc, "logging", "", path)
-    folders = _attempt(found, {}, _table, doc, "upgradeFolders", "", path)
-    _unknown_keys(found, [
-        (doc, [k.name for k in CONFIG_KEYS] + ["upgradeFolders", "autoInstall", "logging"], ""),
-        # "assets" has its own problem above: the old format, with its replacement
-        (auto, [k.name for k in AUTO_INSTALL_KEYS] + ["asset", "checksums", "assets"],
-         "autoInstall."),
-        (asset, [k.name for k in ASSET_KEYS], "autoInstall.asset."),
-        (logging_table, [k.name for k in LOGGING_KEYS], "logging."),
-    ], path)
-    _check_keys(found, doc, CONFIG_KEYS, "", path)
-    _check_keys(found, auto, AUTO_INSTALL_KEYS, "autoInstall.", path)
-    _check_keys(found, asset, ASSET_KEYS, "autoInstall.asset.", path)
-    _check_keys(found, logging_table, LOGGING_KEYS, "logging.", path)
-    _check_map(found, checksums, _checksum, "autoInstall.checksums.", path)
-    for tag, name in _check_map(found, folders, _folder_name, "upgradeFolders.", path).items():
-        if name == CURRENT_LINK:
-            found.append(_problem(f"{path}: upgradeFolders.{tag}: {CURRENT_LINK!r} is the link to "
-                                  f"the version in use, not a release folder; choose another name"))
-    _cross_check(found, parse_config, doc, path)
-    return found
-
-
-class RunConfigParts(NamedTuple):
-    """What could be read of a run-config.toml: None where its keys are bad or missing."""
-
-    name: Optional[str]
-    vega: Optional[Binary]
-    rpc: Optional[RpcConfig]
-    data_node: Optional[Binary]
-
-
-def check_run_config(doc: dict, path: Path) -> Tuple[RunConfigParts, List[Finding]]:
-    """Every bad or unknown key of a parsed run-config.toml, and the parts that are good."""
-    found: List[Finding] = []
-    name = (_check_keys(found, doc, RUN_CONFIG_KEYS, "", path) or {}).get("name")
-    vega = _attempt(found, {}, _table, doc, "vega", "", path)
-    rpc_table = _attempt(found, {}, _table, vega, "rpc", "vega.", path)
-    data_node = _attempt(found, {}, _table, doc, "data_node", "", path)
-    if "vega" not in doc:
-        found.append(_problem(f"{path}: vega is missing: it says how to run core"))
-    elif isinstance(doc["vega"], dict) and "rpc" not in vega:
-        found.append(_problem(f"{path}: vega.rpc is missing: it names core's admin socket"))
-    _unknown_keys(found, [
-        (doc, ["name", "vega", "data_node"], ""),
-        (vega, ["binary", "rpc"], "vega."),
-        (rpc_table, [k.name for k in RPC_KEYS], "vega.rpc."),
-        (data_node, ["binary"], "data_node."),
-    ], path)
-    rpc = (_check_keys(found, rpc_table, RPC_KEYS, "vega.rpc.", path)
-           if isinstance(vega.get("rpc"), dict) else None)
-    parts = RunConfigParts(
-        name,
-        _check_binary_keys(found, vega, "vega.", path) if isinstance(doc.get("vega"), dict)
-        else None,
-        RpcConfig(**rpc) if rpc else None,
-        _check_binary_keys(found, data_node, "data_node.", path) if "data_node" in doc
-        else None,
-    )
-    _cross_check(found, parse_run_config, doc, path)
-    return parts, found
-
-
-def _check_binary_keys(found: List[Finding], parent: dict, where: str,
-                       path: Path) -> Optional[Binary]:
-    if "binary" not in parent:
-        found.append(_problem(f"{path}: {where}binary is missing"))
-        return None
-    table = _attempt(found, None, _table, parent, "binary", where, path)
-    if table is None:
-        return None
-    _unknown_keys(found, [(table, [k.name for k in BINARY_KEYS], where + "binary.")], path)
-    values = _check_keys(found, table, BINARY_KEYS, where + "binary.", path)
-    return Binary(**values) if values else None
+        info = path.stat()
+    except FileNotFoundError:
+        return [_problem(f"{where}: {path} does not exist; put the release's binary there or "
+                         f"fix the path")]
+    except OSError as e:
+        return [_problem(f"{where}: {path} cannot be examined: {e.strerror}")]
+    if not stat.S_ISREG(info.st_mode):
+        return [_problem(f"{where}: {path} is not a regular file; vegavisor only starts "
+                         f"regular files")]
+    if not os.access(path, os.R_OK):
+        return [_problem(f"{where}: {path} is not readable; vegavisor cannot add its exec "
+                         f"bits: chmod a+r {shlex.quote(str(path))}")]
+    if os.access(path, os.X_OK):
+        return []
+    if os.geteuid() not in (0, info.st_uid):
+        return [_problem(f"{where}: {path} is not executable, and vegavisor (uid "
+                         f"{os.geteuid()}) cannot add its exec bits: it belongs to uid "
+                         f"{info.st_uid}; run chmod +x {shlex.quote(str(path))} as its owner")]
+    return [_note(f"{where}: {path} is not executable: vegavisor adds the exec bits when it "
+                  f"starts it")]
 
 
 def check_binary(where: str, path: Path, timeout: float) -> Tuple[Optional[str], List[Finding]]:
     """The version a binary reports, and what keeps it from running; changes nothing."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return None, [_problem(f"{where}: {path} does not exist; put the release's binary "
-                               f"there or fix the path")]
-    except OSError as e:
-        return None, [_problem(f"{where}: {path} cannot be examined: {e.strerror}")]
-    if not stat.S_ISREG(mode):
-        return None, [_problem(f"{where}: {path} is not a regular file; vegavisor only starts "
-                               f"regular files")]
-    if not os.access(path, os.R_OK):
-        return None, [_problem(f"{where}: {path} is not readable; vegavisor cannot add its exec "
-                               f"bits: chmod a+r {shlex.quote(str(path))}")]
-    if not os.access(path, os.X_OK):
-        return None, [_note(f"{where}: {path} is not executable: vegavisor adds the exec bits "
-                            f"when it starts it; its version was not checked")]
+    found = check_runnable(where, path)
+    if found:
+        return None, found
     try:
         return query_version(path, timeout), []
     except VisorError as e:
@@ -3527,17 +3520,6 @@ def check_release_version(where: str, path: Path, version: str, name: Optional[s
         return [_problem(f"{path}: name = {json.dumps(name)}, but the binary reports {version}; "
                          f"set name = {json.dumps(version)}")]
     return []
-
-
-def _lookup(doc: Any, *keys: str) -> Any:
-    """doc[k1][k2]..., matching each key exactly or else case-insensitively (as Go does)."""
-    for key in keys:
-        if not isinstance(doc, dict):
-            return None
-        if key not in doc:
-            key = next((k for k in doc if k.lower() == key.lower()), key)
-        doc = doc.get(key)
-    return doc
 
 
 def _read_node_config(path: Path, what: str) -> Tuple[Optional[dict], List[Finding]]:
@@ -3566,7 +3548,7 @@ def check_core_admin_config(path: Path, args: Sequence[str], rpc: RpcConfig) -> 
         elif theirs != ours:
             found.append(_problem(
                 f"{path}: vega.rpc.{key} = {json.dumps(ours)}, but core's {config_path} has "
-                f"[Admin.Server] {theirs_key} = {json.dumps(theirs)}: vegavisor would never "
+                f"[Admin.Server] {theirs_key} = {_show(theirs)}: vegavisor would never "
                 f"reach core; make them the same"))
     return found
 
@@ -3585,32 +3567,73 @@ def check_data_node_store(path: Path, args: Sequence[str]) -> List[Finding]:
     return found
 
 
+def check_home_writable(home: Path) -> List[Finding]:
+    """`run` keeps its lock, state files and `current` in HOME, so it must write there."""
+    lock = home / LOCK_FILE
+    if not os.access(home, os.W_OK | os.X_OK):
+        return [_problem(f"{home} is not writable by uid {os.geteuid()}: `vegavisor run` keeps "
+                         f"its lock, state files and the current link there; give the home to "
+                         f"the user that runs vegavisor (chown -R)")]
+    if lock.exists() and not os.access(lock, os.R_OK | os.W_OK):
+        return [_problem(f"{lock} is not writable by uid {os.geteuid()}: `vegavisor run` locks "
+                         f"it; remove it or give it to the user that runs vegavisor")]
+    return []
+
+
+def check_metrics_file(path: Path, metrics_file: str) -> List[Finding]:
+    """The folder of metricsFile must exist and take new files (it is replaced atomically)."""
+    folder = Path(metrics_file).parent
+    if not metrics_file:
+        return []
+    elif not folder.is_dir():
+        return [_problem(f"{path}: metricsFile = {json.dumps(metrics_file)}: {folder} is not a "
+                         f"folder; create it or change metricsFile")]
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return [_problem(f"{path}: metricsFile = {json.dumps(metrics_file)}: {folder} is not "
+                         f"writable by uid {os.geteuid()}; give it to the user that runs "
+                         f"vegavisor or change metricsFile")]
+    return []
+
+
+def _binaries(folder: Path, run_config: RunConfig) -> List[Tuple[str, Path]]:
+    """Each binary a run-config starts, with its key; core and data node are often one."""
+    binaries: Dict[Path, str] = {}
+    for key, binary in (("vega.binary.path", run_config.vega),
+                        ("data_node.binary.path", run_config.data_node)):
+        if binary is not None:
+            binaries.setdefault(resolve_binary(folder, binary), key)
+    return [(key, path) for path, key in binaries.items()]
+
+
+def quick_checks(home: Path, config: Config, folder: Path, run_config: RunConfig
+                 ) -> List[Finding]:
+    """What `validate` checks that `run` can afford at start-up (SPEC 3.2.1): no binary
+    is run, nothing goes over the network, nothing is changed."""
+    path = folder / RUN_CONFIG_FILE
+    found = check_home_writable(home) + check_metrics_file(home / CONFIG_FILE,
+                                                           config.metrics_file)
+    for key, binary in _binaries(folder, run_config):
+        found += check_runnable(f"{path}: {key}", binary)
+    return found + check_core_admin_config(path, run_config.vega.args, run_config.rpc)
+
+
 def check_folder(folder: Path, tag: Optional[str], timeout: float) -> List[Finding]:
     """One version folder: its run-config, its binaries, and core's and the data node's config."""
     path = folder / RUN_CONFIG_FILE
-    found: List[Finding] = []
-    doc = _attempt(found, None, read_toml_file, path)
-    if doc is None:
-        return found
-    parts, found = check_run_config(doc, path)
-    queried: Dict[Path, Optional[str]] = {}
-    for key, binary in (("vega.binary.path", parts.vega), ("data_node.binary.path",
-                                                          parts.data_node)):
-        if binary is None:
-            continue
-        binary_path = resolve_binary(folder, binary)
-        if binary_path in queried:  # core and data node are usually the same binary
-            continue
+    try:
+        run_config, found = check_run_config(read_toml_file(path), path)
+    except ConfigError as e:
+        return [_problem(str(e))]
+    for key, binary in _binaries(folder, run_config):
         where = f"{path}: {key}"
-        version, problems = check_binary(where, binary_path, timeout)
-        queried[binary_path] = version
+        version, problems = check_binary(where, binary, timeout)
         found += problems
         if version is not None:
-            found += check_release_version(where, path, version, parts.name, tag)
-    if parts.vega is not None and parts.rpc is not None:
-        found += check_core_admin_config(path, parts.vega.args, parts.rpc)
-    if parts.data_node is not None:
-        found += check_data_node_store(path, parts.data_node.args)
+            found += check_release_version(where, path, version, run_config.name, tag)
+    if run_config.vega is not None and run_config.rpc is not None:
+        found += check_core_admin_config(path, run_config.vega.args, run_config.rpc)
+    if run_config.data_node is not None:
+        found += check_data_node_store(path, run_config.data_node.args)
     return found
 
 
@@ -3639,13 +3662,12 @@ def folder_tag(name: str, upgrade_folders: Dict[str, str]) -> Optional[str]:
     return name
 
 
-def _upgrade_folders(doc: dict) -> Dict[str, str]:
-    """The usable entries of [upgradeFolders], whatever else is wrong with the file."""
-    table = doc.get("upgradeFolders")
-    if not isinstance(table, dict):
-        return {}
-    return {tag: name for tag, name in table.items()
-            if isinstance(name, str) and is_plain_name(name) and name != CURRENT_LINK}
+def _current_finding(home: Path) -> List[Finding]:
+    """A missing `current` is how the Go Visor's init leaves a home (SPEC 3.1.11): a note."""
+    problem = current_problem(home)
+    missing = not os.path.lexists(home / CURRENT_LINK)
+    usable = missing and (home / GENESIS_FOLDER / RUN_CONFIG_FILE).is_file()
+    return [] if problem is None else [(_note if usable else _problem)(problem)]
 
 
 def validate_home(home: Path, timeout: float) -> Tuple[List[Finding], int]:
@@ -3653,25 +3675,28 @@ def validate_home(home: Path, timeout: float) -> Tuple[List[Finding], int]:
     if not home.is_dir():
         return [_problem(f"{home} is not a folder; create a home with "
                          f"`vegavisor init --home {home}`")], 0
-    found: List[Finding] = []
-    # 1. vegavisor's own config.toml
+    found = check_home_writable(home)
+    # 1. vegavisor's own config.toml, and the folder of its metricsFile
     path = home / CONFIG_FILE
-    doc: Optional[dict] = None
-    if path.exists():
-        doc = _attempt(found, None, read_toml_file, path)
-        found += check_config(doc, path) if doc is not None else []
-    else:
-        found.append(_problem(f"{path} does not exist; create it with "
-                              f"`vegavisor init --home {home}`"))
-    upgrade_folders = _upgrade_folders(doc or {})
+    upgrade_folders: Dict[str, str] = {}
+    try:
+        config, problems = check_config(read_config_toml(home), path)
+        found += problems + check_metrics_file(path, config.metrics_file or "")
+        upgrade_folders = config.upgrade_folders or {}
+    except ConfigError as e:
+        found.append(_problem(str(e)))
     # 2. the current link
-    problem = current_problem(home)
-    found += [_problem(problem)] if problem else []
+    found += _current_finding(home)
     # 3. every version folder: run-config, binaries, and core's and the data node's config
     checked = 0
-    for folder in home_folders(home):
-        tag = folder_tag(folder.name, upgrade_folders)
-        if (folder / RUN_CONFIG_FILE).is_file():
+    subfolders = {home / name for name in upgrade_folders.values() if "/" in name}
+    for folder in home_folders(home) + sorted(p for p in subfolders if p.is_dir()):
+        name = str(folder.relative_to(home))
+        tag = folder_tag(name, upgrade_folders)
+        if tag is not None and not TAG_FOLDER_RE.fullmatch(tag):
+            found.append(_note(f"{folder} is for {tag!r}, which is not a release tag (the Go "
+                               f"Visor's init writes such an example): not checked"))
+        elif (folder / RUN_CONFIG_FILE).is_file():
             found += check_folder(folder, tag, timeout)
             checked += 1
         elif tag is not None:
@@ -3683,11 +3708,9 @@ def validate_home(home: Path, timeout: float) -> Tuple[List[Finding], int]:
 def summarize_findings(findings: Sequence[Finding], home: Path, folders: int) -> str:
     problems = sum(1 for f in findings if f.level == "problem")
     notes = len(findings) - problems
+    found = f"{problems} problem{'s' * (problems != 1)}" if problems else "no problems"
     noted = f"{notes} note{'s' * (notes != 1)}, " if notes else ""
-    checked = f"{folders} version folder{'s' * (folders != 1)} checked"
-    if not problems:
-        return f"no problems in {home} ({noted}{checked})"
-    return f"{problems} problem{'s' * (problems != 1)} in {home} ({noted}{checked})"
+    return f"{found} in {home} ({noted}{folders} version folder{'s' * (folders != 1)} checked)"
 
 
 def run_lock_holder(home: Path) -> Optional[int]:
@@ -4074,7 +4097,8 @@ metricsFile = ""
 # "v0.74.0" = "v0.74.0-custom"
 
 [autoInstall]
-# Download the release when its folder does not exist.
+# Download the release when its folder does not exist. Without this key (or this
+# table) auto-install is off, as in the original Visor.
 enabled = true
 repositoryOwner = "vegaprotocol"
 repository = "vega"
@@ -4129,26 +4153,33 @@ DATA_NODE_TEMPLATE = """
 # --- commands ---
 
 def resolve_home(args: argparse.Namespace) -> Path:
+    """--home or $VEGAVISOR_HOME, absolute; `~` is expanded (the shell leaves --home=~/x)."""
     home = args.home or os.environ.get("VEGAVISOR_HOME")
     if not home:
         raise ConfigError(f"{args.command_name}: --home is required (or set VEGAVISOR_HOME)")
-    return Path(os.path.abspath(home))
+    return Path(os.path.abspath(os.path.expanduser(home)))
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    """A new home as the Go Visor's init makes it, without `current`: `run` links it to
+    genesis (SPEC 3.1.11), and the operator docs' `ln -s` keeps working.
+    A folder init cannot write is the operator's choice of --home: exit 2, like a
+    non-empty one (SPEC 2.2), not a failure at run time."""
     home = resolve_home(args)
-    if home.exists() and (not home.is_dir() or any(home.iterdir())):
-        raise ConfigError(f"{home} is not an empty folder; init only creates a new home")
     genesis = home / GENESIS_FOLDER
-    genesis.mkdir(parents=True)
-    write_file_atomically(home / CONFIG_FILE, CONFIG_TEMPLATE)
-    run_config = RUN_CONFIG_TEMPLATE + (DATA_NODE_TEMPLATE if args.with_data_node else "")
-    write_file_atomically(genesis / RUN_CONFIG_FILE, run_config)
-    switch_current(home, genesis)
-    print(f"created {home}: {CONFIG_FILE}, {GENESIS_FOLDER}/{RUN_CONFIG_FILE}, "
-          f"{CURRENT_LINK} -> {GENESIS_FOLDER}")
+    try:
+        if home.exists() and (not home.is_dir() or any(home.iterdir())):
+            raise ConfigError(f"{home} is not an empty folder; init only creates a new home")
+        genesis.mkdir(parents=True)
+        write_file_atomically(home / CONFIG_FILE, CONFIG_TEMPLATE)
+        run_config = RUN_CONFIG_TEMPLATE + (DATA_NODE_TEMPLATE if args.with_data_node else "")
+        write_file_atomically(genesis / RUN_CONFIG_FILE, run_config)
+    except OSError as e:
+        raise ConfigError(f"{e.filename or home}: cannot create the home: {e.strerror}; choose "
+                          f"a folder this user (uid {os.geteuid()}) can write") from None
+    print(f"created {home}: {CONFIG_FILE}, {GENESIS_FOLDER}/{RUN_CONFIG_FILE}")
     print(f"next: put the vega binary in {genesis}, edit {genesis / RUN_CONFIG_FILE}, then "
-          f"run `vegavisor run --home {home}`")
+          f"run `vegavisor run --home {home}` (it links {CURRENT_LINK} to {GENESIS_FOLDER})")
     return EXIT_OK
 
 

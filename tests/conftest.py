@@ -43,6 +43,42 @@ FAST_CONFIG = {
 }
 
 
+# config.toml exactly as the Go Visor's `init` writes it (SPEC 1.2).
+GO_VISOR_CONFIG = """\
+maxNumberOfFirstConnectionRetries = 175000
+maxNumberOfRestartConnectionRetries = 10
+maxNumberOfRestarts = 3
+restartsDelaySeconds = 5
+stopDelaySeconds = 0
+stopSignalTimeoutSeconds = 15
+
+[upgradeFolders]
+  "vX.X.X" = "vX.X.X"
+
+[autoInstall]
+  enabled = true
+  repositoryOwner = "vegaprotocol"
+  repository = "vega"
+  [autoInstall.asset]
+    name = "vega-linux-amd64.zip"
+    binaryName = "vega"
+"""
+
+# The example run-config.toml the Go Visor's `init` writes in genesis/ and vX.X.X/
+# (its ExampleRunConfig: no socket yet, placeholder args, no binary beside it).
+GO_VISOR_EXAMPLE_RUN_CONFIG = """\
+name = "{name}"
+
+[vega]
+  [vega.binary]
+    path = "vega"
+    args = ["arg1", "arg2", "..."]
+  [vega.rpc]
+    socketPath = ""
+    httpPath = ""
+"""
+
+
 def wait_for(condition: Callable[[], object], timeout: float,
              what: "str | Callable[[], str]") -> object:
     """Poll `condition` until it is truthy; fail naming `what` (a callable: described
@@ -56,6 +92,22 @@ def wait_for(condition: Callable[[], object], timeout: float,
             described = what() if callable(what) else what
             raise AssertionError(f"timed out after {timeout}s waiting for {described}")
         time.sleep(0.02)
+
+
+def snapshot(root: Path) -> dict:
+    """Every entry under root (and root): a link's target, a file's bytes, mode and mtime."""
+    import stat
+    entries = {}
+    for path in [root] + sorted(root.rglob("*")):
+        info = os.lstat(path)
+        key = str(path.relative_to(root))
+        if stat.S_ISLNK(info.st_mode):
+            entries[key] = ("link", os.readlink(path))
+        elif stat.S_ISDIR(info.st_mode):
+            entries[key] = ("folder", info.st_mode, info.st_mtime_ns)
+        else:
+            entries[key] = ("file", path.read_bytes(), info.st_mode, info.st_mtime_ns)
+    return entries
 
 
 def toml_value(value: object) -> str:

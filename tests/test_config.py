@@ -1,36 +1,24 @@
 """config.toml and run-config.toml: parsed once into records; bad input exits 2 naming it."""
 from __future__ import annotations
 
+import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 import vegavisor
+from conftest import GO_VISOR_CONFIG
 from conftest import run_vegavisor
 
 CONFIG = Path("/h/config.toml")
 RUN_CONFIG = Path("/h/genesis/run-config.toml")
 
-# A config.toml exactly as the original Go Visor's `init` writes it.
-ORIGINAL_VISOR_CONFIG = """\
-maxNumberOfFirstConnectionRetries = 175000
-maxNumberOfRestartConnectionRetries = 10
-maxNumberOfRestarts = 3
-restartsDelaySeconds = 5
-stopDelaySeconds = 0
-stopSignalTimeoutSeconds = 15
-
-[upgradeFolders]
-  "vX.X.X" = "vX.X.X"
-
-[autoInstall]
-  enabled = true
-  repositoryOwner = "vegaprotocol"
-  repository = "vega"
-  [autoInstall.asset]
-    name = "vega-linux-amd64.zip"
-    binaryName = "vega"
-"""
+ORIGINAL_VISOR_CONFIG = GO_VISOR_CONFIG
 
 ORIGINAL_RUN_CONFIG = """\
 name = "v0.74.0"
@@ -66,7 +54,7 @@ def test_original_visor_config_works_unchanged():
 
 
 @pytest.mark.timeout(10)
-def test_empty_config_takes_every_default():
+def test_empty_config_takes_every_default_and_auto_install_is_off():
     config, warnings = parse("")
     assert warnings == []
     assert config == vegavisor.Config(
@@ -76,7 +64,7 @@ def test_empty_config_takes_every_default():
         restarts_backoff_max=60.0, restarts_reset_after=600.0, metrics_file="",
         upgrade_folders={},
         auto_install=vegavisor.AutoInstallConfig(
-            enabled=True, repository_owner="vegaprotocol", repository="vega",
+            enabled=False, repository_owner="vegaprotocol", repository="vega",
             github_api_url="https://api.github.com", prefetch=True,
             prefetch_retry_delay=30.0, http_timeout=60.0, require_checksum=False,
             checksums={}, asset=vegavisor.AssetConfig("vega-{os}-{arch}.zip", "vega")),
@@ -84,9 +72,22 @@ def test_empty_config_takes_every_default():
     )
 
 
+@pytest.mark.parametrize("text", [
+    pytest.param("", id="no-table"),
+    pytest.param("[autoInstall]\nrepository = 'vega'\n", id="table-without-enabled"),
+    pytest.param("[autoInstall.asset]\nname = 'x.zip'\n", id="only-asset-table"),
+])
 @pytest.mark.timeout(10)
-def test_init_template_parses_to_the_defaults():
-    assert parse(vegavisor.CONFIG_TEMPLATE) == parse("")
+def test_auto_install_is_off_unless_enabled_is_set_as_in_go(text):
+    assert parse(text)[0].auto_install.enabled is False
+
+
+@pytest.mark.timeout(10)
+def test_init_template_parses_to_the_defaults_with_auto_install_on():
+    config, warnings = parse(vegavisor.CONFIG_TEMPLATE)
+    assert warnings == []
+    default = parse("")[0]
+    assert config == default._replace(auto_install=default.auto_install._replace(enabled=True))
 
 
 @pytest.mark.timeout(10)
@@ -116,58 +117,29 @@ def test_unknown_keys_are_warned_with_the_nearest_valid_key(text, expected):
     assert warnings == [f"{CONFIG}: {expected}"]
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    pytest.param("maxNumberOfRestarts = -1",
-                 "maxNumberOfRestarts: expected a whole number >= 0, got -1", id="negative"),
-    pytest.param("maxNumberOfRestarts = 2.5",
-                 "maxNumberOfRestarts: expected a whole number >= 0, got 2.5", id="float-count"),
-    pytest.param("maxNumberOfRestarts = true",
-                 "maxNumberOfRestarts: expected a whole number >= 0, got true", id="bool-count"),
-    pytest.param('restartsDelaySeconds = "5"',
-                 'restartsDelaySeconds: expected a number of seconds, got "5"', id="string"),
-    pytest.param("pollIntervalSeconds = 0",
-                 "pollIntervalSeconds: expected a number of seconds > 0, got 0", id="zero-poll"),
-    pytest.param("stopSignalTimeoutSeconds = inf",
-                 "stopSignalTimeoutSeconds: expected a number of seconds >= 0, got inf",
-                 id="inf"),
-    pytest.param("[autoInstall]\nenabled = 'yes'",
-                 'autoInstall.enabled: expected true or false, got "yes"', id="bool"),
-    pytest.param("autoInstall = 1", "autoInstall must be a table, got 1", id="not-a-table"),
-    pytest.param("[autoInstall]\ngithubApiUrl = 'http://api.example.com'",
-                 "autoInstall.githubApiUrl: 'http://api.example.com' is plain http:// to a "
-                 "host that is not loopback; use https://", id="insecure-url"),
-    pytest.param("[autoInstall]\ngithubApiUrl = 'ftp://x'",
-                 "autoInstall.githubApiUrl: 'ftp://x' is not an https:// URL", id="ftp-url"),
-    pytest.param("[autoInstall.asset]\nname = 'vega-{platform}.zip'",
-                 "autoInstall.asset.name: only {os} and {arch} can be filled in, not {platform}",
-                 id="template"),
-    pytest.param("[autoInstall.asset]\nbinaryName = '../vega'",
-                 "autoInstall.asset.binaryName: expected a folder name inside HOME", id="binary"),
-    pytest.param("[upgradeFolders]\n'v1' = '/etc'",
-                 "upgradeFolders.v1: expected a folder name inside HOME", id="folder-escape"),
-    pytest.param("[autoInstall.checksums]\n'v1' = 'md5:abc'",
-                 "autoInstall.checksums.v1: expected \"sha256:\" followed by 64 hex digits",
-                 id="checksum"),
-    pytest.param("[logging]\nformat = 'xml'",
-                 'logging.format: expected one of "text", "json", got "xml"', id="log-format"),
-])
-@pytest.mark.timeout(10)
-def test_invalid_values_name_the_key_and_the_problem(text, expected):
-    with pytest.raises(vegavisor.ConfigError) as e:
-        parse(text)
-    assert str(e.value).startswith(f"{CONFIG}: {expected}")
-    assert e.value.exit_code == 2
+OLD_ASSETS = "[autoInstall.assets.vega]\nasset_name = 'vega-linux-amd64.zip'\nbinary_name = 'vega'\n"
 
 
 @pytest.mark.timeout(10)
-def test_old_assets_format_says_how_to_rewrite_it():
-    text = "[autoInstall.assets.vega]\nasset_name = 'vega-linux-amd64.zip'\nbinary_name = 'vega'\n"
+def test_old_assets_format_is_refused_while_auto_install_is_on():
     with pytest.raises(vegavisor.ConfigError) as e:
-        parse(text)
+        parse("[autoInstall]\nenabled = true\n" + OLD_ASSETS)
     assert str(e.value) == (
         f"{CONFIG}: [autoInstall.assets] is the old format, which the original Visor ignored "
         'until the upgrade failed; replace it with [autoInstall.asset] '
         'name = "vega-linux-amd64.zip" and binaryName = "vega"')
+
+
+@pytest.mark.parametrize("enabled", ["", "[autoInstall]\nenabled = false\n"],
+                         ids=["enabled-missing", "enabled-false"])
+@pytest.mark.timeout(10)
+def test_old_assets_format_is_a_warning_while_auto_install_is_off(enabled):
+    config, warnings = parse(enabled + OLD_ASSETS)
+    assert config.auto_install.enabled is False
+    assert warnings == [
+        f"{CONFIG}: [autoInstall.assets] is the old format, ignored while auto-install is off; "
+        'replace it with [autoInstall.asset] name = "vega-linux-amd64.zip" and '
+        'binaryName = "vega"']
 
 
 @pytest.mark.timeout(10)
@@ -184,29 +156,235 @@ def test_original_run_config_is_read():
     )
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    pytest.param("", "vega is missing: it says how to run core", id="empty"),
-    pytest.param("name='x'\n[vega.binary]\npath='vega'", "vega.rpc is missing", id="no-rpc"),
-    pytest.param("[vega.binary]\npath='v'\n[vega.rpc]\nsocketPath='/s'\nhttpPath='/r'",
-                 "name is missing", id="no-name"),
-    pytest.param("name='x'\n[vega.rpc]\nsocketPath='/s'\nhttpPath='/r'",
-                 "vega.binary is missing", id="no-binary"),
-    pytest.param("name='x'\n[vega.binary]\npath='v'\nargs='node'\n[vega.rpc]\nsocketPath='/s'"
-                 "\nhttpPath='/r'", 'vega.binary.args: expected an array of strings, got "node"',
-                 id="args-string"),
-    pytest.param("name='x'\n[vega.binary]\npath='v'\n[vega.rpc]\nsocketPath='/s'\nhttpPath='rpc'",
-                 'vega.rpc.httpPath: expected an HTTP path starting with "/"', id="http-path"),
-    pytest.param("name='x'\n[vega.binary]\npath='v'\n[vega.rpc]\nhttpPath='/r'\nsocketPath='/"
-                 + "s" * 120 + "'", "vega.rpc.socketPath: a unix socket path is limited to 107",
-                 id="socket-too-long"),
-    pytest.param("name='x'\n[vega.binary]\npath='v'\n[vega.rpc]\nsocketPath='/s'\nhttpPath='/r'"
-                 "\n[data_node]\npath='v'", "data_node.binary is missing", id="data-node-flat"),
+def run_config_with(rpc: str = "socketPath = '/s'\nhttpPath = '/rpc'",
+                    binary: str = "path = 'vega'") -> str:
+    return f"name = 'x'\n[vega.binary]\n{binary}\n[vega.rpc]\n{rpc}\n"
+
+
+@pytest.mark.parametrize(("http_path", "expected"), [
+    pytest.param("/rpc", "/rpc", id="slash"),
+    pytest.param("rpc", "/rpc", id="no-slash"),
+    pytest.param("admin rpc/é", "/admin rpc/é", id="space-and-non-ascii"),
 ])
 @pytest.mark.timeout(10)
-def test_invalid_run_configs_name_the_key(text, expected):
-    with pytest.raises(vegavisor.ConfigError) as e:
-        vegavisor.parse_run_config(vegavisor.read_toml_text(text), RUN_CONFIG)
-    assert str(e.value).startswith(f"{RUN_CONFIG}: {expected}")
+def test_http_path_gets_a_leading_slash_like_go(http_path, expected):
+    text = run_config_with(f"socketPath = '/s'\nhttpPath = {json.dumps(http_path)}")
+    run_config, _ = vegavisor.parse_run_config(vegavisor.read_toml_text(text), RUN_CONFIG)
+    assert run_config.rpc.http_path == expected
+
+
+@pytest.mark.parametrize("name", ["vega", "bin/vega", "release/bin/vega-1.2"])
+@pytest.mark.timeout(10)
+def test_binary_name_may_name_a_subfolder(name):
+    config, _ = parse(f"[autoInstall.asset]\nbinaryName = {json.dumps(name)}\n")
+    assert config.auto_install.asset.binary_name == name
+
+
+@pytest.mark.parametrize("folder", ["v2", "releases/v2", "a/b/c", "current-old", "x/current"])
+@pytest.mark.timeout(10)
+def test_upgrade_folders_may_name_a_subfolder(folder):
+    config, _ = parse(f"[upgradeFolders]\nv2 = {json.dumps(folder)}\n")
+    assert config.upgrade_folders == {"v2": folder}
+    assert vegavisor.folder_for_tag(Path("/h"), "v2", config.upgrade_folders) == Path("/h", folder)
+
+
+BINARY_NAME_PROBLEM = ("autoInstall.asset.binaryName: expected a path inside the release (not "
+                       "absolute; no '..', '.' or empty part)")
+FOLDER_PROBLEM = ("upgradeFolders.v1: expected a path inside HOME (not absolute; no '..', '.' or "
+                  "empty part, not 'current')")
+
+# Each case: (file, text, the first problem or None). Both the strict parse (`run`) and
+# the check (`validate`) read it; they must agree.
+CASES = {
+    # config.toml: valid
+    "config-empty": ("config", "", None),
+    "config-original-visor": ("config", ORIGINAL_VISOR_CONFIG, None),
+    "config-template": ("config", vegavisor.CONFIG_TEMPLATE, None),
+    "config-unknown-key-only": ("config", "colour = 'blue'", None),
+    "config-old-assets-off": ("config", OLD_ASSETS, None),
+    "config-huge-count": ("config", "maxNumberOfRestarts = 9223372036854775807", None),
+    # config.toml: invalid
+    "negative": ("config", "maxNumberOfRestarts = -1",
+                 "maxNumberOfRestarts: expected a whole number >= 0, got -1"),
+    "float-count": ("config", "maxNumberOfRestarts = 2.5",
+                    "maxNumberOfRestarts: expected a whole number >= 0, got 2.5"),
+    "bool-count": ("config", "maxNumberOfRestarts = true",
+                   "maxNumberOfRestarts: expected a whole number >= 0, got true"),
+    "string-seconds": ("config", 'restartsDelaySeconds = "5"',
+                       'restartsDelaySeconds: expected a number of seconds, got "5"'),
+    "zero-poll": ("config", "pollIntervalSeconds = 0",
+                  "pollIntervalSeconds: expected a number of seconds > 0, got 0"),
+    "inf": ("config", "stopSignalTimeoutSeconds = inf",
+            "stopSignalTimeoutSeconds: expected a number of seconds >= 0 and <= 1e+09, got inf"),
+    "nan": ("config", "stopDelaySeconds = nan",
+            "stopDelaySeconds: expected a number of seconds >= 0 and <= 1e+09, got nan"),
+    "seconds-overflow": ("config", "restartsDelaySeconds = 1e300",
+                         "restartsDelaySeconds: expected a number of seconds >= 0 and <= 1e+09"),
+    "seconds-huge-int": ("config", "restartsDelaySeconds = 9223372036854775807",
+                         "restartsDelaySeconds: expected a number of seconds >= 0 and <= 1e+09"),
+    "bool": ("config", "[autoInstall]\nenabled = 'yes'",
+             'autoInstall.enabled: expected true or false, got "yes"'),
+    "not-a-table": ("config", "autoInstall = 1", "autoInstall must be a table, got 1"),
+    "insecure-url": ("config", "[autoInstall]\ngithubApiUrl = 'http://api.example.com'",
+                     "autoInstall.githubApiUrl: 'http://api.example.com' is plain http:// to a "
+                     "host that is not loopback; use https://"),
+    "ftp-url": ("config", "[autoInstall]\ngithubApiUrl = 'ftp://x'",
+                "autoInstall.githubApiUrl: 'ftp://x' is not an https:// URL"),
+    "owner-with-slash": ("config", "[autoInstall]\nrepositoryOwner = 'a/b'",
+                         "autoInstall.repositoryOwner: expected a GitHub name"),
+    "template": ("config", "[autoInstall.asset]\nname = 'vega-{platform}.zip'",
+                 "autoInstall.asset.name: only {os} and {arch} can be filled in, not {platform}"),
+    "binary-dotdot": ("config", "[autoInstall.asset]\nbinaryName = '../vega'",
+                      BINARY_NAME_PROBLEM + ', got "../vega"'),
+    "binary-absolute": ("config", "[autoInstall.asset]\nbinaryName = '/usr/bin/vega'",
+                        BINARY_NAME_PROBLEM),
+    "binary-empty-part": ("config", "[autoInstall.asset]\nbinaryName = 'bin//vega'",
+                          BINARY_NAME_PROBLEM),
+    "binary-empty": ("config", "[autoInstall.asset]\nbinaryName = ''", BINARY_NAME_PROBLEM),
+    "folder-absolute": ("config", "[upgradeFolders]\n'v1' = '/etc'", FOLDER_PROBLEM),
+    "folder-dotdot": ("config", "[upgradeFolders]\n'v1' = 'a/../../etc'", FOLDER_PROBLEM),
+    "folder-dot": ("config", "[upgradeFolders]\n'v1' = '.'", FOLDER_PROBLEM),
+    "folder-current": ("config", "[upgradeFolders]\n'v1' = 'current'", FOLDER_PROBLEM),
+    "folder-in-current": ("config", "[upgradeFolders]\n'v1' = 'current/v1'", FOLDER_PROBLEM),
+    "folder-not-a-string": ("config", "[upgradeFolders]\n'v1' = 1",
+                            "upgradeFolders.v1: expected a string, got 1"),
+    "checksum": ("config", "[autoInstall.checksums]\n'v1' = 'md5:abc'",
+                 "autoInstall.checksums.v1: expected \"sha256:\" followed by 64 hex digits"),
+    "log-format": ("config", "[logging]\nformat = 'xml'",
+                   'logging.format: expected one of "text", "json", got "xml"'),
+    "metrics-nul": ("config", 'metricsFile = "/a\\u0000b"',
+                    "metricsFile: a NUL character cannot be passed on"),
+    "old-assets-on": ("config", "[autoInstall]\nenabled = true\n" + OLD_ASSETS,
+                      "[autoInstall.assets] is the old format"),
+    "date-in-list": ("config", "[autoInstall.asset]\nname = [1979-05-27]",
+                     'autoInstall.asset.name: expected a string, got ["1979-05-27"]'),
+    # run-config.toml: valid
+    "run-original": ("run", ORIGINAL_RUN_CONFIG, None),
+    "run-http-path-without-slash": ("run", run_config_with("socketPath='/s'\nhttpPath='rpc'"),
+                                    None),
+    "run-unknown-key-only": ("run", run_config_with(binary="path = 'v'\narg = []"), None),
+    # run-config.toml: invalid
+    "run-empty": ("run", "", "vega is missing: it says how to run core"),
+    "run-no-rpc": ("run", "name='x'\n[vega.binary]\npath='vega'",
+                   "vega.rpc is missing: it names core's admin socket"),
+    "run-no-name": ("run", "[vega.binary]\npath='v'\n[vega.rpc]\nsocketPath='/s'\nhttpPath='/r'",
+                    "name is missing"),
+    "run-no-binary": ("run", "name='x'\n[vega.rpc]\nsocketPath='/s'\nhttpPath='/r'",
+                      "vega.binary is missing"),
+    "run-no-path": ("run", run_config_with(binary="args = []"), "vega.binary.path is missing"),
+    "run-args-string": ("run", run_config_with(binary="path='v'\nargs='node'"),
+                        'vega.binary.args: expected an array of strings, got "node"'),
+    "run-args-nul": ("run", run_config_with(binary="path='v'\nargs=[\"a\\u0000\"]"),
+                     "vega.binary.args: a NUL character cannot be passed on"),
+    "run-http-path-empty": ("run", run_config_with("socketPath='/s'\nhttpPath=''"),
+                            "vega.rpc.httpPath: must not be empty"),
+    "run-http-path-number": ("run", run_config_with("socketPath='/s'\nhttpPath=8"),
+                             "vega.rpc.httpPath: expected a string, got 8"),
+    "run-socket-too-long": ("run", run_config_with("httpPath='/r'\nsocketPath='/" + "s" * 120
+                                                   + "'"),
+                            "vega.rpc.socketPath: a unix socket path is limited to 107"),
+    "run-rpc-not-a-table": ("run", "name='x'\n[vega]\nrpc = 5\n[vega.binary]\npath='v'",
+                            "vega.rpc must be a table, got 5"),
+    "run-data-node-flat": ("run", run_config_with() + "[data_node]\npath='v'",
+                           "data_node.binary is missing"),
+    "run-data-node-not-a-table": ("run", "data_node = 'vega'\n" + run_config_with(),
+                                  'data_node must be a table, got "vega"'),
+}
+PARSERS = {"config": (vegavisor.parse_config, vegavisor.check_config, CONFIG),
+           "run": (vegavisor.parse_run_config, vegavisor.check_run_config, RUN_CONFIG)}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.timeout(10)
+def test_run_and_validate_agree_on_every_case(case):
+    kind, text, expected = CASES[case]
+    parse_file, check_file, path = PARSERS[kind]
+    doc = vegavisor.read_toml_text(text)
+    record, findings = check_file(doc, path)
+    if expected is None:
+        parsed, warnings = parse_file(doc, path)
+        assert record == parsed
+        assert findings == [vegavisor.Finding("problem", w) for w in warnings]
+    else:
+        with pytest.raises(vegavisor.ConfigError) as e:
+            parse_file(doc, path)
+        assert e.value.exit_code == 2
+        assert str(e.value).startswith(f"{path}: {expected}")
+        assert findings[0] == vegavisor.Finding("problem", str(e.value))
+
+
+@pytest.mark.timeout(10)
+def test_check_reports_every_bad_key_where_parse_stops_at_the_first():
+    doc = vegavisor.read_toml_text(
+        "maxNumberOfRestarts = -1\npollIntervalSeconds = 0\ncolour = 1\n"
+        "[autoInstall]\nenabled = 'no'\n[autoInstall.asset]\nbinaryName = '/x'\n")
+    _, findings = vegavisor.check_config(doc, CONFIG)
+    assert [f.text.split(": ")[1].split(" ")[0] for f in findings] == [
+        "maxNumberOfRestarts", "pollIntervalSeconds", "autoInstall.enabled",
+        "autoInstall.asset.binaryName", "unknown"]
+
+
+@pytest.mark.timeout(10)
+def test_changed_keys_are_named_as_in_config_toml():
+    old, _ = parse(ORIGINAL_VISOR_CONFIG)
+    new, _ = parse(ORIGINAL_VISOR_CONFIG.replace("restartsDelaySeconds = 5",
+                                                 "restartsDelaySeconds = 7")
+                   .replace("enabled = true", "enabled = false")
+                   .replace('"vX.X.X" = "vX.X.X"', '"v2" = "releases/v2"')
+                   + "[logging]\nlevel = 'debug'\n")
+    assert vegavisor.changed_keys(old, new) == [
+        "restartsDelaySeconds", "upgradeFolders", "autoInstall.enabled", "logging.level"]
+    assert vegavisor.changed_keys(old, old) == []
+
+
+# --- any value at any key: a record or one line, never a traceback (SPEC 3.1.7) ---
+
+def key_paths(table, where=()):
+    for field in table.fields:
+        if isinstance(field, vegavisor.Table):
+            yield where + (field.name,)
+            yield from key_paths(field, where + (field.name,))
+        else:
+            yield where + (field.name,)
+
+
+CONFIG_PATHS = sorted(key_paths(vegavisor.CONFIG_SCHEMA)) + [("upgradeFolders", "v1"),
+                                                             ("autoInstall", "checksums", "v1")]
+RUN_CONFIG_PATHS = sorted(key_paths(vegavisor.RUN_CONFIG_SCHEMA))
+toml_scalars = (st.booleans() | st.integers() | st.floats() | st.text(max_size=200)
+                | st.datetimes() | st.dates() | st.times())
+toml_values = st.recursive(toml_scalars, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+                           max_leaves=10)
+
+
+def put(doc: dict, path, value) -> dict:
+    table = doc
+    for name in path[:-1]:
+        if not isinstance(table.get(name), dict):
+            table[name] = {}
+        table = table[name]
+    table[path[-1]] = value
+    return doc
+
+
+@pytest.mark.timeout(120)
+@settings(max_examples=int(os.environ.get("CONFIG_EXAMPLES", "300")), deadline=None)
+@given(kind=st.sampled_from(["config", "run"]), data=st.data(), value=toml_values)
+def test_any_value_at_any_key_is_a_record_or_one_line(kind, data, value):
+    parse_file, check_file, path = PARSERS[kind]
+    base = ORIGINAL_VISOR_CONFIG if kind == "config" else ORIGINAL_RUN_CONFIG
+    key = data.draw(st.sampled_from(CONFIG_PATHS if kind == "config" else RUN_CONFIG_PATHS))
+    doc = put(vegavisor.read_toml_text(base), key, value)
+    _, findings = check_file(doc, path)
+    try:
+        parse_file(doc, path)
+    except vegavisor.ConfigError as e:
+        assert "\n" not in str(e)
+        assert findings[0].text == str(e)
+    else:
+        assert all(f.text.startswith(f"{path}: unknown key") or "old format" in f.text
+                   for f in findings)
 
 
 # --- through the real command line ---
@@ -216,7 +394,7 @@ def test_invalid_run_configs_name_the_key(text, expected):
                  r"config\.toml: maxNumberOfRestarts: expected a whole number >= 0, got \"three\"",
                  id="bad-type"),
     pytest.param("a = 1\nb = \n", r"config\.toml: line 2, column 5: ", id="toml-syntax"),
-    pytest.param("[autoInstall.assets.vega]\nasset_name = 'x.zip'\n",
+    pytest.param("[autoInstall]\nenabled = true\n[autoInstall.assets.vega]\nasset_name = 'x'\n",
                  r"\[autoInstall\.assets\] is the old format", id="old-format"),
     pytest.param(b"\xff\xfe".decode("latin-1"), r"config\.toml: not UTF-8 text", id="not-utf8"),
 ])
@@ -251,3 +429,19 @@ def test_run_without_config_says_how_to_make_one(short_tmp):
     assert done.returncode == 2
     assert done.stderr == (f"vegavisor: error: {short_tmp}/config.toml does not exist; "
                            f"create it with `vegavisor init --home {short_tmp}`\n")
+
+
+@pytest.mark.timeout(30)
+def test_run_warns_of_run_config_typos_with_validates_did_you_mean(home, start_visor):
+    home.install_version("genesis", "v1")
+    path = home.path / "genesis" / "run-config.toml"
+    path.write_text(path.read_text().replace("args = ", "arg = []\nargs = "))
+    expected = (f"unknown key vega.binary.arg is ignored (did you mean vega.binary.args?)")
+    visor = start_visor()
+    visor.wait_log("run-config warning")
+    visor.signal(signal.SIGTERM)
+    assert visor.wait_exit() == 0
+    [warning] = [line for line in visor.log().splitlines() if "run-config warning" in line]
+    assert f"{path}: {expected}" in warning
+    done = run_vegavisor(["validate", "--home", str(home.path)])
+    assert f"problem: {path}: {expected}" in done.stdout.splitlines()

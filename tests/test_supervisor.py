@@ -231,7 +231,6 @@ def test_only_one_run_per_home(home, start_visor):
 @pytest.mark.timeout(60)
 def test_dangling_current_points_back_at_genesis(home, start_visor):
     home.install_version("genesis", "v1", BLOCKS)
-    os.remove(home.path / "current")
     os.symlink("v9-gone", home.path / "current")
     visor = start_visor()
     visor.wait_log("current points at genesis")
@@ -244,7 +243,6 @@ def test_dangling_current_points_back_at_genesis(home, start_visor):
 @pytest.mark.timeout(60)
 def test_current_that_is_a_real_folder_is_refused_not_deleted(home, start_visor):
     home.install_version("genesis", "v1", BLOCKS)
-    os.remove(home.path / "current")
     (home.path / "current").mkdir()
     (home.path / "current" / "keep.txt").write_text("operator data")
     visor = start_visor()

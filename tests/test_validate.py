@@ -5,12 +5,17 @@ import os
 import re
 import shutil
 import stat
+import sys
 
 import pytest
 
+import vegavisor
+from conftest import GO_VISOR_CONFIG
+from conftest import GO_VISOR_EXAMPLE_RUN_CONFIG
+from conftest import Home
 from conftest import run_vegavisor
 from conftest import set_table
-from test_status import snapshot
+from conftest import snapshot
 
 
 def validate(home):
@@ -29,8 +34,10 @@ def notes(done):
 
 @pytest.fixture
 def good(home):
-    """An init-made home whose genesis holds a fake core reporting v1."""
+    """An init-made home whose genesis holds a fake core reporting v1, `current` linked to
+    genesis by hand as the operator docs say."""
     home.install_version("genesis", "v1")
+    os.symlink("genesis", home.path / "current")
     return home
 
 
@@ -116,12 +123,11 @@ BREAKAGES = {
         r"config\.toml does not exist; create it with `vegavisor init --home "),
     "upgrade-folder-named-current": (
         lambda h: set_table(h, "upgradeFolders", v2="current"),
-        r"config\.toml: upgradeFolders\.v2: expected a folder name inside HOME \(no '/', "
-        r"not '\.', '\.\.' or 'current'\)"),
+        r"config\.toml: upgradeFolders\.v2: expected a path inside HOME \(not absolute; no "
+        r"'\.\.', '\.' or empty part, not 'current'\)"),
     "run-config-bad-http-path": (
-        lambda h: edit_run_config(h, "genesis", 'httpPath = "/rpc"', 'httpPath = "rpc"'),
-        r'genesis/run-config\.toml: vega\.rpc\.httpPath: expected an HTTP path starting '
-        r'with "/"'),
+        lambda h: edit_run_config(h, "genesis", 'httpPath = "/rpc"', 'httpPath = ""'),
+        r'genesis/run-config\.toml: vega\.rpc\.httpPath: must not be empty, got ""$'),
     "run-config-rpc-not-a-table": (
         lambda h: h.path.joinpath("genesis", "run-config.toml").write_text(re.sub(
             r"\[vega\.rpc\][^[]*", "[vega]\nrpc = 5\n",
@@ -198,9 +204,19 @@ BREAKAGES = {
     "current-a-real-folder": (
         lambda h: (h.path.joinpath("current").unlink(), h.path.joinpath("current").mkdir()),
         r"/current is a real folder, not a link: `vegavisor run` refuses to start"),
-    "current-missing": (
-        lambda h: h.path.joinpath("current").unlink(),
-        r"/current does not exist; `vegavisor run` will point it at genesis$"),
+    "mapped-subfolder-holds-another-release": (
+        lambda h: (set_table(h, "upgradeFolders", v2="releases/v2"),
+                   h.install_version("releases/v2", "v3")),
+        r"releases/v2/run-config\.toml: vega\.binary\.path: the binary reports version v3, but "
+        r"this folder is for release v2"),
+    "metrics-folder-missing": (
+        lambda h: h.set_config(metricsFile=str(h.root / "nowhere" / "vegavisor.prom")),
+        r'config\.toml: metricsFile = "\S+/nowhere/vegavisor\.prom": \S+/nowhere is not a '
+        r'folder; create it or change metricsFile$'),
+    "current-missing-and-no-genesis": (
+        lambda h: (h.path.joinpath("current").unlink(),
+                   h.path.joinpath("genesis", "run-config.toml").rename(h.path / "rc.bak")),
+        r"/current does not exist; \S+/genesis/run-config\.toml does not exist either"),
 }
 
 
@@ -256,11 +272,89 @@ def test_a_binary_without_exec_bits_is_a_note_and_keeps_its_mode(good):
     assert done.returncode == 0, done.stdout
     [line] = notes(done)
     assert line == (f"note: {good.path}/genesis/run-config.toml: vega.binary.path: {binary} is "
-                    f"not executable: vegavisor adds the exec bits when it starts it; its version "
-                    f"was not checked")
+                    f"not executable: vegavisor adds the exec bits when it starts it")
     assert stat.S_IMODE(binary.stat().st_mode) == 0o644, "validate never chmods"
     assert done.stdout.splitlines()[-1] == (
         f"no problems in {good.path} (1 note, 1 version folder checked)")
+
+
+@pytest.mark.timeout(30)
+def test_a_home_made_by_the_go_visors_init_passes_with_notes(short_tmp):
+    home = Home(short_tmp)
+    home.path.mkdir()
+    (home.path / "config.toml").write_text(GO_VISOR_CONFIG)
+    home.install_version("genesis", "v1")  # filled in by the operator, as the docs say
+    (home.path / "vX.X.X").mkdir()
+    (home.path / "vX.X.X" / "run-config.toml").write_text(
+        GO_VISOR_EXAMPLE_RUN_CONFIG.format(name="vX.X.X"))
+    done = validate(home)
+    assert done.stdout == (
+        f"note: {home.path}/current does not exist; `vegavisor run` will point it at genesis\n"
+        f"note: {home.path}/vX.X.X is for 'vX.X.X', which is not a release tag (the Go Visor's "
+        f"init writes such an example): not checked\n"
+        f"no problems in {home.path} (2 notes, 1 version folder checked)\n")
+    assert done.returncode == 0
+
+
+def run_as_nobody(argv):
+    """vegavisor.main(argv) in a child running as nobody; (exit code, stdout)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        code = 99
+        try:
+            os.close(read_end)
+            sys.stdout = os.fdopen(write_end, "w")
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            code = vegavisor.main(argv)
+            sys.stdout.flush()
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as out:
+        text = out.read()
+    return os.waitpid(pid, 0)[1] >> 8, text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a file another user owns")
+@pytest.mark.timeout(30)
+def test_a_binary_nobody_can_make_executable_is_a_problem_saying_what_to_do(good):
+    binary = good.path / "genesis" / "vega"
+    binary.chmod(0o644)  # root's, and not executable: only root can add the bits
+    good.root.chmod(0o755)
+    code, out = run_as_nobody(["validate", "--home", str(good.path)])
+    assert code == 1, out
+    assert (f"problem: {good.path}/genesis/run-config.toml: vega.binary.path: {binary} is not "
+            f"executable, and vegavisor (uid 65534) cannot add its exec bits: it belongs to uid "
+            f"0; run chmod +x {binary} as its owner") in out.splitlines()
+    assert (f"problem: {good.path} is not writable by uid 65534: `vegavisor run` keeps its lock, "
+            f"state files and the current link there; give the home to the user that runs "
+            f"vegavisor (chown -R)") in out.splitlines()
+
+
+# --- the checks `run` makes at start-up: the same functions, without running binaries ---
+
+def quick_checks(home):
+    config, _ = vegavisor.load_config(home.path)
+    run_config, _ = vegavisor.load_run_config(home.path / "genesis")
+    return [f"{f.level}: {f.text}" for f in
+            vegavisor.quick_checks(home.path, config, home.path / "genesis", run_config)]
+
+
+@pytest.mark.parametrize("breakage", ["binary-missing", "binary-not-a-regular-file",
+                                      "socket-differs-from-core-config",
+                                      "http-path-differs-from-core-config",
+                                      "metrics-folder-missing"])
+@pytest.mark.timeout(30)
+def test_quick_checks_find_what_validate_finds_without_running_anything(breakage, good):
+    assert quick_checks(good) == []
+    breaks, expected = BREAKAGES[breakage]
+    breaks(good)
+    [line] = quick_checks(good)
+    assert line.startswith("problem: ") and re.search(expected, line), line
+    assert line in problems(validate(good))
 
 
 @pytest.mark.timeout(30)
