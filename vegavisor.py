@@ -99,6 +99,8 @@ PR_SET_PDEATHSIG = 1
 # A cancelled install's thread ends within this (its socket is shut down); past it,
 # visor goes on and the next run removes the staging folder the thread left.
 INSTALL_STOP_WAIT_SECONDS = 5.0
+# `status` asks current's binary its version; a binary that takes longer is reported.
+STATUS_VERSION_TIMEOUT_SECONDS = 5.0
 # After SIGKILL a process is gone within milliseconds unless stuck in the kernel.
 LEFTOVER_KILL_WAIT_SECONDS = 5.0
 # Set in each child's environment to a fresh value recorded before the fork: a visor
@@ -2542,29 +2544,6 @@ def format_metrics(facts: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# TEMPORARY (lead): replaced by the config helper's versions at merge.
-def changed_keys(old: Config, new: Config) -> List[str]:
-    tables = ((CONFIG_KEYS, "", lambda c: c), (AUTO_INSTALL_KEYS, "autoInstall.",
-              lambda c: c.auto_install), (ASSET_KEYS, "autoInstall.asset.",
-              lambda c: c.auto_install.asset), (LOGGING_KEYS, "logging.", lambda c: c.logging))
-    changed = [prefix + key.name for keys, prefix, part in tables for key in keys
-               if getattr(part(old), key.attr) != getattr(part(new), key.attr)]
-    changed += ["upgradeFolders"] if old.upgrade_folders != new.upgrade_folders else []
-    changed += ["autoInstall.checksums"] \
-        if old.auto_install.checksums != new.auto_install.checksums else []
-    return changed
-
-
-def quick_checks(home: Path, config: Config, folder: Path,
-                 run_config: RunConfig) -> List[Finding]:
-    found = check_core_admin_config(folder / RUN_CONFIG_FILE, run_config.vega.args,
-                                    run_config.rpc)
-    for where in [home] + ([Path(config.metrics_file).parent] if config.metrics_file else []):
-        if not os.access(where, os.W_OK | os.X_OK):
-            found.append(_problem(f"{where} is not writable by this user (uid {os.getuid()})"))
-    return [f for f in found if f.level == "problem"]
-
-
 # --- supervisor: reporting ---
 
 class Reporter:
@@ -3750,6 +3729,7 @@ class StatusReport(NamedTuple):
     prefetch: Optional[PrefetchState]
     journal: Optional[Journal]
     problems: List[str]
+    current_version: Optional[str] = None  # what current's core binary says it is
 
     @property
     def running(self) -> bool:
@@ -3881,8 +3861,15 @@ def collect_status(home: Path, request_id: int) -> StatusReport:
         problems += [f"{problem}; `vegavisor run` rewrites it"] if problem else []
         records.append(record)
     node = ask_node(run_config.rpc if run_config else None, config.rpc_timeout, request_id)
+    version = None
+    if current.usable and run_config is not None:
+        try:
+            version = query_version(resolve_binary(current.link, run_config.vega),
+                                    STATUS_VERSION_TIMEOUT_SECONDS)
+        except VisorError as e:
+            problems.append(f"current: {e}")
     report = StatusReport(home, current, run_config, describe_installed(home), node, holder,
-                          records[0], records[1], records[2], problems)
+                          records[0], records[1], records[2], problems, version)
     report.problems.extend(status_problems(report, config))
     return report
 
@@ -3941,7 +3928,7 @@ def status_json(report: StatusReport) -> Dict[str, Any]:
         "current": None if current.kind == "missing" else {
             "folder": str(current.folder), "name": report.current_config.name
             if current.usable and report.current_config else None,
-            "error": current.problem or None},
+            "version": report.current_version, "error": current.problem or None},
         "installed": report.installed,
         "node": report.node,
         "run": run_json(report),
@@ -3984,7 +3971,9 @@ def _current_words(current: Optional[Dict[str, Any]]) -> str:
         return "missing (see problems)"
     if current["error"]:
         return f"{current['folder']} (broken: see problems)"
-    return f"{current['name']} in {current['folder']}"
+    said = current["version"] or "version unknown"
+    return f"{current['folder']}: {current['name']}" + (
+        f" (its binary says {said})" if said != current["name"] else "")
 
 
 def _installed_words(installed: List[Dict[str, Any]], current: Optional[Dict[str, Any]]) -> str:

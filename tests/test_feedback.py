@@ -1,0 +1,203 @@
+"""SPEC 3.2 through the command line: an operator's mistakes are named within seconds,
+in one line that says what to do, and never as a traceback."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import VEGAVISOR
+from conftest import run_vegavisor
+from conftest import set_table
+from conftest import wait_for
+
+BLOCKS = ["--block-interval", "0.05"]
+AS_NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(),
+                                reason="runs vegavisor as nobody with setpriv")
+
+
+def status(home) -> dict:
+    done = run_vegavisor(["status", "--home", str(home.path), "--output", "json"])
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    return json.loads(done.stdout)
+
+
+def write_core_config(home, socket: str) -> Path:
+    core_home = home.root / "core-home"
+    path = core_home / "config" / "node" / "config.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text(f'[Admin]\n  [Admin.Server]\n    SocketPath = "{socket}"\n'
+                    f'    HTTPPath = "/rpc"\n')
+    return core_home
+
+
+@pytest.mark.timeout(60)
+def test_a_socket_path_that_differs_from_cores_own_is_named_at_start(home, start_visor):
+    core_home = write_core_config(home, str(home.root / "other.sock"))
+    home.install_version("genesis", "v1", ["--home", str(core_home)] + BLOCKS)
+    visor = start_visor()
+    line = visor.wait_log(r"ERROR start-up check .*", timeout=10).group(0)
+    assert f"vega.rpc.socketPath = \"{home.socket}\"" in line
+    assert "[Admin.Server] SocketPath" in line and "make them the same" in line
+    visor.signal(signal.SIGTERM)
+    assert visor.wait_exit() == 0
+    assert "Traceback" not in visor.log()
+
+
+@pytest.mark.timeout(60)
+def test_a_core_that_never_answers_is_warned_about_within_ten_seconds(home, start_visor):
+    home.install_version("genesis", "v1", BLOCKS)
+    # the run-config names a socket core never opens
+    path = home.path / "genesis" / "run-config.toml"
+    path.write_text(path.read_text().replace(home.socket, str(home.root / "wrong.sock")))
+    visor = start_visor()
+    line = visor.wait_log(r"WARN  core has not answered yet .*", timeout=15).group(0)
+    assert f"socket={home.root}/wrong.sock waited=10" in line
+    report = status(home)
+    assert "has not answered for 10s" in report["run"]["waiting"]
+    assert any("has not answered for 10s" in p for p in report["problems"])
+    visor.signal(signal.SIGTERM)
+    assert visor.wait_exit() == 0
+
+
+@needs_root
+@pytest.mark.timeout(60)
+def test_run_as_another_user_on_a_root_owned_home_says_whose_it_is(home):
+    home.install_version("genesis", "v1", BLOCKS)
+    os.chmod(home.root, 0o755)
+    done = subprocess.run(list(AS_NOBODY) + [sys.executable, str(VEGAVISOR), "run", "--home",
+                                             str(home.path)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr == (f"vegavisor: error: {home.path} is not writable by user nobody "
+                           f"(uid {65534}); vegavisor keeps its lock, state and staging folders "
+                           f"there: `chown -R nobody {home.path}` or run as its owner\n")
+
+
+@needs_root
+@pytest.mark.timeout(60)
+def test_a_root_owned_binary_without_exec_bits_is_one_line(home):
+    home.install_version("genesis", "v1", BLOCKS)
+    binary = home.path / "genesis" / "vega"
+    os.chmod(binary, 0o644)
+    for path in [home.root, home.path] + list(home.path.rglob("*")):
+        if path != binary:
+            os.chown(path, 65534, 65534)
+    done = subprocess.run(list(AS_NOBODY) + [sys.executable, str(VEGAVISOR), "run", "--home",
+                                             str(home.path)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+    assert done.returncode == 1, done.stdout + done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert f"binary {home.path}/current/vega is not executable and cannot be made so " \
+           f"(Operation not permitted); run `chmod +x {home.path}/current/vega` as its owner" \
+        in last
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_status_answers_with_a_broken_config_and_a_healthy_node(home, start_visor):
+    home.install_version("genesis", "v1", BLOCKS)
+    visor = start_visor()
+    visor.wait_log("admin socket answering")
+    (home.path / "config.toml").write_text("pollIntervalSeconds = [\n")
+    report = status(home)
+    assert report["node"]["reachable"] is True
+    assert report["run"]["running"] is True
+    assert report["problems"][0].startswith(f"config: {home.path}/config.toml: line 1")
+    visor.signal(signal.SIGTERM)
+    assert visor.wait_exit() == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["sigterm", "gave-up", "kill-9"])
+def test_status_says_how_run_ended_and_since_when(home, start_visor, how):
+    home.install_version("genesis", "v1", BLOCKS + (["--crash-at-height", "4"]
+                                                   if how == "gave-up" else []))
+    home.set_config(maxNumberOfRestarts=0)
+    visor = start_visor()
+    visor.wait_log("started role=core")
+    if how == "sigterm":
+        visor.wait_log("admin socket answering")
+        visor.signal(signal.SIGTERM)
+    elif how == "kill-9":
+        visor.wait_log("admin socket answering")
+        visor.signal(signal.SIGKILL)
+    visor.wait_exit()
+    run = status(home)["run"]
+    assert run["running"] is False and run["endedAt"]
+    expected = {"sigterm": "stopped by SIGTERM", "gave-up": "gave up: core ",
+                "kill-9": "died without a word"}[how]
+    assert run["ended"].startswith(expected), run
+    state = json.loads((home.path / ".run-state.json").read_text())
+    assert state["phase"] == {"sigterm": "stopped", "gave-up": "failed",
+                              "kill-9": "running"}[how]
+    text = run_vegavisor(["status", "--home", str(home.path)]).stdout
+    assert f"vegavisor  not running since {run['endedAt']}: {expected}" in text
+
+
+@pytest.mark.timeout(60)
+def test_children_do_not_inherit_the_github_token(home, start_visor):
+    home.install_version("genesis", "v1", BLOCKS)
+    visor = start_visor(env=dict(os.environ, GITHUB_TOKEN="ghp_not_for_core"))
+    pid = int(visor.wait_log(r"started role=core pid=(\d+)").group(1))
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert b"GITHUB_TOKEN" not in environ and b"VEGAVISOR_CHILD=" in environ
+    visor.signal(signal.SIGTERM)
+    assert visor.wait_exit() == 0
+
+
+@pytest.mark.timeout(60)
+def test_children_run_as_home_current_so_pgrep_finds_them(home, start_visor):
+    home.install_version("genesis", "v1", BLOCKS)
+    visor = start_visor()
+    visor.wait_log("admin socket answering")
+    found = subprocess.run(["pgrep", "-f", f"{home.path}/current/vega node"],
+                           stdout=subprocess.PIPE, text=True)
+    assert len(found.stdout.split()) == 1
+    visor.signal(signal.SIGTERM)
+    assert visor.wait_exit() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_closed_stdout_and_stderr_do_not_stop_run(home):
+    home.install_version("genesis", "v1", BLOCKS)
+    read, write = os.pipe()
+    proc = subprocess.Popen([sys.executable, str(VEGAVISOR), "run", "--home", str(home.path)],
+                            stdout=write, stderr=write)
+    os.close(write)
+    os.read(read, 100)  # it started logging
+    os.close(read)  # nobody reads its output any more
+    wait_for(lambda: home.records("rpc"), 10, "admin polls")
+    polls = len(home.records("rpc"))
+    wait_for(lambda: len(home.records("rpc")) > polls + 3, 10, "polls after the pipe closed")
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+
+
+@pytest.mark.timeout(60)
+def test_json_logs_use_vegas_keys(home, start_visor):
+    home.install_version("genesis", "v1", BLOCKS)
+    set_table(home, "logging", format="json")
+    visor = start_visor()
+    visor.wait_log('"M": "admin socket answering"')
+    visor.signal(signal.SIGTERM)
+    assert visor.wait_exit() == 0
+    records = [json.loads(line) for line in visor.log().splitlines() if line.startswith("{")]
+    assert records and all({"T", "L", "N", "M"} <= set(r) for r in records)
+    assert {r["N"] for r in records} == {"vegavisor"}
+
+
+def test_version_flag_and_a_tilde_home(tmp_path):
+    done = run_vegavisor(["--version"])
+    assert (done.returncode, done.stdout.startswith("vegavisor ")) == (0, True)
+    env = dict(os.environ, HOME=str(tmp_path))
+    done = run_vegavisor(["init", "--home=~/vv"], env=env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "vv" / "config.toml").is_file() and not Path("~").exists()
