@@ -223,7 +223,7 @@ FAILURES = [
         r"the asset's vega reports version v3, not v2", id="wrong-version"),
     pytest.param(lambda gh, z: gh.add_release("v2", {host_asset_name(): zip_with(
         [(hostile("vega-binary", 0o100755), b"#!/bin/sh\n")])}),
-        r"the asset holds no vega at its root \(it holds: vega-binary\)", id="no-binary"),
+        r"the asset holds no vega \(its top level holds: vega-binary\)", id="no-binary"),
 ]
 
 
