@@ -1865,7 +1865,7 @@ class NetworkStep:
         self.cancel.raise_if_set(tag)
         if self.expired:
             raise InstallError(f"the {self.what} did not finish within its deadline of "
-                               f"{self.seconds:g}s ({redact_url(self.url)})")
+                               f"{round(self.seconds, 1):g}s ({redact_url(self.url)})")
 
 
 def shut_down(sock: socket.socket) -> None:
@@ -1932,13 +1932,16 @@ class GitHub:
             # Unredirected: the token must not follow a redirect to the storage host.
             request.add_unredirected_header("Authorization", f"Bearer {self._token}")
         try:
-            return self._opener.open(request, timeout=self.timeout)
+            response = self._opener.open(request, timeout=self.timeout)
         except urllib.error.HTTPError as e:
             e.close()
             raise self.http_error(url, e) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", e)
             raise InstallError(f"{redact_url(url)}: {reason}") from None
+        if self._step is not None:
+            self._step.url = response.geturl()  # where a redirect led: that is what stalls
+        return response
 
     def http_error(self, url: str, error: Any) -> InstallError:
         limited, wait = rate_limit_reset(error.code, error.headers, time.time())

@@ -140,7 +140,7 @@ class Release:
     created_at: str
     assets: Tuple[Asset, ...]
     embed_assets: Optional[int]  # the release JSON embeds only this many; None = all
-    odd_assets: Tuple[Dict[str, Any], ...] = ()  # raw asset objects served as they are
+    odd_assets: Tuple[Any, ...] = ()  # raw asset objects (any JSON) served as they are
 
 
 class Request(NamedTuple):
@@ -398,7 +398,7 @@ def release_json(site: _Site, release: Release, downloads: Mapping[int, int]) ->
 def assets_json(site: _Site, release: Release, downloads: Mapping[int, int]) -> List[Any]:
     """The release's assets as GitHub lists them, then its odd ones as they were given."""
     listed = [asset_json(site, release, a, downloads.get(a.id, 0)) for a in release.assets]
-    return listed + [dict(odd) for odd in release.odd_assets]
+    return listed + list(release.odd_assets)
 
 
 # --- routes ---
@@ -525,7 +525,7 @@ class FakeGitHub:
         draft: bool = False,
         prerelease: bool = False,
         embed_assets: Optional[int] = None,
-        odd_assets: Sequence[Mapping[str, Any]] = (),
+        odd_assets: Sequence[Any] = (),
     ) -> Release:
         """Add a release, newer than every one added before, and return it.
 
@@ -548,7 +548,7 @@ class FakeGitHub:
             )
             release = Release(
                 self._take_id(0), tag, draft, prerelease, created_at, records, embed_assets,
-                tuple(dict(odd) for odd in odd_assets),
+                tuple(odd_assets),
             )
             self._releases.append(release)
         return release
