@@ -578,6 +578,12 @@ class FakeGitHub:
         with self._lock:
             return [request for _, request in sorted(self._requests)]
 
+    @property
+    def connections(self) -> int:
+        """Connections open now: a stalled request shows here, not yet in `requests`."""
+        with self._lock:
+            return len(self._connections)
+
     def wait_for_requests(
         self, pattern: str = "", count: int = 1, timeout: float = 5.0
     ) -> List[Request]:
