@@ -1665,11 +1665,7 @@ def tag_problem(tag: str) -> Optional[str]:
             or not tag.isprintable() or re.search(r"[/\\]", tag):
         return (f"release tag {tag[:MAX_TAG_LENGTH]!r} is not a plain name (1 to "
                 f"{MAX_TAG_LENGTH} printable characters, no '/', not starting with '.')")
-    try:
-        tag.encode("utf-8")
-    except UnicodeEncodeError:
-        return f"release tag {tag!r} is not valid UTF-8"
-    return None
+    return None  # printable: no control characters, no lone surrogates (not UTF-8)
 
 
 def binary_name_problem(name: str) -> Optional[str]:
@@ -1824,41 +1820,26 @@ def checked_redirects() -> Any:
 class NetworkStep:
     """One network step (release lookup, asset listing, download) under an overall
     deadline (SPEC 3.3.5): when it passes, or the install is cancelled, the step's
-    connections are shut down, so no read waits on a server that trickles or stalls."""
+    connection is shut down, so no read waits on a server that trickles or stalls."""
 
     def __init__(self, what: str, seconds: float, cancel: Cancellation) -> None:
-        self.what, self.seconds, self.cancel, self.url = what, seconds, cancel, ""
-        self.expired = False
-        self._lock = threading.Lock()
-        self._sockets: List[socket.socket] = []
-        self._timer = threading.Timer(seconds, self.expire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> NetworkStep:
-        self._timer.start()
-        self.cancel.on_cancel(self.shut_all)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._timer.cancel()
-        with self._lock:
-            self._sockets = []
+        self.what, self.seconds, self.cancel = what, seconds, cancel
+        self.url, self.sock, self.expired = "", None, False
+        self.timer = threading.Timer(seconds, self.expire)
+        self.timer.daemon = True
 
     def expire(self) -> None:
         self.expired = True
-        self.shut_all()
+        self.shut()
 
     def track(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.append(sock)
+        self.sock = sock
         if self.expired or self.cancel.is_set():
-            shut_down(sock)
+            self.shut()
 
-    def shut_all(self) -> None:
-        with self._lock:
-            sockets = list(self._sockets)
-        for sock in sockets:
-            shut_down(sock)
+    def shut(self) -> None:
+        if self.sock is not None:
+            shut_down(self.sock)
 
     def check(self, tag: str) -> None:
         """Say why the step ended early: cancelled, or past its deadline."""
@@ -1905,14 +1886,16 @@ class GitHub:
         import http.client
         self.cancel.raise_if_set(self.tag)
         step = self._step = NetworkStep(what, seconds, self.cancel)
+        step.timer.start()
+        self.cancel.on_cancel(step.shut)
         try:
-            with step:
-                yield step
+            yield step
         except (VisorError, OSError, ValueError, http.client.HTTPException):
             step.check(self.tag)
             raise
         finally:
-            self._step = None
+            step.timer.cancel()
+            self._step, step.sock = None, None
         step.check(self.tag)
 
     def open(self, url: str, accept: str) -> Any:
@@ -2056,7 +2039,6 @@ class GitHub:
                                f"failed after {received} bytes: {e}") from None
         finally:
             digest = hasher.hexdigest()
-        self.cancel.raise_if_set(self.tag)
         if received != asset.size:
             raise InstallError(f"download of {asset.name} ({redact_url(asset.url)}) gave "
                                f"{received} bytes, GitHub says it has {asset.size}")
@@ -2270,9 +2252,10 @@ def make_staging(home: Path, tag: str, folder: Path, pid: Optional[int] = None) 
             f.write(json.dumps({"pid": pid, "tag": tag, "folder": folder.name}) + "\n")
         (staging / "release").mkdir()
     except BaseException:
-        for made in (staging / "release", marker, staging):
-            with contextlib.suppress(OSError):
-                made.rmdir() if made != marker else made.unlink()
+        with contextlib.suppress(OSError):
+            marker.unlink()
+        with contextlib.suppress(OSError):
+            staging.rmdir()  # only ever an empty folder
         raise
     return staging
 
@@ -2287,7 +2270,7 @@ def staging_owner(path: Path) -> Optional[int]:
                 or not stat.S_ISREG(marker.lstat().st_mode):
             return None
         recorded = json.loads(marker.read_text(encoding="utf-8")).get("pid")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
     return recorded if recorded == int(match.group(1)) else None
 
@@ -2327,10 +2310,11 @@ def move_into_place(staged: Path, folder: Path) -> None:
 
 def remove_stale_staging(home: Path) -> None:
     """Staging folders and temporary files left by a vegavisor that died (kill -9):
-    only those it can prove it made, of a process that is gone."""
+    only those it can prove it made, of a process that is gone. Called before this
+    process installs anything, so its own pid (pid 1 in a container, say) is stale too."""
     for path in home.glob(".staging-*"):
         pid = staging_owner(path)
-        if pid is not None and not process_exists(pid):
+        if pid is not None and (pid == os.getpid() or not process_exists(pid)):
             remove_staging(path)
     for path in home.glob(".*.*.tmp"):  # write_file_atomically's and switch_current's
         match = TEMPORARY_NAME.fullmatch(path.name)

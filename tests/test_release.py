@@ -472,7 +472,8 @@ def dead_pid() -> int:
 def test_remove_stale_staging_deletes_only_what_it_can_prove_it_made(tmp_path):
     home = tmp_path
     stale = make_dead_staging(home)
-    mine = vegavisor.make_staging(home, "v3", home / "v3")  # this process is alive
+    alive = vegavisor.make_staging(home, "v3", home / "v3", pid=os.getppid())
+    earlier_me = vegavisor.make_staging(home, "v7", home / "v7")  # my pid, before I ran
     release = home / "v2"
     release.mkdir()
     (release / "run-config.toml").write_text("name = 'v2'\n")
@@ -492,8 +493,8 @@ def test_remove_stale_staging_deletes_only_what_it_can_prove_it_made(tmp_path):
 
     vegavisor.remove_stale_staging(home)
 
-    assert not stale.exists() and not temporary.exists()
-    for kept in (mine, release, unmarked, wrong_pid, old_format, operators):
+    assert not stale.exists() and not temporary.exists() and not earlier_me.exists()
+    for kept in (alive, release, unmarked, wrong_pid, old_format, operators):
         assert kept.is_dir() or kept.is_file(), kept
     assert link.is_symlink() and (release / "run-config.toml").is_file()
 
