@@ -136,7 +136,6 @@ class Release:
     id: int
     tag: str
     draft: bool
-    prerelease: bool
     created_at: str
     assets: Tuple[Asset, ...]
     embed_assets: Optional[int]  # the release JSON embeds only this many; None = all
@@ -385,7 +384,7 @@ def release_json(site: _Site, release: Release, downloads: Mapping[int, int]) ->
         "target_commitish": "develop",
         "name": release.tag,
         "draft": release.draft,
-        "prerelease": release.prerelease,
+        "prerelease": False,
         "created_at": release.created_at,
         "published_at": None if release.draft else release.created_at,
         "assets": assets_json(site, release, downloads)[: release.embed_assets],
@@ -523,7 +522,6 @@ class FakeGitHub:
         *,
         digest: Union[bool, str, None] = True,
         draft: bool = False,
-        prerelease: bool = False,
         embed_assets: Optional[int] = None,
         odd_assets: Sequence[Any] = (),
     ) -> Release:
@@ -547,7 +545,7 @@ class FakeGitHub:
                 for asset in measured
             )
             release = Release(
-                self._take_id(0), tag, draft, prerelease, created_at, records, embed_assets,
+                self._take_id(0), tag, draft, created_at, records, embed_assets,
                 tuple(odd_assets),
             )
             self._releases.append(release)

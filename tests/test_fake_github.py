@@ -250,7 +250,7 @@ def test_link_base_points_the_pages_at_another_server(gh: FakeGitHub) -> None:
         pages = follow_pages(gh.url + API + "/releases?per_page=2")
 
         assert [len(page) for page in pages] == [2, 1]
-        assert [r.path for r in other.requests] == [
+        assert [r.path for r in other.wait_for_requests()] == [
             "/repositories/%d/releases?per_page=2&page=2" % gh.repo_id]
 
 
