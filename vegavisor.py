@@ -1668,6 +1668,13 @@ def tag_problem(tag: str) -> Optional[str]:
     return None  # printable: no control characters, no lone surrogates (not UTF-8)
 
 
+def asset_name_problem(name: str) -> Optional[str]:
+    """Why the asset's name cannot be a file in the staging folder, or None."""
+    if not is_plain_name(name) or name in ("release", STAGING_MARKER):
+        return f"[autoInstall.asset] name {name!r} must be a plain file name"
+    return None
+
+
 def binary_name_problem(name: str) -> Optional[str]:
     """Why binaryName would leave the release folder (SPEC 3.1.8), or None."""
     parts = name.split("/")
@@ -2184,7 +2191,9 @@ def install_release(home: Path, config: Config, tag: str, folder: Path, current:
     when GitHub's rate limit is the cause); either way nothing is left behind.
     """
     auto = config.auto_install
-    problem = tag_problem(tag) or binary_name_problem(auto.asset.binary_name)
+    wanted = asset_name(auto.asset.name, host_platform())
+    problem = tag_problem(tag) or asset_name_problem(wanted) \
+        or binary_name_problem(auto.asset.binary_name)
     if problem:
         raise InstallError(f"cannot install: {problem}")
     cancel = cancel or Cancellation()
@@ -2202,7 +2211,7 @@ def install_release(home: Path, config: Config, tag: str, folder: Path, current:
     try:
         # 1. find the release and its asset (each step under its own deadline)
         release = github.find_release(tag)
-        asset = github.find_asset(release, asset_name(auto.asset.name, host_platform()))
+        asset = github.find_asset(release, wanted)
         checksum = expected_checksum(tag, asset, auto.checksums, auto.require_checksum)
         # 2. download and verify it beside the target, in a staging folder marked ours
         staging = make_staging(home, tag, folder)

@@ -445,6 +445,15 @@ def test_binary_name_in_a_subfolder_of_the_zip(installer, github, short_tmp):
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", ["../vega.zip", "release", ".vegavisor-staging"])
+def test_an_asset_name_that_is_not_a_plain_file_name_is_refused(installer, github, name):
+    assert_install_fails(installer, load_config(installer.home, github.url, asset=name),
+                         r"^cannot install: \[autoInstall.asset\] name '%s' must be a plain file "
+                         r"name$" % name.replace(".", r"\."))
+    assert github.requests == []
+
+
+@pytest.mark.timeout(30)
 def test_binary_name_outside_the_folder_is_refused_before_any_request(installer, github):
     assert_install_fails(installer, load_config(installer.home, github.url, binary="../vega"),
                          r"^cannot install: \[autoInstall.asset\] binaryName '\.\./vega' must "
