@@ -25,6 +25,7 @@ from typing import Tuple
 
 import pytest
 
+from conftest import wait_for
 from fakes.github import FakeGitHub
 from fakes.github import link_header
 
@@ -511,6 +512,8 @@ def test_close_ends_a_download_stalled_mid_body() -> None:
     location = fetch(gh.url + "/vegaprotocol/vega/releases/download/v0.74.0/" + ZIP)[1]["Location"]
     with open_response(location, timeout=5) as response:
         assert response.read(10) == b"x" * 10
+        wait_for(lambda: gh.connections == 1, 5, "the stalled connection alone open")
+        assert not [r for r in gh.requests if r.path.startswith("/objects/")]
         started = time.monotonic()
         gh.close()
         with pytest.raises(http.client.IncompleteRead):
