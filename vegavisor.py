@@ -11,6 +11,7 @@ Usage: python3 vegavisor.py run --home HOME   (see `vegavisor.py --help`)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import difflib
 import enum
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 from typing import Callable
 from typing import Dict
+from typing import Iterator
 from typing import List
 from typing import NamedTuple
 from typing import Optional
@@ -117,6 +119,23 @@ NOT_ANSWERING_REPEAT = 300.0
 # unauthenticated budget of 60.
 PREFETCH_MIN_START_SECONDS = 300.0
 
+# Tags name a folder (NAME_MAX is 255 bytes) and a staging folder holds one too.
+MAX_TAG_LENGTH = 128
+# An API step (a release lookup with its pages, an asset listing) is a few small
+# answers: this many per-read timeouts end one that trickles (SPEC 3.3.5).
+API_STEP_READ_TIMEOUTS = 2
+# A download may take one per-read timeout plus its size at this rate: a slow link
+# passes, a server trickling a byte a second does not (SPEC 3.3.5).
+MIN_DOWNLOAD_BYTES_PER_SECOND = 16 * 1024
+# A download's progress reaches the log (and the caller) at most this often (SPEC 3.2.4).
+PROGRESS_SECONDS = 10.0
+# Written first into every staging folder: the proof that vegavisor made it (SPEC 3.3.1).
+STAGING_MARKER = ".vegavisor-staging"
+STAGING_NAME = re.compile(r"\.staging-.*-(\d+)-[0-9a-f]{8}")
+# Temporary files of write_file_atomically and switch_current, pid in the name.
+TEMPORARY_NAME = re.compile(
+    r"\.(?:config\.toml|current|\.run-state\.json|\.prefetch\.json|"
+    r"\.upgrade-journal\.json)\.(\d+)\.tmp")
 # Release lists and asset lists are ~100 KB a page; a release object is smaller.
 MAX_API_RESPONSE_BYTES = 32 * 1024 * 1024
 # 100 pages of 100 releases is far beyond vega's history; past it, a server loops.
@@ -157,7 +176,18 @@ class AdminError(VisorError):
 
 
 class InstallError(VisorError):
-    """A release could not be installed; nothing was left behind for its tag."""
+    """A release could not be installed; nothing was left behind for its tag.
+
+    retry_after: seconds until GitHub's rate limit lifts, when that is the cause.
+    """
+
+    def __init__(self, message: str, retry_after: Optional[float] = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InstallCancelled(InstallError):
+    """The install was stopped (visor stops): neither a failure to retry nor a success."""
 
 
 # --- typed records ---
@@ -1841,18 +1871,41 @@ class Cancellation:
                 return
         hook()
 
+    def raise_if_set(self, tag: str) -> None:
+        if self.is_set():
+            raise InstallCancelled(f"the install of {tag} was cancelled; nothing was installed")
+
+
+class NotFound(InstallError):
+    """GitHub answered 404."""
+
 
 class Asset(NamedTuple):
     name: str
     size: int
     url: str  # the API URL; with Accept: application/octet-stream it redirects to the bytes
-    digest: Optional[str]  # "sha256:<hex>" on assets uploaded since mid-2025
+    digest: Optional[str]  # "sha256:<hex>" on assets uploaded since mid-2025, else None
 
 
 class Release(NamedTuple):
     tag: str
     id: int
-    assets: Tuple[Asset, ...]
+    # The asset objects as GitHub sent them: only the one chosen is checked (SPEC 3.3.7).
+    assets: Tuple[Any, ...]
+
+
+class Progress(NamedTuple):
+    """A download under way: `done` of `total` bytes at `rate` bytes/s, `eta` s to go."""
+
+    done: int
+    total: int
+    rate: float
+    eta: Optional[float]  # None until a byte has arrived
+
+
+def download_progress(done: int, total: int, elapsed: float) -> Progress:
+    rate = done / elapsed if elapsed > 0 else 0.0
+    return Progress(done, total, rate, (total - done) / rate if rate > 0 else None)
 
 
 def host_platform() -> Tuple[str, str]:
@@ -1867,6 +1920,31 @@ def asset_name(template: str, host: Tuple[str, str]) -> str:
     return template.replace("{os}", host[0]).replace("{arch}", host[1])
 
 
+def tag_problem(tag: str) -> Optional[str]:
+    """Why `tag` cannot be installed (it names a folder and a URL path), or None."""
+    if not tag or len(tag) > MAX_TAG_LENGTH or tag.startswith(".") \
+            or not tag.isprintable() or re.search(r"[/\\]", tag):
+        return (f"release tag {tag[:MAX_TAG_LENGTH]!r} is not a plain name (1 to "
+                f"{MAX_TAG_LENGTH} printable characters, no '/', not starting with '.')")
+    return None  # printable: no control characters, no lone surrogates (not UTF-8)
+
+
+def asset_name_problem(name: str) -> Optional[str]:
+    """Why the asset's name cannot be a file in the staging folder, or None."""
+    if not is_plain_name(name) or name in ("release", STAGING_MARKER):
+        return f"[autoInstall.asset] name {name!r} must be a plain file name"
+    return None
+
+
+def binary_name_problem(name: str) -> Optional[str]:
+    """Why binaryName would leave the release folder (SPEC 3.1.8), or None."""
+    parts = name.split("/")
+    if name.startswith("/") or "\0" in name or any(p in ("", ".", "..") for p in parts):
+        return (f"[autoInstall.asset] binaryName {name!r} must be a path inside the release "
+                f"folder (e.g. \"vega\" or \"bin/vega\"; no '..', not absolute)")
+    return None
+
+
 def redact_url(url: str) -> str:
     """A URL fit for a log line or an error: no user:password@, no query string."""
     try:
@@ -1879,6 +1957,18 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def same_origin(url: str, base: str) -> bool:
+    """True when url has base's scheme, host and port: only there does the token go."""
+    def origin(text: str) -> Tuple[str, str, Optional[int]]:
+        parts = urllib.parse.urlsplit(text)
+        default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+        return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or default
+    try:
+        return origin(url) == origin(base)
+    except ValueError:
+        return False
+
+
 def next_page_url(link_header: Optional[str]) -> Optional[str]:
     """The rel="next" URL of GitHub's Link header, None on the last page."""
     for part in (link_header or "").split(","):
@@ -1886,6 +1976,17 @@ def next_page_url(link_header: Optional[str]) -> Optional[str]:
         if match:
             return match.group(1)
     return None
+
+
+def rate_limit_reset(code: int, headers: Any, now: float) -> Tuple[bool, Optional[float]]:
+    """(is this answer GitHub's rate limit, seconds until it lifts if known)."""
+    remaining = headers.get("X-RateLimit-Remaining")
+    reset, retry_after = headers.get("X-RateLimit-Reset", ""), headers.get("Retry-After", "")
+    if code not in (403, 429) or not (remaining == "0" or retry_after.strip().isdigit()):
+        return False, None
+    if remaining == "0" and reset.strip().isdigit():
+        return True, max(0.0, int(reset) - now)
+    return True, float(retry_after) if retry_after.strip().isdigit() else None
 
 
 def expected_checksum(tag: str, asset: Asset, pinned: Dict[str, str],
@@ -1909,29 +2010,68 @@ def _release_from_json(data: Any, url: str) -> Release:
     return Release(data["tag_name"], data["id"], _assets_from_json(data.get("assets", []), url))
 
 
-def _assets_from_json(data: Any, url: str) -> Tuple[Asset, ...]:
+def _assets_from_json(data: Any, url: str) -> Tuple[Any, ...]:
     if not isinstance(data, list):
         raise InstallError(f"{redact_url(url)} did not answer with a list of assets")
-    return tuple(_asset_from_json(item, url) for item in data)
+    return tuple(data)
 
 
-def _asset_from_json(item: Any, url: str) -> Asset:
-    fields = item if isinstance(item, dict) else {}
-    name, size, api_url = fields.get("name"), fields.get("size"), fields.get("url")
-    digest = fields.get("digest")
-    if not isinstance(name, str) or not isinstance(api_url, str) or isinstance(size, bool) \
-            or not isinstance(size, int) or size < 0 or not (digest is None or (
-                isinstance(digest, str) and re.fullmatch(r"sha256:[0-9a-fA-F]{64}", digest))):
-        raise InstallError(f"{redact_url(url)} answered an asset that is not one: "
-                           f"{json.dumps(item)[:200]}")
-    return Asset(name, size, api_url, digest)
+def choose_asset(items: Sequence[Any], name: str, url: str) -> Optional[Asset]:
+    """The asset called `name`, checked; None when there is none. The others are not
+    looked at: an odd unrelated asset never blocks a release (SPEC 3.3.7)."""
+    for item in items:
+        if isinstance(item, dict) and item.get("name") == name:
+            return _asset_from_json(item, url)
+    return None
 
 
-def checked_redirects() -> Any:
-    """A urllib redirect handler following only URLs vegavisor would fetch directly.
+def _asset_from_json(item: Dict[str, Any], url: str) -> Asset:
+    """The chosen asset, checked: a name, a size, an API URL; a digest we cannot use
+    (another algorithm) counts as none, a malformed SHA-256 one is refused."""
+    name, size, api_url = item.get("name"), item.get("size"), item.get("url")
+    digest = item.get("digest")
+    digest = digest if isinstance(digest, str) and digest[:7].lower() == "sha256:" else None
+    if not isinstance(api_url, str) or isinstance(size, bool) or not isinstance(size, int) \
+            or size < 0 or not (digest is None or re.fullmatch(r"(?i)sha256:[0-9a-f]{64}", digest)):
+        shown = {k: item.get(k) for k in ("name", "size", "url", "digest")}
+        raise InstallError(f"{redact_url(url)} describes the asset {name} without a usable "
+                           f"size, url or digest: {json.dumps(shown, default=repr)[:200]}")
+    return Asset(str(name), size, api_url, digest.lower() if digest else None)
+
+
+def build_opener(track: Callable[[socket.socket], None]) -> Any:
+    """A urllib opener that hands each connection's socket to `track` (so a deadline or
+    a cancel can shut it) and follows only redirects vegavisor would fetch directly.
 
     Built on demand: urllib.request (with http.client and ssl) loads only to install.
     """
+    import http.client
+    import urllib.request
+
+    def tracked(base: Any) -> Any:
+        class Connection(base):  # type: ignore[misc,valid-type]
+            def connect(self) -> None:
+                super().connect()
+                track(self.sock)
+        return Connection
+    connections = {cls: tracked(cls) for cls in (http.client.HTTPConnection,
+                                                 getattr(http.client, "HTTPSConnection", None))
+                   if cls is not None}
+
+    class Tracking:
+        def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+            return super().do_open(connections.get(http_class, http_class), req,  # type: ignore
+                                   **kwargs)
+
+    handlers = [type("HTTPHandler", (Tracking, urllib.request.HTTPHandler), {}),
+                checked_redirects()]
+    if hasattr(urllib.request, "HTTPSHandler"):
+        handlers.append(type("HTTPSHandler", (Tracking, urllib.request.HTTPSHandler), {}))
+    return urllib.request.build_opener(*handlers)
+
+
+def checked_redirects() -> Any:
+    """A urllib redirect handler following only URLs vegavisor would fetch directly."""
     import urllib.request
 
     class CheckedRedirects(urllib.request.HTTPRedirectHandler):
@@ -1945,17 +2085,86 @@ def checked_redirects() -> Any:
     return CheckedRedirects
 
 
+class NetworkStep:
+    """One network step (release lookup, asset listing, download) under an overall
+    deadline (SPEC 3.3.5): when it passes, or the install is cancelled, the step's
+    connection is shut down, so no read waits on a server that trickles or stalls."""
+
+    def __init__(self, what: str, seconds: float, cancel: Cancellation) -> None:
+        self.what, self.seconds, self.cancel = what, seconds, cancel
+        self.url, self.sock, self.expired = "", None, False
+        self.timer = threading.Timer(seconds, self.expire)
+        self.timer.daemon = True
+
+    def expire(self) -> None:
+        self.expired = True
+        self.shut()
+
+    def track(self, sock: socket.socket) -> None:
+        self.sock = sock
+        if self.expired or self.cancel.is_set():
+            self.shut()
+
+    def shut(self) -> None:
+        if self.sock is not None:
+            shut_down(self.sock)
+
+    def check(self, tag: str) -> None:
+        """Say why the step ended early: cancelled, or past its deadline."""
+        self.cancel.raise_if_set(tag)
+        if self.expired:
+            raise InstallError(f"the {self.what} did not finish within its deadline of "
+                               f"{round(self.seconds, 1):g}s ({redact_url(self.url)})")
+
+
+def shut_down(sock: socket.socket) -> None:
+    """Break a read blocked on this socket, from another thread (TLS state untouched)."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 class GitHub:
-    """The few GitHub REST calls a release install needs (SPEC 1.6), over urllib."""
+    """The few GitHub REST calls a release install needs (SPEC 1.6), over urllib.
+
+    Each call is one network step with an overall deadline, ended early by `cancel`.
+    """
 
     def __init__(self, api_url: str, owner: str, repository: str, token: Optional[str],
-                 timeout: float) -> None:
+                 timeout: float, cancel: Optional[Cancellation] = None, tag: str = "") -> None:
+        self.api_url = api_url
         self.repo_url = f"{api_url.rstrip('/')}/repos/{owner}/{repository}"
         self.slug = f"{owner}/{repository}"
-        self._token = token  # sent in a header that is never logged nor redirected
+        self._token = token  # sent only to api_url's origin, never logged nor redirected
         self.timeout = timeout
-        import urllib.request
-        self._opener = urllib.request.build_opener(checked_redirects())
+        self.cancel = cancel or Cancellation()
+        self.tag = tag
+        self._step: Optional[NetworkStep] = None
+        self._opener = build_opener(self._track)
+
+    def _track(self, sock: socket.socket) -> None:
+        if self._step is not None:
+            self._step.track(sock)
+
+    @contextlib.contextmanager
+    def step(self, what: str, seconds: float) -> Iterator[NetworkStep]:
+        """One network step; when its deadline or the cancellation broke it, the error
+        says so instead of the socket's "connection reset" or a short body."""
+        import http.client
+        self.cancel.raise_if_set(self.tag)
+        step = self._step = NetworkStep(what, seconds, self.cancel)
+        step.timer.start()
+        self.cancel.on_cancel(step.shut)
+        try:
+            yield step
+        except (VisorError, OSError, ValueError, http.client.HTTPException):
+            step.check(self.tag)
+            raise
+        finally:
+            step.timer.cancel()
+            self._step, step.sock = None, None
+        step.check(self.tag)
 
     def open(self, url: str, accept: str) -> Any:
         """GET url; the response, or InstallError naming the URL and the cause."""
@@ -1965,30 +2174,39 @@ class GitHub:
         problem = url_problem(url)
         if problem:
             raise InstallError(f"refused to fetch: {problem}")
+        if self._step is not None:
+            self._step.url = url
         request = urllib.request.Request(url, headers={
             "Accept": accept, "User-Agent": f"vegavisor/{__version__}",
             "X-GitHub-Api-Version": "2022-11-28"})
-        if self._token:
+        if self._token and same_origin(url, self.api_url):
             # Unredirected: the token must not follow a redirect to the storage host.
             request.add_unredirected_header("Authorization", f"Bearer {self._token}")
         try:
-            return self._opener.open(request, timeout=self.timeout)
+            response = self._opener.open(request, timeout=self.timeout)
         except urllib.error.HTTPError as e:
-            raise InstallError(self.describe_http_error(url, e)) from None
+            e.close()
+            raise self.http_error(url, e) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", e)
             raise InstallError(f"{redact_url(url)}: {reason}") from None
+        if self._step is not None:
+            self._step.url = response.geturl()  # where a redirect led: that is what stalls
+        return response
 
-    def describe_http_error(self, url: str, error: Any) -> str:
-        headers = error.headers
-        if error.code in (403, 429) and headers.get("X-RateLimit-Remaining") == "0":
-            reset = headers.get("X-RateLimit-Reset", "")
-            when = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(reset)))
-                    if reset.isdigit() else "an unknown time")
-            hint = "" if self._token else "; set GITHUB_TOKEN for a higher limit"
-            return (f"GitHub's API rate limit is used up ({redact_url(url)} answered "
-                    f"{error.code}); it resets at {when}{hint}")
-        return f"{redact_url(url)} answered HTTP {error.code} {error.reason}"
+    def http_error(self, url: str, error: Any) -> InstallError:
+        limited, wait = rate_limit_reset(error.code, error.headers, time.time())
+        if not limited:
+            kind = NotFound if error.code == 404 else InstallError
+            return kind(f"{redact_url(url)} answered HTTP {error.code} {error.reason}")
+        reset = error.headers.get("X-RateLimit-Reset", "")
+        when = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(reset)))
+                if reset.strip().isdigit() else "an unknown time")
+        if not reset.strip().isdigit() and wait is not None:
+            when = f"in {wait:g}s"
+        hint = "" if self._token else "; set GITHUB_TOKEN for a higher limit"
+        return InstallError(f"GitHub's API rate limit is used up ({redact_url(url)} answered "
+                            f"{error.code}); it resets at {when}{hint}", retry_after=wait)
 
     def get_json(self, url: str) -> Tuple[Any, Optional[str]]:
         """The parsed JSON answer and the URL of its next page, if any."""
@@ -2000,6 +2218,8 @@ class GitHub:
                                f"{MAX_API_RESPONSE_BYTES} bytes")
         try:
             return json.loads(body), next_page_url(link)
+        except RecursionError:
+            raise InstallError(f"{redact_url(url)} answered JSON nested too deeply") from None
         except ValueError:
             raise InstallError(f"{redact_url(url)} did not answer JSON: {body[:80]!r}") from None
 
@@ -2019,81 +2239,82 @@ class GitHub:
 
     def find_release(self, tag: str) -> Release:
         url = f"{self.repo_url}/releases/tags/{urllib.parse.quote(tag, safe='')}"
-        try:
-            return _release_from_json(self.get_json(url)[0], url)
-        except InstallError as e:
-            if "HTTP 404" not in str(e):
-                raise
-        # Not found by tag: the full list says whether it exists (a draft, say) or not.
+        with self.step("release lookup", self.timeout * API_STEP_READ_TIMEOUTS):
+            try:
+                release = _release_from_json(self.get_json(url)[0], url)
+            except NotFound:
+                # Not found by tag: the full list says whether it exists (a draft, say).
+                release = self.find_listed_release(tag, url)
+        if release.tag != tag:
+            raise InstallError(f"{redact_url(url)} answered release {release.tag[:80]!r}")
+        return release
+
+    def find_listed_release(self, tag: str, url: str) -> Release:
         releases = self.get_pages(f"{self.repo_url}/releases?per_page=100")
         for data in releases:
             if isinstance(data, dict) and data.get("tag_name") == tag:
                 return _release_from_json(data, url)
-        tags = [str(r.get("tag_name")) for r in releases if isinstance(r, dict)]
+        tags = [r["tag_name"] for r in releases
+                if isinstance(r, dict) and isinstance(r.get("tag_name"), str)]
         newest = ", ".join(tags[:10]) + (", ..." if len(tags) > 10 else "")
         raise InstallError(f"{self.slug} has no release {tag}; its {len(tags)} releases "
                            f"are: {newest or 'none'}")
 
     def find_asset(self, release: Release, name: str) -> Asset:
-        assets = release.assets
-        if not any(a.name == name for a in assets):
+        items, url = release.assets, f"{self.repo_url}/releases/tags/{release.tag}"
+        asset = choose_asset(items, name, url)
+        if asset is None:
             url = f"{self.repo_url}/releases/{release.id}/assets?per_page=100"
-            assets = _assets_from_json(self.get_pages(url), url)
-        for asset in assets:
-            if asset.name == name:
-                return asset
-        names = ", ".join(a.name for a in assets) or "no assets"
+            with self.step("asset listing", self.timeout * API_STEP_READ_TIMEOUTS):
+                items = _assets_from_json(self.get_pages(url), url)
+            asset = choose_asset(items, name, url)
+        if asset is not None:
+            return asset
+        names = ", ".join(str(a["name"]) for a in items
+                          if isinstance(a, dict) and isinstance(a.get("name"), str))
         raise InstallError(f"release {release.tag} of {self.slug} has no asset {name}; it "
-                           f"has: {names}")
+                           f"has: {names or 'no assets'}")
 
     def download(self, asset: Asset, target: Path, sha256: Optional[str],
-                 cancel: Cancellation) -> None:
-        """Stream the asset to `target` in constant memory, checking size and SHA-256.
+                 report: Callable[[Progress], None] = lambda progress: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """Stream the asset to `target` in constant memory, checking size and SHA-256;
+        `report` hears of the progress at most every PROGRESS_SECONDS.
 
-        The zip is not fsynced: after a power loss its staging folder is thrown away.
+        The file is not fsynced: after a power loss its staging folder is thrown away.
         """
         import http.client
+        deadline = self.timeout + asset.size / MIN_DOWNLOAD_BYTES_PER_SECOND
         hasher, received = Sha256Thread(), 0
+        started = reported = clock()
         try:
-            with self.open(asset.url, "application/octet-stream") as response, \
+            with self.step("download", deadline), \
+                    self.open(asset.url, "application/octet-stream") as response, \
                     open(target, "wb") as out:
-                cancel.on_cancel(lambda: shut_down(response))
                 for chunk in iter(lambda: response.read(DOWNLOAD_CHUNK_BYTES), b""):
-                    if cancel.is_set():
-                        raise InstallError(f"download of {asset.name} was cancelled")
                     received += len(chunk)
                     if received > asset.size:
                         break
                     hasher.update(chunk)
                     out.write(chunk)
+                    if clock() - reported >= PROGRESS_SECONDS:
+                        reported = clock()
+                        report(download_progress(received, asset.size, reported - started))
         except http.client.IncompleteRead:
             pass  # the size check below says what happened
         except (OSError, ValueError, http.client.HTTPException) as e:
-            if cancel.is_set():
-                raise InstallError(f"download of {asset.name} was cancelled") from None
             raise InstallError(f"download of {asset.name} ({redact_url(asset.url)}) "
                                f"failed after {received} bytes: {e}") from None
         finally:
             digest = hasher.hexdigest()
-        if cancel.is_set():
-            raise InstallError(f"download of {asset.name} was cancelled")
         if received != asset.size:
             raise InstallError(f"download of {asset.name} ({redact_url(asset.url)}) gave "
                                f"{received} bytes, GitHub says it has {asset.size}")
-        if sha256 and "sha256:" + digest != sha256:
+        if sha256 and "sha256:" + digest != sha256.lower():
             raise InstallError(f"{asset.name} ({redact_url(asset.url)}) has SHA-256 "
                                f"{digest}, expected {sha256[len('sha256:'):]}; "
                                f"the download is corrupt or not the published release")
-
-
-def shut_down(response: Any) -> None:
-    """Break a read blocked on this HTTP response's socket, from another thread."""
-    sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        report(download_progress(received, asset.size, clock() - started))
 
 
 class Sha256Thread:
@@ -2125,6 +2346,20 @@ class Sha256Thread:
         return self.digest.hexdigest()
 
 
+def place_asset(download: Path, into: Path, binary_name: str, size: int) -> None:
+    """A zip is unpacked into the release folder; any other asset is the binary itself
+    (SPEC 3.1.9), saved as binaryName and made executable."""
+    if download.name.lower().endswith(".zip"):
+        unpack_zip(download, into, max(MIN_UNPACK_LIMIT_BYTES, size * MAX_UNPACK_RATIO))
+        return
+    binary = into.joinpath(*binary_name.split("/"))
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    with open(download, "rb") as f:
+        os.fsync(f.fileno())  # it is the release now, not a download to throw away
+    os.rename(download, binary)
+    os.chmod(binary, 0o755)
+
+
 def unpack_zip(archive: Path, into: Path, max_bytes: int) -> List[str]:
     """Unpack regular files and folders only, inside `into`, at most max_bytes in all."""
     import zipfile
@@ -2149,7 +2384,7 @@ def unpack_zip(archive: Path, into: Path, max_bytes: int) -> List[str]:
             return [info.filename for info in members]
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
         raise InstallError(f"{archive.name} is not a valid zip archive: {e}") from None
-    except (zlib.error, NotImplementedError, ValueError, OSError) as e:
+    except (zlib.error, NotImplementedError, ValueError, RuntimeError, OSError) as e:
         # corrupt data, an unsupported method, a name that is not UTF-8, a name too long
         raise InstallError(f"{archive.name} cannot be unpacked: {e}") from None
 
@@ -2165,6 +2400,8 @@ def _check_member(info: zipfile.ZipInfo, archive: Path) -> None:
         what = "a symlink" if kind == stat.S_IFLNK else "a device or special file"
         raise InstallError(f"{archive.name} holds {name!r}, {what}; only files and folders "
                            f"are unpacked")
+    if info.flag_bits & 0x1:
+        raise InstallError(f"{archive.name} holds {name!r} encrypted; a release is not")
 
 
 def _extract_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, into: Path) -> None:
@@ -2206,76 +2443,153 @@ def run_config_document(run_config: RunConfig) -> dict:
 
 
 def install_release(home: Path, config: Config, tag: str, folder: Path, current: RunConfig,
-                    token: Optional[str], log: Log,
-                    cancel: Optional[Cancellation] = None) -> None:
-    """Download, verify and unpack `tag` into `folder`, which appears only when complete."""
+                    token: Optional[str], log: Log, cancel: Optional[Cancellation] = None,
+                    on_progress: Optional[Callable[[Progress], None]] = None,
+                    clock: Callable[[], float] = time.monotonic) -> None:
+    """Download, verify and unpack `tag` into `folder`, which appears only when complete.
+
+    Raises InstallCancelled once `cancel` is set, else InstallError (with retry_after
+    when GitHub's rate limit is the cause); either way nothing is left behind.
+    """
     auto = config.auto_install
+    wanted = asset_name(auto.asset.name, host_platform())
+    problem = tag_problem(tag) or asset_name_problem(wanted) \
+        or binary_name_problem(auto.asset.binary_name)
+    if problem:
+        raise InstallError(f"cannot install: {problem}")
+    cancel = cancel or Cancellation()
     github = GitHub(auto.github_api_url, auto.repository_owner, auto.repository, token,
-                    auto.http_timeout)
-    staging = home / f".staging-{folder.name}-{os.getpid()}"
-    remove_tree(staging)
+                    auto.http_timeout, cancel, tag)
+    staging: Optional[Path] = None
+
+    def report(progress: Progress) -> None:
+        if progress.done < progress.total:
+            log.info("download progress", tag=tag, done=progress.done, total=progress.total,
+                     rate=round(progress.rate), eta=None if progress.eta is None
+                     else round(progress.eta))
+        if on_progress is not None:
+            on_progress(progress)
     try:
-        # 1. find the release and its asset
+        # 1. find the release and its asset (each step under its own deadline)
         release = github.find_release(tag)
-        asset = github.find_asset(release, asset_name(auto.asset.name, host_platform()))
+        asset = github.find_asset(release, wanted)
         checksum = expected_checksum(tag, asset, auto.checksums, auto.require_checksum)
-        # 2. download and verify it beside the target
-        (staging / "release").mkdir(parents=True)
-        started = time.monotonic()
+        # 2. download and verify it beside the target, in a staging folder marked ours
+        staging = make_staging(home, tag, folder)
+        started = clock()
         log.info("downloading", tag=tag, asset=asset.name, size=asset.size,
                  url=redact_url(asset.url), checksum=checksum or "unknown")
-        github.download(asset, staging / asset.name, checksum, cancel or Cancellation())
+        github.download(asset, staging / asset.name, checksum, report, clock)
         log.info("downloaded", tag=tag, asset=asset.name, size=asset.size,
-                 seconds=round(time.monotonic() - started, 3),
+                 seconds=round(clock() - started, 3),
                  verified="sha256" if checksum else "size only")
-        # 3. unpack, write the run-config, check the binary, move it into place
-        unpack_zip(staging / asset.name, staging / "release",
-                   max(MIN_UNPACK_LIMIT_BYTES, asset.size * MAX_UNPACK_RATIO))
-        stage_run_config(staging / "release", release_run_config(current, tag,
-                                                                  auto.asset.binary_name))
-        check_staged_version(staging / "release" / auto.asset.binary_name, tag)
+        # 3. unpack (or take the asset as the binary), write the run-config, check it
+        staged = staging / "release"
+        place_asset(staging / asset.name, staged, auto.asset.binary_name, asset.size)
+        stage_run_config(staged, release_run_config(current, tag, auto.asset.binary_name))
+        check_staged_version(staged.joinpath(*auto.asset.binary_name.split("/")), tag)
         log.info("version checked", tag=tag, binary=auto.asset.binary_name, version=tag)
-        for path, _, _ in os.walk(staging / "release"):
+        for path, _, _ in os.walk(staged):
             fsync_folder(Path(path))  # the files are synced; their names must be too
-        move_into_place(staging / "release", folder)
+        # 4. move it into place, unless cancelled or the folder appeared meanwhile
+        cancel.raise_if_set(tag)
+        move_into_place(staged, folder)
         log.info("installed", tag=tag, folder=str(folder))
+    except InstallCancelled:
+        raise
     except VisorError as e:
-        raise InstallError(f"cannot install {tag} from {github.slug}: {e}") from None
+        raise InstallError(f"cannot install {tag} from {github.slug}: {e}",
+                           getattr(e, "retry_after", None)) from None
     except OSError as e:
         raise InstallError(f"cannot install {tag} into {folder}: {e}") from None
+    except RecursionError:  # a hostile JSON answer nested beyond what json.loads unpacks
+        raise InstallError(f"cannot install {tag} from {github.slug}: GitHub answered JSON "
+                           f"nested too deeply") from None
     finally:
-        remove_tree(staging)
+        if staging is not None:
+            remove_staging(staging)
+
+
+def make_staging(home: Path, tag: str, folder: Path, pid: Optional[int] = None) -> Path:
+    """A new staging folder in HOME, its marker written first: the proof that vegavisor
+    (process `pid`) made it, without which nothing removes it (SPEC 3.3.1)."""
+    pid = os.getpid() if pid is None else pid
+    staging = home / f".staging-{folder.name[:64]}-{pid}-{os.urandom(4).hex()}"
+    staging.mkdir()
+    marker = staging / STAGING_MARKER
+    try:
+        with open(marker, "x", encoding="utf-8") as f:
+            f.write(json.dumps({"pid": pid, "tag": tag, "folder": folder.name}) + "\n")
+        (staging / "release").mkdir()
+    except BaseException:
+        with contextlib.suppress(OSError):
+            marker.unlink()
+        with contextlib.suppress(OSError):
+            staging.rmdir()  # only ever an empty folder
+        raise
+    return staging
+
+
+def staging_owner(path: Path) -> Optional[int]:
+    """The pid of the vegavisor that made this staging folder, None unless proven:
+    a real folder named .staging-<folder>-<pid>-<nonce> whose marker names that pid."""
+    match = STAGING_NAME.fullmatch(path.name)
+    marker = path / STAGING_MARKER
+    try:
+        if not match or path.is_symlink() or not path.is_dir() \
+                or not stat.S_ISREG(marker.lstat().st_mode):
+            return None
+        recorded = json.loads(marker.read_text(encoding="utf-8")).get("pid")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    return recorded if recorded == int(match.group(1)) else None
+
+
+def remove_staging(path: Path) -> bool:
+    """The one place install code deletes a folder: only a staging folder proven ours."""
+    if staging_owner(path) is None:
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    return True
 
 
 def stage_run_config(folder: Path, run_config: RunConfig) -> None:
-    binary = folder / run_config.vega.path
+    binary = folder.joinpath(*run_config.vega.path.split("/"))
     if not binary.is_file():
         listing = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
-        raise InstallError(f"the asset holds no {run_config.vega.path} at its root (it holds: "
+        raise InstallError(f"the asset holds no {run_config.vega.path} (its top level holds: "
                            f"{listing}); check [autoInstall.asset] binaryName")
     write_file_atomically(folder / RUN_CONFIG_FILE, write_toml(run_config_document(run_config)))
 
 
 def move_into_place(staged: Path, folder: Path) -> None:
-    """Rename the complete release folder into place; another installer may have won."""
+    """Rename the complete release folder into place; never over a folder that appeared
+    meanwhile (another installer, an operator): that is an error, not an install."""
+    if os.path.lexists(folder):
+        raise InstallError(f"{folder} appeared while {folder.name} was being installed; "
+                           f"it was left as it is and nothing was installed")
     try:
         os.rename(staged, folder)
     except OSError as e:
-        if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) \
-                or not (folder / RUN_CONFIG_FILE).is_file():
+        if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
             raise
+        raise InstallError(f"{folder} appeared while {folder.name} was being installed; "
+                           f"it was left as it is and nothing was installed") from None
     fsync_folder(folder.parent)
 
 
 def remove_stale_staging(home: Path) -> None:
-    """Staging folders and temporary files left by a process that died (kill -9)."""
-    for path in home.glob(".staging-*-*"):
-        pid = path.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not process_exists(int(pid)):
-            remove_tree(path)
+    """Staging folders and temporary files left by a vegavisor that died (kill -9):
+    only those it can prove it made, of a process that is gone. Called before this
+    process installs anything, so its own pid (pid 1 in a container, say) is stale too."""
+    for path in home.glob(".staging-*"):
+        pid = staging_owner(path)
+        if pid is not None and (pid == os.getpid() or not process_exists(pid)):
+            remove_staging(path)
     for path in home.glob(".*.*.tmp"):  # write_file_atomically's and switch_current's
-        pid = path.name.rsplit(".", 2)[1]
-        if pid.isdigit() and not process_exists(int(pid)) and not path.is_dir():
+        match = TEMPORARY_NAME.fullmatch(path.name)
+        if match and not process_exists(int(match.group(1))) \
+                and (path.is_symlink() or path.is_file()):
             path.unlink()
 
 
@@ -2297,6 +2611,8 @@ def check_staged_version(binary: Path, tag: str) -> None:
 
 
 def remove_tree(path: Path) -> None:
+    # Only Prefetch.abandon still uses this, to delete a complete release folder, which
+    # SPEC 3.3.1 forbids: install code deletes through remove_staging alone.
     if path.is_symlink() or path.exists():
         shutil.rmtree(path, ignore_errors=True)
 
@@ -4214,20 +4530,34 @@ def _user_name() -> str:
 
 def cmd_prepare_upgrade(args: argparse.Namespace) -> int:
     home, config, log = open_home(args, sys.stderr)
+    problem = tag_problem(args.tag)
+    if problem:
+        raise ConfigError(f"prepare-upgrade: {problem}")
     folder = folder_for_tag(home, args.tag, config.upgrade_folders)
-    if (folder / RUN_CONFIG_FILE).is_file():
-        print(f"{args.tag} is already installed in {folder}")
-        return EXIT_OK
-    if folder.exists():
-        raise incomplete_folder(folder, args.tag)
-    current = read_current(home)
-    current_config, _ = load_run_config(current.folder if current.usable
-                                        else home / GENESIS_FOLDER)
-    install_release(home, config, args.tag, folder, current_config,
-                    os.environ.get("GITHUB_TOKEN"),
-                    log)
+    try:
+        if (folder / RUN_CONFIG_FILE).is_file():
+            print(f"{args.tag} is already installed in {folder}")
+            return EXIT_OK
+        if os.path.lexists(folder):
+            raise incomplete_folder(folder, args.tag)
+        current = read_current(home)
+        current_config, _ = load_run_config(current.folder if current.usable
+                                            else home / GENESIS_FOLDER)
+    except OSError as e:
+        raise VisorError(f"cannot prepare {args.tag} in {folder}: {e}") from None
+    previous = signal.signal(signal.SIGTERM, stop_preparing)
+    try:
+        install_release(home, config, args.tag, folder, current_config,
+                        os.environ.get("GITHUB_TOKEN"), log)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"installed {args.tag} in {folder}")
     return EXIT_OK
+
+
+def stop_preparing(signum: int, frame: Optional[types.FrameType]) -> None:
+    """SIGTERM ends prepare-upgrade's install where it is; its staging folder goes."""
+    raise InstallCancelled("stopped by SIGTERM; nothing was installed")
 
 
 def cmd_version(args: argparse.Namespace) -> int:

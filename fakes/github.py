@@ -5,19 +5,19 @@ It answers the few requests a release downloader makes, with GitHub's shapes:
 
     GET /repos/{owner}/{repo}/releases?per_page=N&page=M     newest first, Link header
     GET /repos/{owner}/{repo}/releases/tags/{tag}            404 for a draft
-    GET /repos/{owner}/{repo}/releases/latest
-    GET /repos/{owner}/{repo}/releases/{id}
     GET /repos/{owner}/{repo}/releases/{id}/assets?per_page=N&page=M
     GET /repos/{owner}/{repo}/releases/assets/{id}           JSON, or with
         Accept: application/octet-stream a 302 to the bytes
     GET /{owner}/{repo}/releases/download/{tag}/{name}       302 to the bytes
-    GET /objects/{asset_id}/{name}?token=...                 the bytes (Range works)
-
-HEAD works wherever GET does.
+    GET /objects/{asset_id}/{name}?token=...                 the bytes
 
 `/repositories/{repo_id}/...` works wherever `/repos/{owner}/{repo}/...` does,
 since that is the form GitHub writes into Link headers. API answers carry the
 X-RateLimit-* headers of a real budget (60 an hour without a token, 5000 with one).
+
+Hostile answers for the tests: `link_base` and `asset_base` make Link headers and
+asset "url"s name another server (a second FakeGitHub on another port, say), and
+add_release(odd_assets=[...]) serves raw asset objects beside the real ones.
 
 Tests use the class; faults are injected per path pattern:
 
@@ -136,10 +136,10 @@ class Release:
     id: int
     tag: str
     draft: bool
-    prerelease: bool
     created_at: str
     assets: Tuple[Asset, ...]
     embed_assets: Optional[int]  # the release JSON embeds only this many; None = all
+    odd_assets: Tuple[Any, ...] = ()  # raw asset objects (any JSON) served as they are
 
 
 class Request(NamedTuple):
@@ -198,7 +198,7 @@ class _RateState(NamedTuple):
     limited_status: int  # 0 when the request may go on
 
 
-# --- pure helpers: time, digests, pagination, ranges ---
+# --- pure helpers: time, digests, pagination ---
 
 
 def format_time(epoch: float) -> str:
@@ -274,25 +274,6 @@ def _with_page(query: Sequence[Tuple[str, str]], page: int) -> str:
     return urllib.parse.urlencode(pairs)
 
 
-def parse_range(header: Optional[str], size: int) -> Optional[Tuple[int, int]]:
-    """Return (start, end inclusive) of a single `bytes=` Range, None to send all.
-
-    Raises ValueError when the range cannot be satisfied (answer 416).
-    """
-    match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header or "")
-    if match is None or match.group(1) == match.group(2) == "":
-        return None
-    first, last = match.groups()
-    if first == "":
-        start, end = max(size - int(last), 0), size - 1
-    else:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
-    if start >= size or start > end:
-        raise ValueError("unsatisfiable range")
-    return start, end
-
-
 def body_length(body: Body) -> int:
     return body.length if isinstance(body, _FileSlice) else len(body)
 
@@ -341,6 +322,7 @@ class _Site(NamedTuple):
     url: str  # http://127.0.0.1:PORT
     owner: str
     repo: str
+    asset_base: str  # where asset "url"s point: url, or another server's
 
     @property
     def api(self) -> str:
@@ -366,7 +348,8 @@ def user_json(site: _Site) -> Dict[str, Any]:
 def asset_json(site: _Site, release: Release, asset: Asset, downloads: int) -> Dict[str, Any]:
     tag = urllib.parse.quote(release.tag)
     value: Dict[str, Any] = {
-        "url": "%s/releases/assets/%d" % (site.api, asset.id),
+        "url": "%s/repos/%s/%s/releases/assets/%d"
+        % (site.asset_base, site.owner, site.repo, asset.id),
         "id": asset.id,
         "node_id": "RA_kwDOfake%d" % asset.id,
         "name": asset.name,
@@ -389,7 +372,6 @@ def asset_json(site: _Site, release: Release, asset: Asset, downloads: int) -> D
 
 def release_json(site: _Site, release: Release, downloads: Mapping[int, int]) -> Dict[str, Any]:
     url = "%s/releases/%d" % (site.api, release.id)
-    embedded = release.assets[: release.embed_assets]
     return {
         "url": url,
         "assets_url": url + "/assets",
@@ -402,14 +384,20 @@ def release_json(site: _Site, release: Release, downloads: Mapping[int, int]) ->
         "target_commitish": "develop",
         "name": release.tag,
         "draft": release.draft,
-        "prerelease": release.prerelease,
+        "prerelease": False,
         "created_at": release.created_at,
         "published_at": None if release.draft else release.created_at,
-        "assets": [asset_json(site, release, a, downloads.get(a.id, 0)) for a in embedded],
+        "assets": assets_json(site, release, downloads)[: release.embed_assets],
         "tarball_url": "%s/tarball/%s" % (site.api, release.tag),
         "zipball_url": "%s/zipball/%s" % (site.api, release.tag),
         "body": "Release %s" % release.tag,
     }
+
+
+def assets_json(site: _Site, release: Release, downloads: Mapping[int, int]) -> List[Any]:
+    """The release's assets as GitHub lists them, then its odd ones as they were given."""
+    listed = [asset_json(site, release, a, downloads.get(a.id, 0)) for a in release.assets]
+    return listed + list(release.odd_assets)
 
 
 # --- routes ---
@@ -418,10 +406,8 @@ def release_json(site: _Site, release: Release, downloads: Mapping[int, int]) ->
 # answering it and the documentation_url GitHub puts in that route's 404.
 API_ROUTES = (
     (r"/releases", "_list_releases", "releases/releases#list-releases"),
-    (r"/releases/latest", "_latest_release", "releases/releases#get-the-latest-release"),
     (r"/releases/tags/(?P<tag>.+)", "_release_by_tag",
      "releases/releases#get-a-release-by-tag-name"),
-    (r"/releases/(?P<release_id>\d+)", "_release_by_id", "releases/releases#get-a-release"),
     (r"/releases/(?P<release_id>\d+)/assets", "_list_assets",
      "releases/assets#list-release-assets"),
     (r"/releases/assets/(?P<asset_id>\d+)", "_get_asset", "releases/assets#get-a-release-asset"),
@@ -485,8 +471,15 @@ class FakeGitHub:
         self._object_token = secrets.token_hex(16)
         self._server = _Server((host, port), self)
         self.url = "http://%s:%d" % (host, self._server.server_address[1])
-        self._site = _Site(self.url, owner, repo)
+        # Bases of Link headers and of asset "url"s: this server, unless a test points
+        # them at another (a client must not send the token there).
+        self.link_base = self.url
+        self.asset_base = self.url
         self._thread: Optional[threading.Thread] = None
+
+    @property
+    def _site(self) -> _Site:
+        return _Site(self.url, self.owner, self.repo, self.asset_base)
 
     # --- life cycle ---
 
@@ -529,8 +522,8 @@ class FakeGitHub:
         *,
         digest: Union[bool, str, None] = True,
         draft: bool = False,
-        prerelease: bool = False,
         embed_assets: Optional[int] = None,
+        odd_assets: Sequence[Any] = (),
     ) -> Release:
         """Add a release, newer than every one added before, and return it.
 
@@ -539,6 +532,8 @@ class FakeGitHub:
         uploaded before mid-2025), None leaves the key out, a string is served as
         it is (a wrong digest). embed_assets: the release JSON embeds only the
         first N assets, so a client must page the assets endpoint for the rest.
+        odd_assets: raw asset objects (a null size, a sha512 digest, no url...)
+        served after the real ones, as they are.
         """
         measured = [_measure(name, content, digest) for name, content in (assets or {}).items()]
         with self._lock:
@@ -550,7 +545,8 @@ class FakeGitHub:
                 for asset in measured
             )
             release = Release(
-                self._take_id(0), tag, draft, prerelease, created_at, records, embed_assets
+                self._take_id(0), tag, draft, created_at, records, embed_assets,
+                tuple(odd_assets),
             )
             self._releases.append(release)
         return release
@@ -579,6 +575,12 @@ class FakeGitHub:
         """
         with self._lock:
             return [request for _, request in sorted(self._requests)]
+
+    @property
+    def connections(self) -> int:
+        """Connections open now: a stalled request shows here, not yet in `requests`."""
+        with self._lock:
+            return len(self._connections)
 
     def wait_for_requests(
         self, pattern: str = "", count: int = 1, timeout: float = 5.0
@@ -684,9 +686,9 @@ class FakeGitHub:
                     return fault
         return None
 
-    def _take_body_fault(self, method: str, target: str, reply: _Reply) -> Optional[Fault]:
+    def _take_body_fault(self, target: str, reply: _Reply) -> Optional[Fault]:
         """Return the body fault for this answer; an empty body has none."""
-        if method == "HEAD" or body_length(reply.body) == 0:
+        if body_length(reply.body) == 0:
             return None
         return self._take_fault(target, BODY_FAULTS)
 
@@ -700,7 +702,7 @@ class FakeGitHub:
         if reply is not None:
             return reply
         if not is_api_path(path):
-            return self._answer_download(path, query, headers)
+            return self._answer_download(path, query)
         authorization = headers.get("Authorization")
         if self.token is not None and authorization is not None:
             if authorization.split(" ", 1)[-1] != self.token:
@@ -782,21 +784,10 @@ class FakeGitHub:
         items = [release_json(self._site, r, downloads) for r in releases]
         return self._page_reply(items, query, "/releases")
 
-    def _latest_release(
-        self, match: re.Match[str], query: Query, headers: Headers
-    ) -> Optional[_Reply]:
-        published = [r for r in self._snapshot()[0] if not (r.draft or r.prerelease)]
-        return self._release_reply(published[0] if published else None)
-
     def _release_by_tag(
         self, match: re.Match[str], query: Query, headers: Headers
     ) -> Optional[_Reply]:
         return self._release_reply(self._find_release_by_tag(urllib.parse.unquote(match["tag"])))
-
-    def _release_by_id(
-        self, match: re.Match[str], query: Query, headers: Headers
-    ) -> Optional[_Reply]:
-        return self._release_reply(self._find_release(int(match["release_id"])))
 
     def _list_assets(
         self, match: re.Match[str], query: Query, headers: Headers
@@ -804,10 +795,7 @@ class FakeGitHub:
         release = self._find_release(int(match["release_id"]))
         if release is None:
             return None
-        downloads = self._snapshot()[1]
-        items = [
-            asset_json(self._site, release, a, downloads.get(a.id, 0)) for a in release.assets
-        ]
+        items = assets_json(self._site, release, self._snapshot()[1])
         return self._page_reply(items, query, "/releases/%d/assets" % release.id)
 
     def _get_asset(self, match: re.Match[str], query: Query, headers: Headers) -> Optional[_Reply]:
@@ -823,7 +811,7 @@ class FakeGitHub:
     def _page_reply(self, items: List[Dict[str, Any]], query: Query, rest: str) -> _Reply:
         """Answer one page of items, linking the others like GitHub."""
         page, per_page = read_page_options(query)
-        base = "%s/repositories/%d%s" % (self.url, self.repo_id, rest)
+        base = "%s/repositories/%d%s" % (self.link_base, self.repo_id, rest)
         link = link_header(base, query, page, count_pages(len(items), per_page))
         reply = json_reply(200, items[(page - 1) * per_page : page * per_page])
         return add_headers(reply, (("Link", link),) if link else ())
@@ -844,10 +832,10 @@ class FakeGitHub:
 
     # --- downloads (not API: no rate limit) ---
 
-    def _answer_download(self, path: str, query: Query, headers: Headers) -> _Reply:
+    def _answer_download(self, path: str, query: Query) -> _Reply:
         match = OBJECT_PATH.fullmatch(path)
         if match is not None:
-            return self._serve_object(int(match["asset_id"]), dict(query), headers)
+            return self._serve_object(int(match["asset_id"]), dict(query))
         match = DOWNLOAD_PATH.fullmatch(path)
         if match is None or not self._is_ours(match["owner"], match["repo"]):
             return text_reply(404, "Not Found")
@@ -862,27 +850,18 @@ class FakeGitHub:
         """Return the published (not draft) release with this tag, as GitHub finds it."""
         return next((r for r in self._snapshot()[0] if r.tag == tag and not r.draft), None)
 
-    def _serve_object(self, asset_id: int, query: Mapping[str, str], headers: Headers) -> _Reply:
-        """Answer the bytes of an asset, the whole or one Range, like a CDN."""
+    def _serve_object(self, asset_id: int, query: Mapping[str, str]) -> _Reply:
+        """Answer the bytes of an asset, like a CDN."""
         found = self._find_asset(asset_id)
         if found is None:
             return text_reply(404, "Not Found")
         if query.get("token") != self._object_token:
             return text_reply(403, "Request has expired or its signature does not match")
         asset = found[1]
-        try:
-            span = parse_range(headers.get("Range"), asset.size)
-        except ValueError:
-            unsatisfiable = (("Content-Range", "bytes */%d" % asset.size),)
-            return text_reply(416, "Range Not Satisfiable", unsatisfiable)
-        start, end = span if span is not None else (0, asset.size - 1)
         with self._lock:
             self._downloads[asset_id] = self._downloads.get(asset_id, 0) + 1
-        extra: Tuple[Tuple[str, str], ...] = (("Accept-Ranges", "bytes"),)
-        if span is not None:
-            extra += (("Content-Range", "bytes %d-%d/%d" % (start, end, asset.size)),)
-        headers_out = (("Content-Type", OCTET_STREAM),) + extra
-        return _Reply(206 if span else 200, headers_out, asset_body(asset, start, end))
+        body = (asset.data or b"") if asset.path is None else _FileSlice(asset.path, 0, asset.size)
+        return _Reply(200, (("Content-Type", OCTET_STREAM),), body)
 
 
 def _measure(name: str, content: Union[bytes, Path], digest: Union[bool, str, None]) -> Asset:
@@ -895,12 +874,6 @@ def _measure(name: str, content: Union[bytes, Path], digest: Union[bool, str, No
         sha256 = hash_file(path) if digest is True else None
     has_key, value = choose_digest(digest, sha256)
     return Asset(0, name, size, sha256, value, has_key, "", data, path)
-
-
-def asset_body(asset: Asset, start: int, end: int) -> Body:
-    if asset.path is None:
-        return (asset.data or b"")[start : end + 1]
-    return _FileSlice(asset.path, start, end + 1 - start)
 
 
 def json_reply(status: int, value: Any) -> _Reply:
@@ -946,7 +919,6 @@ def log_line(request: Request) -> Dict[str, Any]:
         "bytes_sent": request.bytes_sent,
         "authorization": request.header("Authorization") is not None,
         "accept": request.header("Accept"),
-        "range": request.header("Range"),
     }
 
 
@@ -992,16 +964,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.status_sent = code
         super().send_response(code, message)
 
-    def do_HEAD(self) -> None:
-        self.do_GET()  # send_reply leaves the body out
-
     def do_GET(self) -> None:
         fake = self.server.fake
         self.status_sent, self.bytes_sent = 0, 0
         arrival = fake._arrive()
         try:
             reply = fake._answer(self.path, self.headers)
-            self.send_reply(reply, fake._take_body_fault(self.command, self.path, reply))
+            self.send_reply(reply, fake._take_body_fault(self.path, reply))
         finally:
             fake._record(arrival, Request(
                 self.command, self.path, dict(self.headers.items()),
@@ -1015,8 +984,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("X-GitHub-Request-Id", new_request_id())
         self.send_header("Content-Length", str(body_length(reply.body)))
         self.end_headers()
-        if self.command != "HEAD":
-            self.write_body(reply.body, fault)
+        self.write_body(reply.body, fault)
 
     def write_body(self, body: Body, fault: Optional[Fault]) -> None:
         """Send the body, or as much of it as the fault allows, then act the fault out."""

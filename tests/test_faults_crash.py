@@ -321,14 +321,14 @@ def live_mid_prefetch(ctx: Ctx) -> None:
 
 def staged_by_dead_visor(ctx: Ctx, zip_bytes: Optional[int], binary_bytes: Optional[int],
                          run_config: bool) -> Path:
-    """A .staging-v2-<dead pid> folder as install_release leaves it when killed."""
+    """A .staging-v2-<dead pid>-<nonce> folder as install_release leaves it when killed."""
     home = ctx.home
     data = serve_v2(ctx.github, ctx.tmp)
     use_github(home, ctx.github, prefetch=False)
     home.install_version("genesis", "v1", UPGRADE)
     write_journal(home, "stopped")
-    folder = home.path / f".staging-v2-{dead_pid()}"
-    (folder / "release").mkdir(parents=True)
+    import vegavisor
+    folder = vegavisor.make_staging(home.path, "v2", home.path / "v2", pid=dead_pid())
     (folder / host_asset_name()).write_bytes(data[:zip_bytes])
     if binary_bytes is not None or run_config:
         home.install_version(f"{folder.name}/release", "v2", V2_ARGS)

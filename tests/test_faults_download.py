@@ -170,6 +170,26 @@ def serve(gh: FakeGitHub, tmp: Path, data: Optional[bytes] = None, **kwargs: Any
                    **kwargs)
 
 
+def nested_json(depth: int = 100000) -> str:
+    return "[" * depth + "]" * depth
+
+
+def encrypted(data: bytes) -> bytes:
+    """The zip with its entries flagged encrypted (bit 0), as `zip -e` writes them."""
+    raw = bytearray(data)
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = raw.find(signature)
+        while at >= 0:
+            raw[at + offset] |= 0x1
+            at = raw.find(signature, at + 4)
+    return bytes(raw)
+
+
+# Unrelated assets GitHub might list beside the one chosen: none may block the release.
+ODD_ASSETS = [{"name": "vega.sha512", "size": 1, "url": "https://h/1", "digest": "sha512:ab"},
+              {"name": "notes.txt", "size": None}, {"name": ["x"]}, "not an object", None]
+
+
 def limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
 
@@ -365,6 +385,57 @@ FAULTS = [
               Fails(r"download of vega-\w+-\w+\.zip .* failed after \d+ bytes: "
                     r"\[Errno 27\] File too large$"),
               preexec_fn=limit_file_size),)),
+    Row("downloads", "lookup-trickles",
+        "httpTimeoutSeconds = 1, prefetch off; /releases/tags/v2 sends its body a byte "
+        "every 0.1 s (no read ever times out)",
+        "each attempt ends at the lookup's overall deadline (2 s); exit 1; giving up: the "
+        "release lookup did not finish within its deadline, the URL named; nothing installed",
+        (Case(lambda gh, tmp: (serve(gh, tmp), gh.slow(r"/releases/tags/v2", 0.1,
+                                                       chunk_size=1)),
+              Fails(r"the release lookup did not finish within its deadline of 2s \(http://"
+                    r"127\.0\.0\.1:\d+/repos/vegaprotocol/vega/releases/tags/v2\)$"),
+              auto={"httpTimeoutSeconds": 1, "prefetch": False}),)),
+    Row("downloads", "download-trickles",
+        "httpTimeoutSeconds = 1, prefetch off; the asset's body comes 64 bytes every 0.05 s",
+        "each attempt ends at the download's overall deadline (1 s + size at 16 KiB/s); "
+        "exit 1; giving up: the download did not finish within its deadline, the URL "
+        "named; nothing installed",
+        (Case(lambda gh, tmp: (serve(gh, tmp), gh.slow(r"^/objects/", 0.05, chunk_size=64)),
+              Fails(r"the download did not finish within its deadline of [\d.]+s \(http://"
+                    r"127\.0\.0\.1:\d+/objects/\d+/vega-\w+-\w+\.zip\)$"),
+              auto={"httpTimeoutSeconds": 1, "prefetch": False}),)),
+    Row("downloads", "nested-json",
+        "/releases/tags/v2 answers 200 with a JSON list nested 100000 deep",
+        "exit 1; giving up: the URL answered JSON nested too deeply; no traceback, "
+        "nothing installed",
+        (Case(lambda gh, tmp: (serve(gh, tmp), gh.fail(r"/releases/tags/v2", 200,
+                                                       body=nested_json())),
+              Fails(r"releases/tags/v2 answered JSON nested too deeply$")),)),
+    Row("downloads", "odd-unrelated-assets",
+        "release v2 also lists assets with a sha512 digest, a null size, a list as name, "
+        "a string and null",
+        "the upgrade completes: only the chosen asset is checked",
+        (Case(lambda gh, tmp: serve(gh, tmp, odd_assets=ODD_ASSETS), Upgrades(8)),)),
+    Row("downloads", "chosen-asset-null-size",
+        "the asset for this host is listed with \"size\": null",
+        "exit 1; giving up: the asset has no usable size, url or digest; nothing downloaded",
+        (Case(lambda gh, tmp: gh.add_release("v2", odd_assets=[{
+            "name": host_asset_name(), "size": None, "url": gh.url + "/x"}]),
+              Fails(r"describes the asset vega-\w+-\w+\.zip without a usable size, url or "
+                    r"digest: ")),)),
+    Row("downloads", "non-zip-asset",
+        "[autoInstall.asset] name = \"vega-{os}-{arch}\"; that asset is the binary itself, "
+        "not a zip",
+        "the upgrade completes: the asset is saved as HOME/v2/vega, mode 0755, and its "
+        "version checked before the folder is renamed into place",
+        (Case(lambda gh, tmp: gh.add_release("v2", {host_asset_name()[:-4]: binary_bytes(tmp)}),
+              Upgrades(8, [r"INFO  version checked tag=v2 binary=vega version=v2"], mode=0o755),
+              auto={"asset": {"name": "vega-{os}-{arch}"}}),)),
+    Row("downloads", "encrypted-entry",
+        "the zip's vega entry is flagged encrypted",
+        "exit 1; giving up: the zip holds 'vega' encrypted; no traceback, nothing installed",
+        (Case(lambda gh, tmp: serve(gh, tmp, encrypted(release_zip(tmp))),
+              Fails(r"vega-\w+-\w+\.zip holds 'vega' encrypted; a release is not$")),)),
     Row("downloads", "http-api-url",
         "githubApiUrl = http://api.github.com (plain http to a host that is not loopback)",
         "exit 2 before anything runs, naming autoInstall.githubApiUrl; no node started, "
@@ -478,10 +549,12 @@ def assert_refused(home: Home, visor: Visor, github: FakeGitHub,
 def test_download_fault(home, launch, github, short_tmp, row, case):
     case.arrange(github, short_tmp)
     auto = dict({"githubApiUrl": github.url}, **case.auto)
-    checksums = auto.pop("checksums", {})
+    checksums, asset = auto.pop("checksums", {}), auto.pop("asset", {})
     set_table(home, "autoInstall", **auto)
     if checksums:
         set_table(home, "autoInstall.checksums", **checksums)
+    if asset:
+        set_table(home, "autoInstall.asset", **asset)
     home.set_config(maxNumberOfRestarts=1)
     home.install_version("genesis", "v1", case.upgrade)
     visor = launch(preexec_fn=case.preexec_fn)

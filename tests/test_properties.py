@@ -296,7 +296,7 @@ JSON = st.recursive(
                                                                 max_size=5),
     max_leaves=15)
 ASSET_JSON = st.fixed_dictionaries({}, optional={
-    "name": st.one_of(st.text(max_size=12), JSON),
+    "name": st.one_of(st.text(max_size=12), st.just("vega-linux-amd64.zip"), JSON),
     "size": st.one_of(st.integers(-5, 10**12), JSON),
     "url": st.one_of(st.just("https://api.github.com/repos/o/r/releases/assets/1"), JSON),
     "digest": st.one_of(st.none(), st.just("sha256:" + "ab" * 32),
@@ -336,23 +336,29 @@ def test_release_json_is_a_release_or_an_install_error(data):
     assert isinstance(release.tag, str)
     assert isinstance(release.id, int) and not isinstance(release.id, bool)
     assert isinstance(release.assets, tuple)
-    for asset in release.assets:
-        assert_asset(asset)
+
+
+CHOSEN = "vega-linux-amd64.zip"
 
 
 @pytest.mark.timeout(60)
 @SETTINGS
 @given(st.one_of(st.lists(st.one_of(ASSET_JSON, JSON), max_size=5), JSON))
-def test_assets_json_is_assets_or_an_install_error(data):
+def test_only_the_chosen_asset_is_checked(data):
     data = json.loads(json.dumps(data))
     try:
-        assets = vegavisor._assets_from_json(data, URL)
+        items = vegavisor._assets_from_json(data, URL)
+        asset = vegavisor.choose_asset(items, CHOSEN, URL)
     except vegavisor.InstallError as e:
         assert_installerror_is_redacted(e)
+        chosen = [i for i in data if isinstance(i, dict) and i.get("name") == CHOSEN] \
+            if isinstance(data, list) else []
+        assert not isinstance(data, list) or chosen, "only the chosen asset may be refused"
         return
-    assert isinstance(assets, tuple) and len(assets) == len(data)
-    for asset in assets:
+    assert isinstance(items, tuple) and len(items) == len(data)
+    if asset is not None:
         assert_asset(asset)
+        assert asset.name == CHOSEN
 
 
 # --- (c) Link headers ---

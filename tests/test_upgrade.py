@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
@@ -223,7 +224,7 @@ FAILURES = [
         r"the asset's vega reports version v3, not v2", id="wrong-version"),
     pytest.param(lambda gh, z: gh.add_release("v2", {host_asset_name(): zip_with(
         [(hostile("vega-binary", 0o100755), b"#!/bin/sh\n")])}),
-        r"the asset holds no vega at its root \(it holds: vega-binary\)", id="no-binary"),
+        r"the asset holds no vega \(its top level holds: vega-binary\)", id="no-binary"),
 ]
 
 
@@ -270,6 +271,30 @@ def test_an_insecure_api_url_is_refused_before_anything_runs(home):
     assert done.returncode == 2
     assert ("autoInstall.githubApiUrl: 'http://api.github.com' is plain http:// to a host "
             "that is not loopback; use https://") in done.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("prefetch", [False, True], ids=["at-the-block", "prefetch"])
+def test_sigterm_during_a_stalled_lookup_is_never_an_install(home, start_visor, github,
+                                                             short_tmp, prefetch):
+    github.add_release("v2", {host_asset_name(): release_zip(short_tmp)})
+    github.slow(r"/releases/tags/v2", stall_after=10)  # then nothing, for ever
+    use_github(home, github, prefetch=prefetch)
+    home.install_version("genesis", "v1", UPGRADE)
+    visor = start_visor()
+    wait_for(lambda: github.connections, 20, "the lookup under way")
+    if not prefetch:
+        visor.wait_log(r"INFO  stopped role=core")
+    visor.signal(signal.SIGTERM)
+    assert visor.wait_exit(4) == 0, "the cancel ended the lookup at once, not after 5 s"
+    log = visor.log()
+    assert not re.search(r" (installed|prefetched) ", log), log
+    assert "has no run-config.toml" not in log
+    assert not (home.path / "v2").exists()
+    assert [p.name for p in home.path.iterdir() if p.name.startswith(".staging")] == []
+    journal = home.path / ".upgrade-journal.json"
+    if not prefetch:
+        assert json.loads(journal.read_text())["step"] == "stopped"
 
 
 # --- prepare-upgrade ---
