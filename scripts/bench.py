@@ -879,15 +879,16 @@ for name in MODULES:
     out['mods'].append((kb('VmRSS') - before, name))
 out['stdlib_done'] = kb('VmRSS')
 source = open(PATH).read()
-import tracemalloc
-tracemalloc.start()
 code = compile(source, PATH, 'exec')
-out['compile_peak'] = tracemalloc.get_traced_memory()[1]
-tracemalloc.stop()
 out['compiled'] = kb('VmRSS')
 out['compile_hwm'] = kb('VmHWM')
 exec(code, {'__name__': 'vegavisor_probe'})
 out['executed'] = kb('VmRSS')
+import tracemalloc  # last: its own bookkeeping would swell the RSS figures above
+tracemalloc.start()
+compile(source, PATH, 'exec')
+out['compile_peak'] = tracemalloc.get_traced_memory()[1]
+tracemalloc.stop()
 out['lines'] = source.count(chr(10))
 print(repr(out))
 """
