@@ -561,79 +561,6 @@ def measure_switchover(quick: bool) -> Dict[str, Any]:
     return {"floor": floor, "on": on, "off": off, "asset_size": asset_size}
 
 
-def report_switchover(sec: "Section", r: Dict[str, Any]) -> None:
-    floor, on, off, asset_size = r["floor"], r["on"], r["off"], r["asset_size"]
-    f_med = median([r["total"] for r in floor])
-    on_med = median([r["total"] for r in on])
-    off_med = median([r["total"] for r in off])
-    late = sum(not r["prefetch_done_before_block"] for r in on)
-    sec.row("prefetch on: ready -> v2 start", fmt_ms(on_med), fmt_ms(f_med), ratio(on_med, f_med),
-            "floor + 300 ms", on_med - f_med <= 0.300)
-    sec.row("prefetch off: ready -> v2 start", fmt_ms(off_med), fmt_ms(f_med),
-            ratio(off_med, f_med), "(none; for comparison)", None)
-    sec.row("prefetch on, minus floor", fmt_ms(on_med - f_med), "", "", "<= 300 ms",
-            on_med - f_med <= 0.300)
-    act = {k: median([r["act"] for r in v]) for k, v in (("floor", floor), ("on", on), ("off", off))}
-    sec.row("prefetch on: first ReadyToUpgrade=true answer -> v2 start", fmt_ms(act["on"]),
-            fmt_ms(act["floor"]), ratio(act["on"], act["floor"]), "(diagnostic)", None)
-    sec.row("prefetch off: first ReadyToUpgrade=true answer -> v2 start", fmt_ms(act["off"]),
-            fmt_ms(act["floor"]), ratio(act["off"], act["floor"]), "(diagnostic)", None)
-    L = sec.lines
-    L += [f"Runs: floor {len(floor)}, prefetch on {len(on)}, prefetch off {len(off)}, "
-          f"interleaved. Release asset: {asset_size} bytes (a zip: `vega` = fake core v2, "
-          f"plus {SWITCH_ASSET_BYTES // MiB} MiB of random bytes stored uncompressed), served by "
-          f"FakeGitHub on 127.0.0.1 from a file.",
-          "",
-          "What is timed: from the `ready` event in fake core v1's `--record` file (written "
-          "when core first finds itself ReadyToUpgrade, within its 20 ms main-loop tick) to the "
-          "`start` event of fake core v2 (written by v2 right after its first stdout line, so "
-          f"it includes v2's start-up: the fake binary's `#!/usr/bin/env python3` line, "
-          f"i.e. {shutil.which('python3')} on this PATH, then Python and fakes/core.py; the "
-          f"same for the floor). Both are `time.time()` on this host.",
-          "",
-          f"Setup: vegavisor's default config.toml from `init`, only `githubApiUrl` changed "
-          f"(and `prefetch = false` for the prefetch-off runs); pollIntervalSeconds = 2, "
-          f"upgradePollIntervalSeconds = 0.25 as shipped. Fake chain: {BLOCK_SECONDS} s blocks, "
-          f"accepted at height {ACCEPT_HEIGHT}, upgrade block {UPGRADE_HEIGHT_PREFETCH} with "
-          f"prefetch on (the prefetch must finish before it), {UPGRADE_HEIGHT_OTHER} otherwise; "
-          f"`--ready-delay` is a random 0-250 ms per run (the same sequence for every variant) "
-          f"so that where ready falls between two 0.25 s polls is random, not a fixed phase. "
-          f"The floor is this script itself: it starts v1 with the same arguments, polls "
-          f"UpgradeStatus on a new unix-socket connection 2 s after the start and then every "
-          f"0.25 s once a release is accepted (vegavisor's schedule), sends SIGTERM, waits for "
-          f"the exit on a pidfd, and starts v2 with `--snapshot.load-from-block-height`.",
-          "",
-          f"Prefetch finished before the upgrade block in {len(on) - late} of {len(on)} "
-          f"prefetch-on runs.",
-          "",
-          "Raw values, ms (ready -> v2 start):",
-          "",
-          f"- floor: {fmt_list([r['total'] for r in floor], 1000)}",
-          f"- prefetch on: {fmt_list([r['total'] for r in on], 1000)}",
-          f"- prefetch off: {fmt_list([r['total'] for r in off], 1000)}",
-          "",
-          "Split of each run, ms: poll delay (ready -> first ReadyToUpgrade=true answer) + "
-          "the rest (that answer -> v2 start):",
-          ""]
-    for name, rs in (("floor", floor), ("prefetch on", on), ("prefetch off", off)):
-        L.append(f"- {name}: " + ", ".join(f"{r['detect'] * 1000:.0f}+{r['act'] * 1000:.0f}"
-                                           for r in rs))
-    L += ["", "Median time after core's first ReadyToUpgrade=true answer (its `rpc` record) at "
-          "which each vegavisor log line appears (log stamps are truncated to 1 ms):", "",
-          "| milestone | prefetch on | prefetch off |", "|---|---|---|"]
-    for label, _ in VISOR_MILESTONES:
-        cells = []
-        for rs in (on, off):
-            vals = [r["marks"][label] for r in rs if label in r["marks"]]
-            cells.append(fmt_ms(median(vals)) if vals else "-")
-        L.append(f"| {label} | {cells[0]} | {cells[1]} |")
-    L.append(f"| v2 `start` record | {fmt_ms(act['on'])} | {fmt_ms(act['off'])} |")
-    L.append(f"| (floor: v2 `start` record) | {fmt_ms(act['floor'])} | |")
-    if on_med - f_med > 0.300:
-        L += ["", "**What limits it**: prefetch on is more than 300 ms over the floor; see the "
-              "milestones above for where the time goes."]
-
-
 # --- b. idle ---
 
 # The phases of a node's life that `run` idles in for hours or days, and the poll
@@ -765,105 +692,6 @@ def check_idle_visor(proc: subprocess.Popen, root: Optional[Path], phase: str) -
         log = "".join(f.read_text(errors="replace") for f in root.glob("*.log"))
         raise BenchError(f"vegavisor ({phase}) is not polling as it should: exit {proc.poll()}, "
                          f"{len(answered)} answers; log: {log[-2000:]}")
-
-
-def report_idle(sec: "Section", r: Dict[str, Any]) -> None:
-    window, phases = r["window"], r["phases"]
-
-    def share(rows: List[Dict[str, float]], key: str) -> List[float]:
-        return [row[key] / window for row in rows]  # CPU seconds per second = share of a core
-    def per_poll(rows: List[Dict[str, float]]) -> float:
-        return median([row["sched"] / row["polls"] for row in rows if row["polls"]])
-    base_sched = median(share(phases["baseline"], "sched"))
-    met_all = True
-    for phase, key, interval in IDLE_PHASES:
-        rows, floor = phases[phase], phases[f"floor, {phase}"]
-        sched, ticks = median(share(rows, "sched")), median(share(rows, "ticks"))
-        floor_sched = median(share(floor, "sched"))
-        met = sched < CORE_BUDGET and ticks < CORE_BUDGET
-        met_all = met_all and met
-        sec.row(f"CPU, {phase} ({key} = {interval:g}; schedstat, ns)",
-                f"{sched * 100:.4f} % of a core", f"{floor_sched * 100:.4f} % (floor poller)",
-                ratio(sched, floor_sched), "<= 0.1 % of a core", met)
-        sec.row(f"CPU, {phase} (/proc stat, 1/{CLK_TCK} s ticks)",
-                f"{ticks * 100:.3f} % of a core", "", "", "<= 0.1 % of a core", met)
-        sec.row(f"CPU per poll cycle, {phase}", f"{per_poll(rows) * 1000:.3f} ms",
-                f"{per_poll(floor) * 1000:.3f} ms (floor poller)",
-                ratio(per_poll(rows), per_poll(floor)),
-                f"<= {CORE_BUDGET * interval * 1000:.2f} ms (0.1 % at {interval:g} s)",
-                per_poll(rows) < CORE_BUDGET * interval)
-    sec.row("CPU of an idle `python3 -c \"time.sleep(N)\"`", f"{base_sched * 100:.4f} %",
-            "", "", "(diagnostic)", None)
-    visors = [row for phase, _, _ in IDLE_PHASES for row in phases[phase]]
-    hwm, base_hwm = median([row["hwm"] for row in visors]), median(
-        [row["hwm"] for row in phases["baseline"]])
-    rss_limit = 30e6  # "30 MB", read strictly as 30,000,000 bytes (28.6 MiB)
-    sec.row("peak RSS (VmHWM)", f"{hwm:.1f} MiB = {hwm * MiB / 1e6:.1f} MB",
-            f"{base_hwm:.1f} MiB = {base_hwm * MiB / 1e6:.1f} MB", ratio(hwm, base_hwm),
-            "< 30 MB (30,000,000 bytes)", hwm * MiB < rss_limit)
-    nosite = phases["-S"][0]["hwm"]
-    sec.row("peak RSS (VmHWM), `python3 -S` (no site-packages .pth files run at start)",
-            f"{nosite:.1f} MiB = {nosite * MiB / 1e6:.1f} MB", "", "",
-            "(diagnostic)", None)
-    rss = r["rss"]
-    L = sec.lines
-    if r["duration"] < 60:
-        L += [f"**--quick: the idle window was shortened to {r['duration']:g} s "
-              f"(the default run measures 60 s).**", ""]
-    L += [f"Runs: {r['runs']} per phase, all side by side: each `vegavisor.py run` supervises "
-          f"its own fake core for {r['duration']:g} s with the config.toml `init` writes "
-          f"(only githubApiUrl pointed at a closed local port). Phase \"{IDLE_PHASES[0][0]}\": "
-          f"the core has no proposal. Phase \"{IDLE_PHASES[1][0]}\": the core reports "
-          f"{NEW} accepted from its first block with the upgrade block a billion blocks away, "
-          f"and HOME/{NEW} is already installed, so vegavisor polls every "
-          f"{UPGRADE_POLL_INTERVAL:g} s and starts no prefetch. Baseline (floor poller): the "
-          f"least a Python process polling at the same period can do, a loop of `time.sleep` "
-          f"and one call of vegavisor's AdminClient on a kept-alive connection, each against "
-          f"its own fake core; and an idle `{PYTHON} -c \"{r['sleep_cmd']}\"`. All are "
-          f"started and read at the same moments. CPU is utime+stime of "
-          f"the process itself (children excluded) over the window from {r['warm']:g} s after "
-          f"start (core up and answering) to the end, as a share of one core: schedstat sums "
-          f"/proc/PID/task/*/schedstat in nanoseconds; the tick rows read /proc/PID/stat, "
-          f"whose 1/{CLK_TCK} s ticks hold only a few counts over such a window. CPU per poll "
-          f"cycle = schedstat CPU / the UpgradeStatus calls the fake core recorded in the "
-          f"window. Peak RSS is VmHWM at the end of the window; one more visor runs under "
-          f"`python3 -S` to show the share of this host's site-packages .pth files.",
-          "",
-          "Raw values, per process (schedstat CPU ms in the window, polls answered, VmHWM MiB, "
-          "threads):",
-          ""]
-    for phase, rows in phases.items():
-        L.append(f"- {phase}: " + "; ".join(
-            f"{row['sched'] * 1000:.1f} ms, {row['polls']} polls, {row['hwm']:.1f} MiB, "
-            f"{row['threads']} threads" for row in rows))
-    L += ["",
-          f"Where the resident memory comes from, measured once in a fresh `{PYTHON}` (VmRSS "
-          f"after each step, MiB): interpreter alone {rss['base']:.1f}; + the standard-library "
-          f"modules vegavisor.py imports {rss['stdlib']:+.1f} (largest: "
-          + ", ".join(f"{name} {kb / 1024:+.1f}" for kb, name in rss["top"][:4])
-          + f"); + compiling vegavisor.py ({rss['lines']} lines; a script run as `python3 "
-          f"vegavisor.py` is compiled from source on every start, never read from a .pyc) "
-          f"{rss['compile']:+.1f} (VmHWM during the compile {rss['compile_hwm']:.1f}; "
-          f"tracemalloc peak of the compile {rss['compile_peak']:.1f}); + executing the module "
-          f"{rss['exec']:+.1f}; total {rss['total']:.1f}."]
-    for phase, _, interval in IDLE_PHASES:
-        rows, floor = phases[phase], phases[f"floor, {phase}"]
-        sched, floor_sched = median(share(rows, "sched")), median(share(floor, "sched"))
-        if sched >= CORE_BUDGET:
-            L += ["", f"**What limits it (CPU, {phase})**: {interval:g} s polls at "
-                  f"{per_poll(rows) * 1000:.3f} ms a cycle; the floor poller (sleep, one "
-                  f"kept-alive call) needs {per_poll(floor) * 1000:.3f} ms a cycle, "
-                  f"{floor_sched * 100:.3f} % of a core"
-                  + (", itself over the budget: no Python process that makes one HTTP call "
-                     f"every {interval:g} s stays under 0.1 % of a core on this machine"
-                     if floor_sched >= CORE_BUDGET else "")
-                  + ". Section e measures the admin call alone."]
-    if hwm * MiB >= rss_limit:
-        L += ["", f"**What limits it (RSS)**: the peak is {hwm:.1f} MiB = "
-              f"{hwm * MiB / 1e6:.1f} MB, over 30 MB read as 30,000,000 bytes. By the breakdown "
-              f"above, the interpreter accounts for {rss['base']:.1f} MiB, the standard-library "
-              f"imports for {rss['stdlib']:.1f} MiB and compiling vegavisor.py's source for "
-              f"{rss['compile']:.1f} MiB (memory the compiler used and the allocator kept)."]
 
 
 RSS_PROBE = r"""
@@ -1075,6 +903,351 @@ def measure_download(quick: bool) -> Dict[str, Any]:
     return {"results": results, "prof": prof, "sha_rate": sha_rate, "skipped": skipped}
 
 
+# --- d. startup ---
+
+def timed(cmd: List[str]) -> Tuple[float, float]:
+    """Wall time, and CPU time (user + system) of the child from its rusage."""
+    import resource
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    # No `timeout=` here: with one, Popen.wait polls with sleeps of up to 50 ms, which
+    # would quantize these ~50 ms figures; a timer kills a hung child instead.
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killer = threading.Timer(30, proc.kill)
+    killer.start()
+    code = proc.wait()
+    wall = time.perf_counter() - t
+    killer.cancel()
+    if code != 0:
+        raise BenchError(f"{cmd} exited with {code}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+def import_times(flags: Sequence[str], runs: int = 5) -> Dict[str, float]:
+    """Median cumulative -X importtime (s) of each top-level import of `vegavisor.py
+    version` that `python3 -c pass` does not make (a shared dependency counts for the
+    first module that imports it)."""
+    def top_level(argv: List[str]) -> Dict[str, int]:
+        done = subprocess.run([PYTHON] + list(flags) + ["-X", "importtime"] + argv,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              timeout=30)
+        rows = {}
+        for line in done.stderr.splitlines():
+            m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\S.*)$", line)
+            if m:
+                rows[m.group(3)] = int(m.group(2))
+        return rows
+    base = set(top_level(["-c", "pass"]))
+    seen = [top_level([str(VEGAVISOR), "version"]) for _ in range(runs)]
+    names = [name for name in seen[0] if name not in base]
+    return {name: median([s.get(name, 0) for s in seen]) / 1e6 for name in names}
+
+
+def measure_startup(quick: bool) -> Dict[str, Any]:
+    """`vegavisor.py version` against `python3 -c pass`, as run and under `python3 -S`;
+    the installed module with its bytecode cached; and where the difference goes."""
+    runs = 10 if quick else 20
+    commands = {
+        "vegavisor": [PYTHON, str(VEGAVISOR), "version"],
+        "pass": [PYTHON, "-c", "pass"],
+        "vegavisor -S": [PYTHON, "-S", str(VEGAVISOR), "version"],
+        "pass -S": [PYTHON, "-S", "-c", "pass"],
+    }
+    import importlib.util
+    import py_compile
+    import tracemalloc
+    with tempfile.TemporaryDirectory() as cached:
+        module = Path(cached) / "vegavisor.py"
+        shutil.copy(VEGAVISOR, module)
+        py_compile.compile(str(module), cfile=importlib.util.cache_from_source(str(module)))
+        commands["installed"] = [PYTHON, "-c", f"import sys; sys.path.insert(0, {cached!r}); "
+                                 f"import vegavisor; sys.exit(vegavisor.main(['version']))"]
+        for _ in range(3):  # warm the page cache and the .pyc of imported modules
+            for cmd in commands.values():
+                timed(cmd)
+        wall: Dict[str, List[float]] = {name: [] for name in commands}
+        cpu: Dict[str, List[float]] = {name: [] for name in commands}
+        for _ in range(runs):  # alternating, so drifts of the machine hit every command
+            for name, cmd in commands.items():
+                w, c = timed(cmd)
+                wall[name].append(w)
+                cpu[name].append(c)
+    source = VEGAVISOR.read_text()
+    compiles = []
+    for _ in range(5):
+        t = time.perf_counter()
+        compile(source, str(VEGAVISOR), "exec")
+        compiles.append(time.perf_counter() - t)
+    tracemalloc.start()
+    compile(source, str(VEGAVISOR), "exec")
+    compile_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"runs": runs, "wall": wall, "cpu": cpu, "compiles": compiles,
+            "compile_peak": compile_peak, "lines": source.count("\n"),
+            "imports": import_times([]), "imports_S": import_times(["-S"])}
+
+
+# --- e. admin poll ---
+
+def load_subject() -> Any:
+    """The measured vegavisor.py (the snapshot) as a module, for in-process calls."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("vegavisor_subject", str(VEGAVISOR))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def http_client_poll(vv: Any, rpc: Any, request_id: int) -> Any:
+    """The admin call of vegavisor.py up to 466b07d: http.client, a new connection a poll."""
+    body = json.dumps({"method": "protocolupgrade.UpgradeStatus", "params": [None],
+                       "id": request_id})
+    conn = UnixHTTPConnection(rpc.socket_path, 5.0)
+    try:
+        conn.request("POST", rpc.http_path, body=body.encode(),
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        answer = response.read(64 * 1024 + 1)
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise BenchError(f"HTTP {response.status}")
+    return vv.parse_upgrade_status(answer, request_id)
+
+
+def measure_polls(quick: bool) -> Dict[str, Any]:
+    """CPU of one UpgradeStatus call in this process, per client, against one fake core:
+    blocks of polls, the clients interleaved block by block."""
+    polls, blocks = (200, 3) if quick else (500, 7)
+    vv = load_subject()
+    with Workspace("poll") as ws:
+        sock = ws.dir / "admin.sock"
+        ws.popen([PYTHON, ROOT / "fakes" / "core.py", "node", "--admin-socket", sock]
+                 + ACCEPTED_CORE_ARGS, log=ws.dir / "core.log")
+        rpc = vv.RpcConfig(str(sock), "/rpc")
+        keep = vv.AdminClient(rpc, 5.0)
+        wait_for(lambda: poll_ok(keep), 30, "the fake core's admin socket")
+        clients: Dict[str, Callable[[int], Any]] = {
+            "http.client, new connection per poll (vegavisor.py up to 466b07d)":
+                lambda n: http_client_poll(vv, rpc, n),
+            "AdminClient, new connection per poll (call_upgrade_status)":
+                lambda n: vv.call_upgrade_status(rpc, 5.0, n),
+            "AdminClient, connection kept alive": keep.upgrade_status,
+        }
+        cpu: Dict[str, List[float]] = {name: [] for name in clients}
+        wall: Dict[str, List[float]] = {name: [] for name in clients}
+        for name, call in clients.items():  # warm-up, not counted
+            for n in range(20):
+                call(n)
+        for block in range(blocks):
+            for name, call in clients.items():
+                t, w = time.thread_time(), time.perf_counter()
+                for n in range(polls):
+                    call(n)
+                cpu[name].append((time.thread_time() - t) / polls)
+                wall[name].append((time.perf_counter() - w) / polls)
+        keep.close()
+    return {"polls": polls, "blocks": blocks, "cpu": cpu, "wall": wall}
+
+
+def poll_ok(client: Any) -> bool:
+    try:
+        return client.upgrade_status(1).tag == NEW
+    except Exception:  # the socket not there yet, or before the first block
+        return False
+
+
+# --- reports: each formats one benchmark's numbers into its BENCHMARKS.md section ---
+
+def report_switchover(sec: "Section", r: Dict[str, Any]) -> None:
+    floor, on, off, asset_size = r["floor"], r["on"], r["off"], r["asset_size"]
+    f_med = median([r["total"] for r in floor])
+    on_med = median([r["total"] for r in on])
+    off_med = median([r["total"] for r in off])
+    late = sum(not r["prefetch_done_before_block"] for r in on)
+    sec.row("prefetch on: ready -> v2 start", fmt_ms(on_med), fmt_ms(f_med), ratio(on_med, f_med),
+            "floor + 300 ms", on_med - f_med <= 0.300)
+    sec.row("prefetch off: ready -> v2 start", fmt_ms(off_med), fmt_ms(f_med),
+            ratio(off_med, f_med), "(none; for comparison)", None)
+    sec.row("prefetch on, minus floor", fmt_ms(on_med - f_med), "", "", "<= 300 ms",
+            on_med - f_med <= 0.300)
+    act = {k: median([r["act"] for r in v]) for k, v in (("floor", floor), ("on", on), ("off", off))}
+    sec.row("prefetch on: first ReadyToUpgrade=true answer -> v2 start", fmt_ms(act["on"]),
+            fmt_ms(act["floor"]), ratio(act["on"], act["floor"]), "(diagnostic)", None)
+    sec.row("prefetch off: first ReadyToUpgrade=true answer -> v2 start", fmt_ms(act["off"]),
+            fmt_ms(act["floor"]), ratio(act["off"], act["floor"]), "(diagnostic)", None)
+    L = sec.lines
+    L += [f"Runs: floor {len(floor)}, prefetch on {len(on)}, prefetch off {len(off)}, "
+          f"interleaved. Release asset: {asset_size} bytes (a zip: `vega` = fake core v2, "
+          f"plus {SWITCH_ASSET_BYTES // MiB} MiB of random bytes stored uncompressed), served by "
+          f"FakeGitHub on 127.0.0.1 from a file.",
+          "",
+          "What is timed: from the `ready` event in fake core v1's `--record` file (written "
+          "when core first finds itself ReadyToUpgrade, within its 20 ms main-loop tick) to the "
+          "`start` event of fake core v2 (written by v2 right after its first stdout line, so "
+          f"it includes v2's start-up: the fake binary's `#!/usr/bin/env python3` line, "
+          f"i.e. {shutil.which('python3')} on this PATH, then Python and fakes/core.py; the "
+          f"same for the floor). Both are `time.time()` on this host.",
+          "",
+          f"Setup: vegavisor's default config.toml from `init`, only `githubApiUrl` changed "
+          f"(and `prefetch = false` for the prefetch-off runs); pollIntervalSeconds = 2, "
+          f"upgradePollIntervalSeconds = 0.25 as shipped. Fake chain: {BLOCK_SECONDS} s blocks, "
+          f"accepted at height {ACCEPT_HEIGHT}, upgrade block {UPGRADE_HEIGHT_PREFETCH} with "
+          f"prefetch on (the prefetch must finish before it), {UPGRADE_HEIGHT_OTHER} otherwise; "
+          f"`--ready-delay` is a random 0-250 ms per run (the same sequence for every variant) "
+          f"so that where ready falls between two 0.25 s polls is random, not a fixed phase. "
+          f"The floor is this script itself: it starts v1 with the same arguments, polls "
+          f"UpgradeStatus with vegavisor's AdminClient 2 s after the start and then every "
+          f"0.25 s once a release is accepted (vegavisor's schedule), sends SIGTERM, waits for "
+          f"the exit on a pidfd, and starts v2 with `--snapshot.load-from-block-height`.",
+          "",
+          f"Prefetch finished before the upgrade block in {len(on) - late} of {len(on)} "
+          f"prefetch-on runs.",
+          "",
+          "Raw values, ms (ready -> v2 start):",
+          "",
+          f"- floor: {fmt_list([r['total'] for r in floor], 1000)}",
+          f"- prefetch on: {fmt_list([r['total'] for r in on], 1000)}",
+          f"- prefetch off: {fmt_list([r['total'] for r in off], 1000)}",
+          "",
+          "Split of each run, ms: poll delay (ready -> first ReadyToUpgrade=true answer) + "
+          "the rest (that answer -> v2 start):",
+          ""]
+    for name, rs in (("floor", floor), ("prefetch on", on), ("prefetch off", off)):
+        L.append(f"- {name}: " + ", ".join(f"{r['detect'] * 1000:.0f}+{r['act'] * 1000:.0f}"
+                                           for r in rs))
+    L += ["", "Median time after core's first ReadyToUpgrade=true answer (its `rpc` record) at "
+          "which each vegavisor log line appears (log stamps are truncated to 1 ms):", "",
+          "| milestone | prefetch on | prefetch off |", "|---|---|---|"]
+    for label, _ in VISOR_MILESTONES:
+        cells = []
+        for rs in (on, off):
+            vals = [r["marks"][label] for r in rs if label in r["marks"]]
+            cells.append(fmt_ms(median(vals)) if vals else "-")
+        L.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    L.append(f"| v2 `start` record | {fmt_ms(act['on'])} | {fmt_ms(act['off'])} |")
+    L.append(f"| (floor: v2 `start` record) | {fmt_ms(act['floor'])} | |")
+    if on_med - f_med > 0.300:
+        L += ["", "**What limits it**: prefetch on is more than 300 ms over the floor; see the "
+              "milestones above for where the time goes."]
+
+
+def report_idle(sec: "Section", r: Dict[str, Any]) -> None:
+    window, phases = r["window"], r["phases"]
+
+    def share(rows: List[Dict[str, float]], key: str) -> List[float]:
+        return [row[key] / window for row in rows]  # CPU seconds per second = share of a core
+    def per_poll(rows: List[Dict[str, float]]) -> float:
+        return median([row["sched"] / row["polls"] for row in rows if row["polls"]])
+    base_sched = median(share(phases["baseline"], "sched"))
+    met_all = True
+    for phase, key, interval in IDLE_PHASES:
+        rows, floor = phases[phase], phases[f"floor, {phase}"]
+        sched, ticks = median(share(rows, "sched")), median(share(rows, "ticks"))
+        floor_sched = median(share(floor, "sched"))
+        met = sched < CORE_BUDGET and ticks < CORE_BUDGET
+        met_all = met_all and met
+        sec.row(f"CPU, {phase} ({key} = {interval:g}; schedstat, ns)",
+                f"{sched * 100:.4f} % of a core", f"{floor_sched * 100:.4f} % (floor poller)",
+                ratio(sched, floor_sched), "<= 0.1 % of a core", met)
+        sec.row(f"CPU, {phase} (/proc stat, 1/{CLK_TCK} s ticks)",
+                f"{ticks * 100:.3f} % of a core", "", "", "<= 0.1 % of a core", met)
+        sec.row(f"CPU per poll cycle, {phase}", f"{per_poll(rows) * 1000:.3f} ms",
+                f"{per_poll(floor) * 1000:.3f} ms (floor poller)",
+                ratio(per_poll(rows), per_poll(floor)),
+                f"<= {CORE_BUDGET * interval * 1000:.2f} ms (0.1 % at {interval:g} s)",
+                per_poll(rows) < CORE_BUDGET * interval)
+    sec.row("CPU of an idle `python3 -c \"time.sleep(N)\"`", f"{base_sched * 100:.4f} %",
+            "", "", "(diagnostic)", None)
+    visors = [row for phase, _, _ in IDLE_PHASES for row in phases[phase]]
+    hwm, base_hwm = median([row["hwm"] for row in visors]), median(
+        [row["hwm"] for row in phases["baseline"]])
+    rss_limit = 30e6  # "30 MB", read strictly as 30,000,000 bytes (28.6 MiB)
+    sec.row("peak RSS (VmHWM)", f"{hwm:.1f} MiB = {hwm * MiB / 1e6:.1f} MB",
+            f"{base_hwm:.1f} MiB = {base_hwm * MiB / 1e6:.1f} MB", ratio(hwm, base_hwm),
+            "< 30 MB (30,000,000 bytes)", hwm * MiB < rss_limit)
+    nosite = phases["-S"][0]["hwm"]
+    sec.row("peak RSS (VmHWM), `python3 -S` (no site-packages .pth files run at start)",
+            f"{nosite:.1f} MiB = {nosite * MiB / 1e6:.1f} MB", "", "",
+            "(diagnostic)", None)
+    rss = r["rss"]
+    L = sec.lines
+    if r["duration"] < 60:
+        L += [f"**--quick: the idle window was shortened to {r['duration']:g} s "
+              f"(the default run measures 60 s).**", ""]
+    L += [f"Runs: {r['runs']} per phase, all side by side: each `vegavisor.py run` supervises "
+          f"its own fake core for {r['duration']:g} s with the config.toml `init` writes "
+          f"(only githubApiUrl pointed at a closed local port). Phase \"{IDLE_PHASES[0][0]}\": "
+          f"the core has no proposal. Phase \"{IDLE_PHASES[1][0]}\": the core reports "
+          f"{NEW} accepted from its first block with the upgrade block a billion blocks away, "
+          f"and HOME/{NEW} is already installed, so vegavisor polls every "
+          f"{UPGRADE_POLL_INTERVAL:g} s and starts no prefetch. Baseline (floor poller): the "
+          f"least a Python process polling at the same period can do, a loop of `time.sleep` "
+          f"and one call of vegavisor's AdminClient on a kept-alive connection, each against "
+          f"its own fake core; and an idle `{PYTHON} -c \"{r['sleep_cmd']}\"`. All are "
+          f"started and read at the same moments. CPU is utime+stime of "
+          f"the process itself (children excluded) over the window from {r['warm']:g} s after "
+          f"start (core up and answering) to the end, as a share of one core: schedstat sums "
+          f"/proc/PID/task/*/schedstat in nanoseconds; the tick rows read /proc/PID/stat, "
+          f"whose 1/{CLK_TCK} s ticks hold only a few counts over such a window. CPU per poll "
+          f"cycle = schedstat CPU / the UpgradeStatus calls the fake core recorded in the "
+          f"window. Peak RSS is VmHWM at the end of the window; one more visor runs under "
+          f"`python3 -S` to show the share of this host's site-packages .pth files.",
+          "",
+          "Raw values, per process (schedstat CPU ms in the window, polls answered, VmHWM MiB, "
+          "threads):",
+          ""]
+    for phase, rows in phases.items():
+        L.append(f"- {phase}: " + "; ".join(
+            f"{row['sched'] * 1000:.1f} ms, {row['polls']} polls, {row['hwm']:.1f} MiB, "
+            f"{row['threads']} threads" for row in rows))
+    L += ["",
+          f"Where the resident memory comes from, measured once in a fresh `{PYTHON}` (VmRSS "
+          f"after each step, MiB): interpreter alone {rss['base']:.1f}; + the standard-library "
+          f"modules vegavisor.py imports {rss['stdlib']:+.1f} (largest: "
+          + ", ".join(f"{name} {kb / 1024:+.1f}" for kb, name in rss["top"][:4])
+          + f"); + compiling vegavisor.py ({rss['lines']} lines; a script run as `python3 "
+          f"vegavisor.py` is compiled from source on every start, never read from a .pyc) "
+          f"{rss['compile']:+.1f} (VmHWM during the compile {rss['compile_hwm']:.1f}; "
+          f"tracemalloc peak of the compile {rss['compile_peak']:.1f}); + executing the module "
+          f"{rss['exec']:+.1f}; total {rss['total']:.1f}."]
+    for phase, _, interval in IDLE_PHASES:
+        rows, floor = phases[phase], phases[f"floor, {phase}"]
+        sched, floor_sched = median(share(rows, "sched")), median(share(floor, "sched"))
+        if sched >= CORE_BUDGET:
+            L += ["", f"**What limits it (CPU, {phase})**: {interval:g} s polls at "
+                  f"{per_poll(rows) * 1000:.3f} ms a cycle; the floor poller (sleep, one "
+                  f"kept-alive call) needs {per_poll(floor) * 1000:.3f} ms a cycle, "
+                  f"{floor_sched * 100:.3f} % of a core"
+                  + (", itself over the budget: no Python process that makes one HTTP call "
+                     f"every {interval:g} s stays under 0.1 % of a core on this machine"
+                     if floor_sched >= CORE_BUDGET else "")
+                  + ". Section e measures the admin call alone."]
+    if hwm * MiB >= rss_limit:
+        L += ["", f"**What limits it (RSS)**: the peak is {hwm:.1f} MiB = "
+              f"{hwm * MiB / 1e6:.1f} MB, over 30 MB read as 30,000,000 bytes. By the breakdown "
+              f"above, the interpreter accounts for {rss['base']:.1f} MiB, the standard-library "
+              f"imports for {rss['stdlib']:.1f} MiB and compiling vegavisor.py's source for "
+              f"{rss['compile']:.1f} MiB (memory the compiler used and the allocator kept)."]
+
+
 def report_download(sec: "Section", r: Dict[str, Any]) -> None:
     results, prof, sha_rate, skipped = r["results"], r["prof"], r["sha_rate"], r["skipped"]
     labels = list(results)
@@ -1173,91 +1346,6 @@ def report_download(sec: "Section", r: Dict[str, Any]) -> None:
         L += ["", "**What limits it (memory)**: see the raw VmHWM values above."]
 
 
-# --- d. startup ---
-
-def timed(cmd: List[str]) -> Tuple[float, float]:
-    """Wall time, and CPU time (user + system) of the child from its rusage."""
-    import resource
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    # No `timeout=` here: with one, Popen.wait polls with sleeps of up to 50 ms, which
-    # would quantize these ~50 ms figures; a timer kills a hung child instead.
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    killer = threading.Timer(30, proc.kill)
-    killer.start()
-    code = proc.wait()
-    wall = time.perf_counter() - t
-    killer.cancel()
-    if code != 0:
-        raise BenchError(f"{cmd} exited with {code}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-
-
-def import_times(flags: Sequence[str], runs: int = 5) -> Dict[str, float]:
-    """Median cumulative -X importtime (s) of each top-level import of `vegavisor.py
-    version` that `python3 -c pass` does not make (a shared dependency counts for the
-    first module that imports it)."""
-    def top_level(argv: List[str]) -> Dict[str, int]:
-        done = subprocess.run([PYTHON] + list(flags) + ["-X", "importtime"] + argv,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              timeout=30)
-        rows = {}
-        for line in done.stderr.splitlines():
-            m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\S.*)$", line)
-            if m:
-                rows[m.group(3)] = int(m.group(2))
-        return rows
-    base = set(top_level(["-c", "pass"]))
-    seen = [top_level([str(VEGAVISOR), "version"]) for _ in range(runs)]
-    names = [name for name in seen[0] if name not in base]
-    return {name: median([s.get(name, 0) for s in seen]) / 1e6 for name in names}
-
-
-def measure_startup(quick: bool) -> Dict[str, Any]:
-    """`vegavisor.py version` against `python3 -c pass`, as run and under `python3 -S`;
-    the installed module with its bytecode cached; and where the difference goes."""
-    runs = 10 if quick else 20
-    commands = {
-        "vegavisor": [PYTHON, str(VEGAVISOR), "version"],
-        "pass": [PYTHON, "-c", "pass"],
-        "vegavisor -S": [PYTHON, "-S", str(VEGAVISOR), "version"],
-        "pass -S": [PYTHON, "-S", "-c", "pass"],
-    }
-    import importlib.util
-    import py_compile
-    import tracemalloc
-    with tempfile.TemporaryDirectory() as cached:
-        module = Path(cached) / "vegavisor.py"
-        shutil.copy(VEGAVISOR, module)
-        py_compile.compile(str(module), cfile=importlib.util.cache_from_source(str(module)))
-        commands["installed"] = [PYTHON, "-c", f"import sys; sys.path.insert(0, {cached!r}); "
-                                 f"import vegavisor; sys.exit(vegavisor.main(['version']))"]
-        for _ in range(3):  # warm the page cache and the .pyc of imported modules
-            for cmd in commands.values():
-                timed(cmd)
-        wall: Dict[str, List[float]] = {name: [] for name in commands}
-        cpu: Dict[str, List[float]] = {name: [] for name in commands}
-        for _ in range(runs):  # alternating, so drifts of the machine hit every command
-            for name, cmd in commands.items():
-                w, c = timed(cmd)
-                wall[name].append(w)
-                cpu[name].append(c)
-    source = VEGAVISOR.read_text()
-    compiles = []
-    for _ in range(5):
-        t = time.perf_counter()
-        compile(source, str(VEGAVISOR), "exec")
-        compiles.append(time.perf_counter() - t)
-    tracemalloc.start()
-    compile(source, str(VEGAVISOR), "exec")
-    compile_peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return {"runs": runs, "wall": wall, "cpu": cpu, "compiles": compiles,
-            "compile_peak": compile_peak, "lines": source.count("\n"),
-            "imports": import_times([]), "imports_S": import_times(["-S"])}
-
-
 def report_startup(sec: "Section", r: Dict[str, Any]) -> None:
     wall = {name: median(values) for name, values in r["wall"].items()}
     cpu = {name: median(values) for name, values in r["cpu"].items()}
@@ -1304,92 +1392,6 @@ def report_startup(sec: "Section", r: Dict[str, Any]) -> None:
           f"{largest(r['imports_S'])}."]
     if mv > 2 * mb:
         L += ["", "**What limits it**: the compile and the imports above."]
-
-
-# --- e. admin poll ---
-
-def load_subject() -> Any:
-    """The measured vegavisor.py (the snapshot) as a module, for in-process calls."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("vegavisor_subject", str(VEGAVISOR))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, socket_path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = socket_path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-def http_client_poll(vv: Any, rpc: Any, request_id: int) -> Any:
-    """The admin call of vegavisor.py up to 466b07d: http.client, a new connection a poll."""
-    body = json.dumps({"method": "protocolupgrade.UpgradeStatus", "params": [None],
-                       "id": request_id})
-    conn = UnixHTTPConnection(rpc.socket_path, 5.0)
-    try:
-        conn.request("POST", rpc.http_path, body=body.encode(),
-                     headers={"Content-Type": "application/json"})
-        response = conn.getresponse()
-        answer = response.read(64 * 1024 + 1)
-    finally:
-        conn.close()
-    if response.status != 200:
-        raise BenchError(f"HTTP {response.status}")
-    return vv.parse_upgrade_status(answer, request_id)
-
-
-def measure_polls(quick: bool) -> Dict[str, Any]:
-    """CPU of one UpgradeStatus call in this process, per client, against one fake core:
-    blocks of polls, the clients interleaved block by block."""
-    polls, blocks = (200, 3) if quick else (500, 7)
-    vv = load_subject()
-    with Workspace("poll") as ws:
-        sock = ws.dir / "admin.sock"
-        ws.popen([PYTHON, ROOT / "fakes" / "core.py", "node", "--admin-socket", sock]
-                 + ACCEPTED_CORE_ARGS, log=ws.dir / "core.log")
-        rpc = vv.RpcConfig(str(sock), "/rpc")
-        keep = vv.AdminClient(rpc, 5.0)
-        wait_for(lambda: poll_ok(keep), 30, "the fake core's admin socket")
-        clients: Dict[str, Callable[[int], Any]] = {
-            "http.client, new connection per poll (vegavisor.py up to 466b07d)":
-                lambda n: http_client_poll(vv, rpc, n),
-            "AdminClient, new connection per poll (call_upgrade_status)":
-                lambda n: vv.call_upgrade_status(rpc, 5.0, n),
-            "AdminClient, connection kept alive": keep.upgrade_status,
-        }
-        cpu: Dict[str, List[float]] = {name: [] for name in clients}
-        wall: Dict[str, List[float]] = {name: [] for name in clients}
-        for name, call in clients.items():  # warm-up, not counted
-            for n in range(20):
-                call(n)
-        for block in range(blocks):
-            for name, call in clients.items():
-                t, w = time.thread_time(), time.perf_counter()
-                for n in range(polls):
-                    call(n)
-                cpu[name].append((time.thread_time() - t) / polls)
-                wall[name].append((time.perf_counter() - w) / polls)
-        keep.close()
-    return {"polls": polls, "blocks": blocks, "cpu": cpu, "wall": wall}
-
-
-def poll_ok(client: Any) -> bool:
-    try:
-        return client.upgrade_status(1).tag == NEW
-    except Exception:  # the socket not there yet, or before the first block
-        return False
 
 
 def report_polls(sec: "Section", r: Dict[str, Any]) -> None:
