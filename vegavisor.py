@@ -1372,6 +1372,9 @@ class AdminClient:
                              f"({len(received)} bytes received)") from None
         except OSError as e:
             raise AdminError(_describe_socket_error(e)) from None
+        except ValueError:  # a path that is no file name: a lone surrogate
+            raise AdminError(f"socketPath {json_excerpt(self.rpc.socket_path)} is not a "
+                             f"valid path") from None
 
     def time_left(self, deadline: float) -> float:
         """Seconds to the call's deadline; socket.timeout once it has passed."""

@@ -549,6 +549,16 @@ def test_a_connection_reset_in_the_middle_of_an_answer_is_a_failed_poll(serve):
         client_for(server).upgrade_status(1)
 
 
+@pytest.mark.parametrize(("path", "problem"), [
+    pytest.param("/tmp/a\ud800", r'^socketPath "/tmp/a\\ud800" is not a valid path$',
+                 id="surrogate"),
+    pytest.param("/tmp/" + "x" * 200, "AF_UNIX path too long", id="too-long"),
+])
+def test_a_socket_path_that_cannot_be_one_is_an_admin_error(path, problem):
+    with pytest.raises(vegavisor.AdminError, match=problem):
+        vegavisor.AdminClient(vegavisor.RpcConfig(path, "/rpc"), 1).upgrade_status(1)
+
+
 def test_a_socket_nobody_listens_on_is_named(short_tmp):
     path = str(short_tmp / "stale.sock")
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -576,6 +586,32 @@ def test_the_deadline_covers_the_whole_answer_by_the_clock_given():
                                                         r"\(17 bytes received\)$"):
             client.upgrade_status(1)
         assert far.recv(1000).startswith(b"POST /rpc HTTP/1.1\r\n")
+    finally:
+        far.close()
+        near.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda head, body: http(b"HTTP/1.1 " + head, [b"Content-Length: %d" % len(body)],
+                                      body),
+              st.sampled_from([b"200 OK", b"400 Bad Request", b"404 Not Found", b"200"]),
+              st.binary(max_size=200) | st.builds(lambda r: answer(r, id=1), st.none()))))
+def test_whatever_the_server_sends_the_poll_is_a_status_or_one_admin_error(data):
+    near, far = socket.socketpair()
+    try:
+        far.sendall(data)
+        far.shutdown(socket.SHUT_WR)
+        client = vegavisor.AdminClient(vegavisor.RpcConfig("/core.sock", "/rpc"), 2,
+                                       connect=lambda path, timeout: near)
+        try:
+            status = client.upgrade_status(1)
+        except vegavisor.AdminError as e:
+            assert "\n" not in str(e) and str(e).isascii()
+            assert client.sock is None
+        else:
+            assert isinstance(status, vegavisor.UpgradeStatus)
     finally:
         far.close()
         near.close()
