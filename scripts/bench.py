@@ -618,7 +618,9 @@ def start_floor_poller(ws: Workspace, name: str, interval: float) -> Tuple[subpr
     sock = root / "admin.sock"
     ws.popen([PYTHON, ROOT / "fakes" / "core.py", "node", "--admin-socket", sock, "--record",
               root / "record.jsonl"] + ACCEPTED_CORE_ARGS, log=root / "core.log")
-    proc = ws.popen([PYTHON, "-c", FLOOR_POLLER, VEGAVISOR.parent, sock, f"{interval:g}"],
+    # The measured copy's AdminClient, or this checkout's for a copy that has none.
+    client_dir = VEGAVISOR.parent if "class AdminClient" in VEGAVISOR.read_text() else ROOT
+    proc = ws.popen([PYTHON, "-c", FLOOR_POLLER, client_dir, sock, f"{interval:g}"],
                     log=root / "floor.log")
     return proc, root
 
