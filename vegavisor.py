@@ -1127,9 +1127,10 @@ def _read_status(result: Any) -> UpgradeStatus:
     if not isinstance(result, dict) or not isinstance(result.get("ReadyToUpgrade"), bool):
         raise AdminError(f"result is not an UpgradeStatus: {json_excerpt(result)}")
     ready, info = result["ReadyToUpgrade"], result.get("AcceptedReleaseInfo")
-    tag, height = ("", 0) if info is None else (
-        (info.get("VegaReleaseTag"), info.get("UpgradeBlockHeight"))
-        if isinstance(info, dict) else (None, None))
+    if info is None:  # before the first block: "not known yet", never "cancelled"
+        info = {"VegaReleaseTag": "", "UpgradeBlockHeight": 0}
+    tag, height = (info.get("VegaReleaseTag"), info.get("UpgradeBlockHeight")) \
+        if isinstance(info, dict) else (None, None)
     if not isinstance(tag, str) or type(height) is not int \
             or not 0 <= height <= MAX_BLOCK_HEIGHT:
         raise AdminError(f"AcceptedReleaseInfo is not a release: {json_excerpt(info)}")
