@@ -72,6 +72,10 @@ NO_HISTORY_SEGMENTS = "no history segments found"
 
 # An UpgradeStatus answer is ~150 bytes; anything near this is not core talking.
 MAX_ADMIN_RESPONSE_BYTES = 64 * 1024
+# Vega's tags are like v0.74.0-preview.1; a tag names a folder and a GitHub release.
+MAX_TAG_LENGTH = 128
+# Core's block heights are Go uint64s.
+MAX_BLOCK_HEIGHT = 2 ** 64 - 1
 # AF_UNIX paths are limited to 108 bytes including the terminating NUL on Linux.
 MAX_UNIX_SOCKET_PATH = 107
 # `vega version` and the data node's history query are local and quick; a minute
@@ -1233,32 +1237,80 @@ def flag_value(args: Sequence[str], flag: str) -> Optional[str]:
 
 
 def parse_upgrade_status(body: bytes, request_id: int) -> UpgradeStatus:
-    """Core's answer to UpgradeStatus (SPEC 1.4) as a record; AdminError when it is not one."""
+    """Core's answer to UpgradeStatus (SPEC 1.4) as a record; AdminError for anything else."""
+    if not body.strip():
+        raise AdminError("empty answer (core answers so to a request without an id)")
+    if len(body) > MAX_ADMIN_RESPONSE_BYTES:
+        raise AdminError(f"answer is larger than {MAX_ADMIN_RESPONSE_BYTES} bytes")
     try:
         answer = json.loads(body)
+    except RecursionError:
+        raise AdminError(f"answer is nested too deeply to be an UpgradeStatus: "
+                         f"{body[:40]!r}") from None
     except ValueError:
         raise AdminError(f"answer is not JSON: {body[:80]!r}") from None
     if not isinstance(answer, dict):
         raise AdminError(f"answer is not a JSON-RPC object: {body[:80]!r}")
-    if answer.get("error") is not None:
-        raise AdminError(f"core answered with an error: {str(answer['error'])[:200]}")
-    if answer.get("id") != request_id:
-        raise AdminError(f"answer is for request id {answer.get('id')!r}, not {request_id}")
+    error = answer.get("error")
+    if error is not None:
+        text = printable(error) if isinstance(error, str) else json_excerpt(error)
+        raise AdminError(f"core answered with an error: {text}")
+    if type(answer.get("id")) is not int or answer["id"] != request_id:
+        raise AdminError(f"answer is for request id {json_excerpt(answer.get('id'))}, "
+                         f"not {request_id}")
     return _read_status(answer.get("result"))
 
 
 def _read_status(result: Any) -> UpgradeStatus:
     if not isinstance(result, dict) or not isinstance(result.get("ReadyToUpgrade"), bool):
-        raise AdminError(f"result is not an UpgradeStatus: {json.dumps(result)[:200]}")
-    info = result.get("AcceptedReleaseInfo")
-    if info is None:
-        return UpgradeStatus(result["ReadyToUpgrade"], "", 0)
+        raise AdminError(f"result is not an UpgradeStatus: {json_excerpt(result)}")
+    ready, info = result["ReadyToUpgrade"], result.get("AcceptedReleaseInfo")
+    if info is None:  # before the first block: "not known yet", never "cancelled"
+        info = {"VegaReleaseTag": "", "UpgradeBlockHeight": 0}
     tag, height = (info.get("VegaReleaseTag"), info.get("UpgradeBlockHeight")) \
         if isinstance(info, dict) else (None, None)
-    if not isinstance(tag, str) or isinstance(height, bool) or not isinstance(height, int) \
-            or height < 0:
-        raise AdminError(f"AcceptedReleaseInfo is not a release: {json.dumps(info)[:200]}")
-    return UpgradeStatus(result["ReadyToUpgrade"], tag, height)
+    if not isinstance(tag, str) or type(height) is not int \
+            or not 0 <= height <= MAX_BLOCK_HEIGHT:
+        raise AdminError(f"AcceptedReleaseInfo is not a release: {json_excerpt(info)}")
+    problem = release_tag_problem(tag)
+    if problem:
+        raise AdminError(f"AcceptedReleaseInfo names tag {json_excerpt(tag)}, which {problem}")
+    if ready and not tag:
+        raise AdminError("ReadyToUpgrade is true but no release is accepted: "
+                         f"{json_excerpt(result)}")
+    return UpgradeStatus(ready, tag, height if tag else 0)
+
+
+def release_tag_problem(tag: str) -> Optional[str]:
+    """Why an accepted tag cannot be a release to install, or None ("" is "not known yet").
+
+    The tag names a folder in HOME and a GitHub release, so it is a plain name;
+    vegavisor's own files in HOME start with a dot, a tag never does.
+    """
+    if len(tag) > MAX_TAG_LENGTH:
+        return f"is longer than {MAX_TAG_LENGTH} characters"
+    if not all(" " < c <= "~" or (c > "\x9f" and c.isprintable()) for c in tag):
+        return "holds a space, a control character or invalid text"
+    if "/" in tag or "\\" in tag or ".." in tag:
+        return 'holds "/", "\\" or ".."'
+    if tag.startswith("."):
+        return "starts with a dot"
+    return None
+
+
+def json_excerpt(value: Any, limit: int = 200) -> str:
+    """A JSON value from outside as one line of ASCII for a message, cut at `limit`."""
+    try:
+        text = json.dumps(value)  # ensure_ascii: control characters and surrogates escaped
+    except (ValueError, RecursionError):
+        text = "(too deeply nested to show)"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Text from outside as one line of ASCII for a message: the rest escaped, cut at `limit`."""
+    shown = "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
 
 
 def version_in_output(output: str) -> Optional[str]:
@@ -1348,52 +1400,210 @@ class Log:
 
 # --- admin socket ---
 
-def unix_http_connection(socket_path: str, timeout: float) -> Any:
-    """An http.client connection over a unix socket, as core's admin server speaks it.
+# What Go's url.URL.EscapedPath keeps as it is in a path besides letters, digits and
+# "-_.~" (its shouldEscape in encodePath mode); everything else is percent-encoded.
+GO_PATH_SAFE = "/$&+,:;=@"
+# One recv() reads a whole UpgradeStatus answer (~300 bytes).
+ADMIN_READ_BYTES = 16 * 1024
+HTTP_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?\r\n")
+# Redirects and "404 page not found" mean the path, not core, is wrong.
+HTTP_PATH_PROBLEMS = (301, 302, 307, 308, 404)
 
-    http.client is imported here, not at the top: `version` and a cold start do not
-    pay for it (it imports ssl).
-    """
-    import http.client
-    conn = http.client.HTTPConnection("localhost", timeout=timeout)
+
+def admin_request_path(http_path: str) -> str:
+    """httpPath as Go's client sends it: "/" put in front when missing, then escaped like
+    url.URL.EscapedPath (space -> %20, "%" -> %25, "?" and non-ASCII encoded, "/" kept)."""
+    path = http_path if http_path.startswith("/") else "/" + http_path
+    try:
+        return urllib.parse.quote(path, safe=GO_PATH_SAFE)
+    except UnicodeEncodeError:
+        raise AdminError(f"httpPath {json_excerpt(http_path)} is not valid text (it holds a "
+                         f"lone surrogate); set it to core's [Admin.Server] HTTPPath") from None
+
+
+def connect_unix(socket_path: str, timeout: float) -> socket.socket:
+    """A stream socket connected to core's admin socket; OSError when it cannot be."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sock.settimeout(timeout)
     try:
         sock.connect(socket_path)
-    except OSError:
+    except BaseException:
         sock.close()
         raise
-    conn.sock = sock  # http.client connects only when it has no socket
-    return conn
+    return sock
+
+
+class AdminClient:
+    """protocolupgrade.UpgradeStatus calls over one HTTP/1.1 connection to core's admin
+    socket, kept alive between polls as core's server does (SPEC 1.4). A kept connection
+    that the server has closed meanwhile is replaced once within the same call. Each call
+    has one deadline, `timeout` seconds, for connect, write and the whole answer (SPEC
+    3.3.5); every failure is an AdminError and closes the connection.
+
+        client = AdminClient(run_config.rpc, config.rpc_timeout)
+        status = client.upgrade_status(request_id)  # AdminError: a failed poll
+        client.close()  # when core stops, or the run-config changes
+    """
+
+    def __init__(self, rpc: RpcConfig, timeout: float,
+                 connect: Callable[[str, float], socket.socket] = connect_unix,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rpc, self.timeout, self.connect, self.clock = rpc, timeout, connect, clock
+        self.sock: Optional[socket.socket] = None
+        self.head: Optional[bytes] = None  # the request line and headers, made once
+
+    def upgrade_status(self, request_id: int) -> UpgradeStatus:
+        deadline = self.clock() + self.timeout
+        request = self.request(request_id)
+        try:
+            try:
+                status, body, keep = self.exchange(request, deadline)
+            except _ClosedWhileIdle:
+                self.close()
+                status, body, keep = self.exchange(request, deadline)
+            answer = read_admin_reply(status, body, request_id, self.rpc.http_path)
+        except BaseException:
+            self.close()  # a failed poll starts the next one afresh
+            raise
+        if not keep:
+            self.close()
+        return answer
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def request(self, request_id: int) -> bytes:
+        if self.head is None:
+            self.head = (f"POST {admin_request_path(self.rpc.http_path)} HTTP/1.1\r\n"
+                         f"Host: localhost\r\nContent-Type: application/json\r\n").encode()
+        body = b'{"method":"%s","params":[null],"id":%d}' % (
+            UPGRADE_STATUS_METHOD.encode(), request_id)
+        return self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    def exchange(self, request: bytes, deadline: float) -> Tuple[int, bytes, bool]:
+        """Send, then read the answer: (HTTP status, body, connection reusable)."""
+        reused = self.sock is not None
+        if self.sock is not None and _readable(self.sock):
+            raise _ClosedWhileIdle()  # EOF (or stray bytes) waiting: the server closed it
+        received = b""
+        try:
+            if self.sock is None:
+                self.sock = self.connect(self.rpc.socket_path, self.time_left(deadline))
+            self.sock.settimeout(self.time_left(deadline))
+            self.sock.sendall(request)
+            while True:
+                self.sock.settimeout(self.time_left(deadline))
+                data = self.sock.recv(ADMIN_READ_BYTES)
+                if not data and not received:
+                    if reused:
+                        raise _ClosedWhileIdle()  # it closed as we sent: try a new one
+                    raise AdminError("the connection was closed without an answer")
+                received += data
+                answer = parse_http_answer(received, eof=not data)
+                if answer is not None:
+                    return answer
+        except socket.timeout:
+            raise AdminError(self.late(received if self.sock else None)) from None
+        except (BrokenPipeError, ConnectionResetError) as e:
+            if reused and not received:
+                raise _ClosedWhileIdle() from None
+            if not received:
+                raise AdminError(f"the connection was closed without an answer "
+                                 f"({e.strerror})") from None
+            raise AdminError(f"the connection was closed in the middle of the answer "
+                             f"({len(received)} bytes received)") from None
+        except OSError as e:
+            raise AdminError(_describe_socket_error(e)) from None
+        except ValueError:  # a path that is no file name: a lone surrogate
+            raise AdminError(f"socketPath {json_excerpt(self.rpc.socket_path)} is not a "
+                             f"valid path") from None
+
+    def time_left(self, deadline: float) -> float:
+        """Seconds to the call's deadline; socket.timeout once it has passed."""
+        left = deadline - self.clock()
+        if left <= 0:
+            raise socket.timeout()
+        return left
+
+    def late(self, received: Optional[bytes]) -> str:
+        """The deadline passed: connecting (received None), waiting, or mid-answer."""
+        if received is None:
+            return f"no connection within {self.timeout:g}s"
+        if received:
+            return (f"no complete answer within {self.timeout:g}s "
+                    f"({len(received)} bytes received)")
+        return f"no answer within {self.timeout:g}s"
+
+
+class _ClosedWhileIdle(Exception):
+    """The kept-alive connection was closed by the server before this request was read."""
+
+
+def _readable(sock: socket.socket) -> bool:
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def call_upgrade_status(rpc: RpcConfig, timeout: float, request_id: int) -> UpgradeStatus:
-    """One protocolupgrade.UpgradeStatus call; AdminError says why it failed."""
-    import http.client
-    body = json.dumps({"method": UPGRADE_STATUS_METHOD, "params": [None], "id": request_id})
+    """One protocolupgrade.UpgradeStatus call on a new connection; AdminError says why it
+    failed. (A caller that polls keeps an AdminClient instead.)"""
+    client = AdminClient(rpc, timeout)
     try:
-        conn = unix_http_connection(rpc.socket_path, timeout)
-    except socket.timeout:
-        raise AdminError(f"no connection within {timeout:g}s") from None
-    except OSError as e:
-        raise AdminError(_describe_socket_error(e)) from None
-    try:
-        conn.request("POST", rpc.http_path, body=body.encode(),
-                     headers={"Content-Type": "application/json"})
-        response = conn.getresponse()
-        answer = response.read(MAX_ADMIN_RESPONSE_BYTES + 1)
-    except socket.timeout:
-        raise AdminError(f"no answer within {timeout:g}s") from None
-    except (OSError, http.client.HTTPException) as e:
-        raise AdminError(_describe_socket_error(e)) from None
+        return client.upgrade_status(request_id)
     finally:
-        conn.close()
-    if len(answer) > MAX_ADMIN_RESPONSE_BYTES:
+        client.close()
+
+
+def parse_http_answer(data: bytes, eof: bool) -> Optional[Tuple[int, bytes, bool]]:
+    """The HTTP/1.x answer in `data` (`eof`: the server closed the connection after it):
+    (status, body, connection reusable), None while more bytes are due, else AdminError.
+
+    Core's server (Go's net/http) gives every answer this small a Content-Length: it
+    only chunks a body of 2 KiB or more.
+    """
+    if len(data) > MAX_ADMIN_RESPONSE_BYTES:
         raise AdminError(f"answer is larger than {MAX_ADMIN_RESPONSE_BYTES} bytes")
-    if response.status != 200:
-        first_line = answer.decode("utf-8", "replace").strip().splitlines()[:1]
-        raise AdminError(f"HTTP {response.status}: {''.join(first_line)[:200]}")
-    return parse_upgrade_status(answer, request_id)
+    status_line = HTTP_STATUS_LINE.match(data)
+    if status_line is None:
+        if data[:7] == b"HTTP/1."[:len(data)] and b"\n" not in data and not eof:
+            return None  # the status line is still arriving
+        raise AdminError(f"answer is not HTTP: {data[:60]!r}")
+    status = int(status_line.group(2))
+    head_end = data.find(b"\r\n\r\n", status_line.end() - 2)
+    headers: Dict[bytes, bytes] = {}
+    for line in data[status_line.end():head_end + 2].split(b"\r\n")[:-1]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip():
+            raise AdminError(f"answer has a malformed header line: {line[:60]!r}")
+        headers[name.lower()] = value.strip().lower()
+    length = headers.get(b"content-length", b"0" if status in (204, 304) else b"")
+    if head_end >= 0 and not length.isdigit():
+        raise AdminError(f"answer has no valid Content-Length: {length[:40]!r}")
+    if head_end >= 0 and int(length) > MAX_ADMIN_RESPONSE_BYTES:
+        raise AdminError(f"answer is larger than {MAX_ADMIN_RESPONSE_BYTES} bytes "
+                         f"(Content-Length {int(length)})")
+    end = head_end + 4 + int(length or 0)
+    if head_end < 0 or len(data) < end:
+        if eof:
+            raise AdminError(f"the connection was closed in the middle of the answer "
+                             f"({len(data)} bytes received)")
+        return None
+    keep = (status_line.group(1) == b"1" and end == len(data) and not eof
+            and b"close" not in headers.get(b"connection", b""))
+    return status, data[head_end + 4:end], keep
+
+
+def read_admin_reply(status: int, body: bytes, request_id: int, http_path: str) -> UpgradeStatus:
+    """An HTTP answer of core's admin server as an UpgradeStatus; AdminError otherwise."""
+    if status == 200:
+        return parse_upgrade_status(body, request_id)
+    text = body.decode("utf-8", "replace").strip().split("\n", 1)[0]
+    hint = (f" (is httpPath {json_excerpt(http_path)} core's [Admin.Server] HTTPPath?)"
+            if status in HTTP_PATH_PROBLEMS else "")
+    raise AdminError(f"HTTP {status}: {printable(text)}{hint}")
 
 
 def _describe_socket_error(e: Exception) -> str:

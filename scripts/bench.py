@@ -1,16 +1,23 @@
 #!/usr/bin/env python3
 """Benchmarks of vegavisor, with the fakes: no Vega, no internet. Writes BENCHMARKS.md.
 
-    python3 scripts/bench.py [--quick] [--only switchover|idle|download|startup]
+    python3 scripts/bench.py [--quick] [--only switchover|idle|download|startup|polls]
 
 a. switchover  fake core's "ready" record -> new core's "start" record, 100 MiB release:
                prefetch on, prefetch off, and the floor (SIGTERM + start, no visor)
-b. idle        CPU and peak RSS of `vegavisor.py run` over an idle fake core, against
-               an idle `python3 -c "import time; time.sleep(N)"`
+b. idle        CPU and peak RSS of `vegavisor.py run` in every phase (no upgrade
+               accepted: 2 s polls; upgrade accepted: 0.25 s polls), against an idle
+               `python3 -c "import time; time.sleep(N)"`
 c. download    peak RSS and throughput of `vegavisor.py prepare-upgrade` for 10 MiB,
                100 MiB and 1 GiB assets, against curl on the same URL
-d. startup     wall time of `vegavisor.py version` against `python3 -c pass`
+d. startup     wall time of `vegavisor.py version` against `python3 -c pass`, and where
+               the difference goes (compile, imports)
+e. polls       CPU of one UpgradeStatus call: http.client (as before), AdminClient on a
+               new connection, AdminClient kept alive
 
+Each benchmark is a measure_NAME(quick) that returns numbers and a report_NAME(section,
+numbers) that writes them; only the measurements start processes, and they drive
+`vegavisor.py` as a command (the admin-poll benchmark alone calls its admin client).
 With --only, the other sections of an existing BENCHMARKS.md are kept as they are.
 --quick runs fewer repetitions and a 20 s idle window, and says so in the output.
 Standard library only (plus curl for the download baseline).
@@ -42,7 +49,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
-VEGAVISOR = ROOT / "vegavisor.py"
+SOURCE = ROOT / "vegavisor.py"  # what is measured (--subject): copied to VEGAVISOR at start
+VEGAVISOR = SOURCE
 OUTPUT = ROOT / "BENCHMARKS.md"
 sys.path.insert(0, str(ROOT))
 
@@ -54,7 +62,7 @@ PYTHON = sys.executable
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-BENCHMARKS = ("switchover", "idle", "download", "startup")
+BENCHMARKS = ("switchover", "idle", "download", "startup", "polls")
 
 # Switchover: fake chain timing. The visor's first admin poll is 2 s (pollIntervalSeconds)
 # after it starts core, so the release is accepted at that poll; the upgrade block comes
@@ -314,39 +322,6 @@ def stop_visor(visor: subprocess.Popen) -> int:
     return wait_exit(visor, 30)
 
 
-# --- admin socket client for the floor driver (the same call vegavisor makes) ---
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, socket_path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = socket_path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-def upgrade_status(socket_path: str, request_id: int, timeout: float = 5.0) -> Tuple[bool, str]:
-    """(ReadyToUpgrade, accepted tag) from one UpgradeStatus call on a new connection."""
-    body = json.dumps({"method": "protocolupgrade.UpgradeStatus", "params": [None],
-                       "id": request_id}).encode()
-    conn = UnixHTTPConnection(socket_path, timeout)
-    try:
-        conn.request("POST", "/rpc", body=body, headers={"Content-Type": "application/json"})
-        answer = conn.getresponse().read(64 * 1024)
-    finally:
-        conn.close()
-    result = json.loads(answer)["result"] or {}
-    info = result.get("AcceptedReleaseInfo") or {}
-    return bool(result.get("ReadyToUpgrade")), str(info.get("VegaReleaseTag") or "")
-
-
 # --- machine ---
 
 def machine() -> Dict[str, str]:
@@ -388,6 +363,9 @@ def subject() -> str:
     except (OSError, subprocess.SubprocessError):
         head, committed = "unknown", data
     lines = data.count(b"\n")
+    if SOURCE != ROOT / "vegavisor.py":
+        return (f"{SOURCE} as copied at the start of the run: {lines} lines, sha256 "
+                f"{hashlib.sha256(data).hexdigest()[:12]} (not this checkout's vegavisor.py)")
     return (f"vegavisor.py as copied at the start of the run: {lines} lines, sha256 "
             f"{hashlib.sha256(data).hexdigest()[:12]}, git HEAD {head}"
             + ("" if committed == data else " plus uncommitted changes"))
@@ -399,7 +377,7 @@ def snapshot_vegavisor() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="vvb-subject-", dir="/tmp"))
     target = folder / "vegavisor.py"
     for _ in range(10):
-        shutil.copy2(ROOT / "vegavisor.py", target)
+        shutil.copy2(SOURCE, target)
         try:
             compile(target.read_text(), str(target), "exec")
             break
@@ -407,7 +385,7 @@ def snapshot_vegavisor() -> Path:
             time.sleep(2)
     else:
         shutil.rmtree(folder, ignore_errors=True)
-        raise SystemExit("vegavisor.py does not compile; nothing to measure")
+        raise SystemExit(f"{SOURCE} does not compile; nothing to measure")
     VEGAVISOR = target
     return folder
 
@@ -514,13 +492,15 @@ def visor_switch_run(ws: Workspace, n: int, api_url: str, prefetch: bool,
     return result
 
 
-def floor_run(ws: Workspace, n: int, ready_delay: float, v1: Path, v2: Path) -> Dict[str, Any]:
+def floor_run(ws: Workspace, n: int, ready_delay: float, v1: Path, v2: Path,
+              vv: Any) -> Dict[str, Any]:
     """SIGTERM v1 and start v2 with nothing in between, after polling the way vegavisor does."""
     root = ws.dir / f"f{n}"
     root.mkdir()
     args = switch_core_args(root, UPGRADE_HEIGHT_OTHER, ready_delay)
     sock, record, log = str(root / "admin.sock"), root / "record.jsonl", root / "core.log"
     core = ws.popen([v1] + args, log=log, start_new_session=True, cwd=str(root))
+    client = vv.AdminClient(vv.RpcConfig(sock, "/rpc"), 5.0)  # vegavisor's own admin client
     next_poll, tag, request_id = time.monotonic() + POLL_INTERVAL, "", 1
     deadline = time.monotonic() + UPGRADE_HEIGHT_OTHER * BLOCK_SECONDS + 60
     while True:
@@ -528,15 +508,17 @@ def floor_run(ws: Workspace, n: int, ready_delay: float, v1: Path, v2: Path) -> 
             raise BenchError("floor driver: v1 never became ready")
         time.sleep(max(0.0, next_poll - time.monotonic()))
         try:
-            ready, tag = upgrade_status(sock, request_id)
+            status = client.upgrade_status(request_id)
             request_id += 1
-            if ready:
+            tag = status.tag
+            if status.ready:
                 break
-        except (OSError, http.client.HTTPException, ValueError, KeyError):
+        except vv.AdminError:
             pass
         if core.poll() is not None:
             raise BenchError(f"floor driver: v1 exited {core.returncode}")
         next_poll = time.monotonic() + (UPGRADE_POLL_INTERVAL if tag else POLL_INTERVAL)
+    client.close()
     core.send_signal(signal.SIGTERM)
     wait_exit_exact(core, 15)
     new = ws.popen([v2] + args + ["--snapshot.load-from-block-height", str(UPGRADE_HEIGHT_OTHER)],
@@ -551,13 +533,15 @@ def floor_run(ws: Workspace, n: int, ready_delay: float, v1: Path, v2: Path) -> 
     return result
 
 
-def bench_switchover(sec: Section, quick: bool) -> None:
+def measure_switchover(quick: bool) -> Dict[str, Any]:
+    """ready -> v2 start, per run: the floor, vegavisor with prefetch on, and off."""
     runs = 3 if quick else 7
     runs_off = 3 if quick else 5
     rng = random.Random(20260101)
     # Ready comes a random 0-250 ms after the upgrade block, so where it falls between two
     # 0.25 s polls is random in every run, for the visor and the floor driver alike.
     delays = [rng.uniform(0.0, UPGRADE_POLL_INTERVAL) for _ in range(max(runs, runs_off))]
+    vv = load_subject()
     with Workspace("sw") as ws, FakeGitHub(unauthenticated_limit=100000) as gh:
         archive = build_release_zip(ws.dir / "release-v2.zip", NEW, SWITCH_ASSET_BYTES)
         gh.add_release(NEW, {host_asset_name(): archive})
@@ -566,7 +550,7 @@ def bench_switchover(sec: Section, quick: bool) -> None:
         v2 = make_binary(ws.dir / "bin" / "vega-v2", NEW)
         floor, on, off = [], [], []
         for i in range(runs):  # interleaved, so drifts of the machine hit every variant
-            floor.append(floor_run(ws, i, delays[i], v1, v2))
+            floor.append(floor_run(ws, i, delays[i], v1, v2, vv))
             on.append(visor_switch_run(ws, i, gh.url, True, UPGRADE_HEIGHT_PREFETCH, delays[i]))
             if i < runs_off:
                 off.append(visor_switch_run(ws, i, gh.url, False, UPGRADE_HEIGHT_OTHER, delays[i]))
@@ -574,205 +558,142 @@ def bench_switchover(sec: Section, quick: bool) -> None:
                   f"prefetch on {fmt_ms(on[-1]['total'])}"
                   + (f", prefetch off {fmt_ms(off[-1]['total'])}" if i < runs_off else ""),
                   flush=True)
-    f_med = median([r["total"] for r in floor])
-    on_med = median([r["total"] for r in on])
-    off_med = median([r["total"] for r in off])
-    late = sum(not r["prefetch_done_before_block"] for r in on)
-    sec.row("prefetch on: ready -> v2 start", fmt_ms(on_med), fmt_ms(f_med), ratio(on_med, f_med),
-            "floor + 300 ms", on_med - f_med <= 0.300)
-    sec.row("prefetch off: ready -> v2 start", fmt_ms(off_med), fmt_ms(f_med),
-            ratio(off_med, f_med), "(none; for comparison)", None)
-    sec.row("prefetch on, minus floor", fmt_ms(on_med - f_med), "", "", "<= 300 ms",
-            on_med - f_med <= 0.300)
-    act = {k: median([r["act"] for r in v]) for k, v in (("floor", floor), ("on", on), ("off", off))}
-    sec.row("prefetch on: first ReadyToUpgrade=true answer -> v2 start", fmt_ms(act["on"]),
-            fmt_ms(act["floor"]), ratio(act["on"], act["floor"]), "(diagnostic)", None)
-    sec.row("prefetch off: first ReadyToUpgrade=true answer -> v2 start", fmt_ms(act["off"]),
-            fmt_ms(act["floor"]), ratio(act["off"], act["floor"]), "(diagnostic)", None)
-    L = sec.lines
-    L += [f"Runs: floor {len(floor)}, prefetch on {len(on)}, prefetch off {len(off)}, "
-          f"interleaved. Release asset: {asset_size} bytes (a zip: `vega` = fake core v2, "
-          f"plus {SWITCH_ASSET_BYTES // MiB} MiB of random bytes stored uncompressed), served by "
-          f"FakeGitHub on 127.0.0.1 from a file.",
-          "",
-          "What is timed: from the `ready` event in fake core v1's `--record` file (written "
-          "when core first finds itself ReadyToUpgrade, within its 20 ms main-loop tick) to the "
-          "`start` event of fake core v2 (written by v2 right after its first stdout line, so "
-          f"it includes v2's start-up: the fake binary's `#!/usr/bin/env python3` line, "
-          f"i.e. {shutil.which('python3')} on this PATH, then Python and fakes/core.py; the "
-          f"same for the floor). Both are `time.time()` on this host.",
-          "",
-          f"Setup: vegavisor's default config.toml from `init`, only `githubApiUrl` changed "
-          f"(and `prefetch = false` for the prefetch-off runs); pollIntervalSeconds = 2, "
-          f"upgradePollIntervalSeconds = 0.25 as shipped. Fake chain: {BLOCK_SECONDS} s blocks, "
-          f"accepted at height {ACCEPT_HEIGHT}, upgrade block {UPGRADE_HEIGHT_PREFETCH} with "
-          f"prefetch on (the prefetch must finish before it), {UPGRADE_HEIGHT_OTHER} otherwise; "
-          f"`--ready-delay` is a random 0-250 ms per run (the same sequence for every variant) "
-          f"so that where ready falls between two 0.25 s polls is random, not a fixed phase. "
-          f"The floor is this script itself: it starts v1 with the same arguments, polls "
-          f"UpgradeStatus on a new unix-socket connection 2 s after the start and then every "
-          f"0.25 s once a release is accepted (vegavisor's schedule), sends SIGTERM, waits for "
-          f"the exit on a pidfd, and starts v2 with `--snapshot.load-from-block-height`.",
-          "",
-          f"Prefetch finished before the upgrade block in {len(on) - late} of {len(on)} "
-          f"prefetch-on runs.",
-          "",
-          "Raw values, ms (ready -> v2 start):",
-          "",
-          f"- floor: {fmt_list([r['total'] for r in floor], 1000)}",
-          f"- prefetch on: {fmt_list([r['total'] for r in on], 1000)}",
-          f"- prefetch off: {fmt_list([r['total'] for r in off], 1000)}",
-          "",
-          "Split of each run, ms: poll delay (ready -> first ReadyToUpgrade=true answer) + "
-          "the rest (that answer -> v2 start):",
-          ""]
-    for name, rs in (("floor", floor), ("prefetch on", on), ("prefetch off", off)):
-        L.append(f"- {name}: " + ", ".join(f"{r['detect'] * 1000:.0f}+{r['act'] * 1000:.0f}"
-                                           for r in rs))
-    L += ["", "Median time after core's first ReadyToUpgrade=true answer (its `rpc` record) at "
-          "which each vegavisor log line appears (log stamps are truncated to 1 ms):", "",
-          "| milestone | prefetch on | prefetch off |", "|---|---|---|"]
-    for label, _ in VISOR_MILESTONES:
-        cells = []
-        for rs in (on, off):
-            vals = [r["marks"][label] for r in rs if label in r["marks"]]
-            cells.append(fmt_ms(median(vals)) if vals else "-")
-        L.append(f"| {label} | {cells[0]} | {cells[1]} |")
-    L.append(f"| v2 `start` record | {fmt_ms(act['on'])} | {fmt_ms(act['off'])} |")
-    L.append(f"| (floor: v2 `start` record) | {fmt_ms(act['floor'])} | |")
-    if on_med - f_med > 0.300:
-        L += ["", "**What limits it**: prefetch on is more than 300 ms over the floor; see the "
-              "milestones above for where the time goes."]
+    return {"floor": floor, "on": on, "off": off, "asset_size": asset_size}
 
 
 # --- b. idle ---
 
-def bench_idle(sec: Section, quick: bool) -> None:
-    duration = 20.0 if quick else 60.0
-    warm = 5.0
-    runs = 3 if quick else 5
+# The phases of a node's life that `run` idles in for hours or days, and the poll
+# period of each (vegavisor's defaults, as `init` writes them).
+IDLE_PHASES = (
+    ("no upgrade accepted", "pollIntervalSeconds", POLL_INTERVAL),
+    ("upgrade accepted, block not reached", "upgradePollIntervalSeconds", UPGRADE_POLL_INTERVAL),
+)
+# Fake core for the accepted phase: v2 accepted from the first block, its block far away.
+ACCEPTED_CORE_ARGS = ["--upgrade-tag", NEW, "--accept-height", "0",
+                      "--upgrade-height", "1000000000"]
+CORE_BUDGET = 0.001  # 0.1 % of one core: the project's target for idle CPU
+
+
+def start_idle_visor(ws: Workspace, name: str, accepted: bool,
+                     python_flags: Sequence[str] = ()) -> Tuple[subprocess.Popen, Path]:
+    """`vegavisor.py run` over its own fake core, in one phase (no network: the release
+    folder exists, so no prefetch starts, and githubApiUrl points at a closed port)."""
+    root = ws.dir / name
+    root.mkdir()
+    sock = root / "admin.sock"
+    core = ["node", "--admin-socket", str(sock), "--record", str(root / "record.jsonl")]
+    home = make_home(root, core + (ACCEPTED_CORE_ARGS if accepted else []), sock,
+                     api_url="http://127.0.0.1:9")
+    if accepted:
+        make_binary(home / NEW / "vega", NEW)
+        (home / NEW / "run-config.toml").write_text(
+            (home / "genesis" / "run-config.toml").read_text().replace('"genesis"', f'"{NEW}"'))
+    proc = ws.popen([PYTHON] + list(python_flags) + [VEGAVISOR, "run", "--home", home],
+                    log=root / "visor.log", cwd=str(root))
+    return proc, root
+
+
+FLOOR_POLLER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import vegavisor
+client = vegavisor.AdminClient(vegavisor.RpcConfig(sys.argv[2], "/rpc"), 5.0)
+interval, n = float(sys.argv[3]), 0
+while True:
+    time.sleep(interval)
+    n += 1
+    try:
+        client.upgrade_status(n)
+    except vegavisor.AdminError:
+        pass
+"""
+
+
+def start_floor_poller(ws: Workspace, name: str, interval: float) -> Tuple[subprocess.Popen, Path]:
+    """The least a Python poller can do: sleep, one kept-alive AdminClient call, again;
+    against its own fake core (v2 accepted)."""
+    root = ws.dir / name
+    root.mkdir()
+    sock = root / "admin.sock"
+    ws.popen([PYTHON, ROOT / "fakes" / "core.py", "node", "--admin-socket", sock, "--record",
+              root / "record.jsonl"] + ACCEPTED_CORE_ARGS, log=root / "core.log")
+    # The measured copy's AdminClient, or this checkout's for a copy that has none.
+    client_dir = VEGAVISOR.parent if "class AdminClient" in VEGAVISOR.read_text() else ROOT
+    proc = ws.popen([PYTHON, "-c", FLOOR_POLLER, client_dir, sock, f"{interval:g}"],
+                    log=root / "floor.log")
+    return proc, root
+
+
+def rpc_times(root: Path) -> List[float]:
+    return [r["time"] for r in read_records(root / "record.jsonl")
+            if r.get("event") == "rpc" and r.get("status") == 200]
+
+
+def measure_idle(quick: bool) -> Dict[str, Any]:
+    """CPU and peak RSS of idle `vegavisor.py run` processes in every phase, side by side
+    with idle `python3 -c "sleep"` processes read at the same moments."""
+    duration, warm, runs = (20.0, 6.0, 2) if quick else (60.0, 6.0, 3)
     sleep_cmd = f"import time; time.sleep({duration + 30:g})"
     with Workspace("idle") as ws:
-        visors, sleepers = [], []
-        for i in range(runs):
-            root = ws.dir / f"i{i}"
-            root.mkdir()
-            sock = root / "admin.sock"
-            home = make_home(root, ["node", "--admin-socket", str(sock), "--record",
-                                    str(root / "record.jsonl")], sock)
-            visors.append((ws.popen([PYTHON, VEGAVISOR, "run", "--home", home],
-                                    log=root / "visor.log", cwd=str(root)), root))
-            sleepers.append(ws.popen([PYTHON, "-c", sleep_cmd]))
+        procs: Dict[str, List[Tuple[subprocess.Popen, Optional[Path]]]] = {}
+        for phase, _, _ in IDLE_PHASES:
+            procs[phase] = [start_idle_visor(ws, f"{phase[:2]}{i}", phase != IDLE_PHASES[0][0])
+                            for i in range(runs)]
+        for phase, _, interval in IDLE_PHASES:
+            procs[f"floor, {phase}"] = [start_floor_poller(ws, f"fl{phase[:2]}{i}", interval)
+                                        for i in range(runs)]
+        procs["-S"] = [start_idle_visor(ws, "nosite", False, ["-S"])]
+        procs["baseline"] = [(ws.popen([PYTHON, "-c", sleep_cmd]), None) for _ in range(runs)]
         started = time.monotonic()
         time.sleep(warm)
-        for proc, root in visors:
-            if proc.poll() is not None:
-                raise BenchError(f"vegavisor exited {proc.returncode}: "
-                                 f"{(root / 'visor.log').read_text()[-2000:]}")
-            if "admin socket answering" not in (root / "visor.log").read_text():
-                raise BenchError(f"vegavisor not polling after {warm:g}s: "
-                                 f"{(root / 'visor.log').read_text()[-2000:]}")
-        procs = [p for p, _ in visors] + sleepers
-        cpu_warm = {p.pid: (proc_stat_cpu(p.pid), proc_schedstat_cpu(p.pid)) for p in procs}
-        t_warm = time.monotonic()
+        for phase, group in procs.items():
+            for proc, root in group:
+                check_idle_visor(proc, root, phase)
+        everyone = [p for group in procs.values() for p, _ in group]
+        t_warm, wall_warm = time.monotonic(), time.time()
+        cpu_warm = {p.pid: (proc_stat_cpu(p.pid), proc_schedstat_cpu(p.pid)) for p in everyone}
         time.sleep(max(0.0, started + duration - time.monotonic()))
-        t_end = time.monotonic()
-        res: Dict[int, Dict[str, float]] = {}
-        for p in procs:
-            if p.poll() is not None:
-                raise BenchError(f"pid {p.pid} exited during the idle window")
-            res[p.pid] = {"cpu": proc_stat_cpu(p.pid), "sched": proc_schedstat_cpu(p.pid),
-                          "hwm": proc_status_kb(p.pid, "VmHWM") or 0,
-                          "rss": proc_status_kb(p.pid, "VmRSS") or 0}
-        threads = {p.pid: len(list(Path(f"/proc/{p.pid}/task").iterdir())) for p, _ in visors}
-        polls = []
-        for proc, root in visors:
-            polls.append(sum(1 for r in read_records(root / "record.jsonl") if r.get("event") == "rpc"))
-            if stop_visor(proc) != 0:
-                raise BenchError(f"vegavisor exited {proc.returncode} on SIGTERM")
-        for p in sleepers:
-            p.terminate()
-            wait_exit(p, 10)
+        cpu_end = {p.pid: (proc_stat_cpu(p.pid), proc_schedstat_cpu(p.pid)) for p in everyone}
+        t_end, wall_end = time.monotonic(), time.time()
+        hwm = {p.pid: (proc_status_kb(p.pid, "VmHWM") or 0) / 1024 for p in everyone}
+        window = t_end - t_warm
+        result: Dict[str, Any] = {"duration": duration, "warm": warm, "window": window,
+                                  "runs": runs, "sleep_cmd": sleep_cmd, "phases": {}}
+        for phase, group in procs.items():
+            rows = []
+            for proc, root in group:
+                if proc.poll() is not None:
+                    raise BenchError(f"pid {proc.pid} ({phase}) exited during the idle window")
+                (c0, s0), (c1, s1) = cpu_warm[proc.pid], cpu_end[proc.pid]
+                polls = [t for t in rpc_times(root) if wall_warm <= t <= wall_end] if root else []
+                rows.append({"ticks": c1 - c0, "sched": s1 - s0, "cpu_total": c1,
+                             "hwm": hwm[proc.pid], "polls": len(polls),
+                             "threads": len(list(Path(f"/proc/{proc.pid}/task").iterdir()))})
+            result["phases"][phase] = rows
+        for phase, group in procs.items():
+            for proc, root in group:
+                if is_visor(phase) and stop_visor(proc) != 0:
+                    raise BenchError(f"vegavisor ({phase}) exited {proc.returncode} on SIGTERM")
+    result["rss"] = rss_breakdown()
+    return result
 
-    def figures(group: Sequence[subprocess.Popen]) -> Dict[str, List[float]]:
-        f: Dict[str, List[float]] = {"steady": [], "sched": [], "hwm": [], "cpu": []}
-        for p in group:
-            r, (c0, s0) = res[p.pid], cpu_warm[p.pid]
-            f["cpu"].append(r["cpu"])
-            f["steady"].append((r["cpu"] - c0) / (t_end - t_warm) * 3600)
-            f["sched"].append((r["sched"] - s0) / (t_end - t_warm) * 3600)
-            f["hwm"].append(r["hwm"] / 1024)
-        return f
-    v = figures([p for p, _ in visors])
-    b = figures(sleepers)
-    core_pct = 3600 * 0.001  # 0.1 % of one core, in CPU seconds per hour
-    m = {k: median(x) for k, x in v.items()}
-    mb = {k: median(x) for k, x in b.items()}
-    rss_limit = 30e6  # "30 MB", read strictly as 30,000,000 bytes (28.6 MiB)
-    sec.row(f"CPU s/hour, steady state ({warm:g}-{duration:g} s after start; /proc stat, "
-            f"1/{CLK_TCK} s ticks)", f"{m['steady']:.2f} = {m['steady'] / 36:.3f} % of a core",
-            f"{mb['steady']:.2f}", ratio(m["steady"], mb["steady"]),
-            "< 3.6 s/h (0.1 % of a core)", m["steady"] < core_pct)
-    sec.row("CPU s/hour, steady state (schedstat, ns)",
-            f"{m['sched']:.3f} = {m['sched'] / 36:.4f} % of a core", f"{mb['sched']:.4f}",
-            ratio(m["sched"], mb["sched"]), "< 3.6 s/h", m["sched"] < core_pct)
-    sec.row(f"CPU seconds over the whole {duration:g} s, start-up included (ticks)",
-            f"{m['cpu']:.2f} s", f"{mb['cpu']:.2f} s", ratio(m["cpu"], mb["cpu"]),
-            "(for reference)", None)
-    sec.row("peak RSS (VmHWM)", f"{m['hwm']:.1f} MiB = {m['hwm'] * MiB / 1e6:.1f} MB",
-            f"{mb['hwm']:.1f} MiB = {mb['hwm'] * MiB / 1e6:.1f} MB", ratio(m["hwm"], mb["hwm"]),
-            "< 30 MB (30,000,000 bytes)", m["hwm"] * MiB < rss_limit)
-    rss = rss_breakdown()
-    window_polls = (t_end - t_warm) / POLL_INTERVAL
-    L = sec.lines
-    if quick:
-        L += [f"**--quick: the idle window was shortened to {duration:g} s "
-              f"(the default run measures 60 s).**", ""]
-    L += [f"Runs: {runs}, side by side (idle processes), each `vegavisor.py run` supervising "
-          f"its own fake core (`node`, no upgrade scripted) for {duration:g} s, with the "
-          f"config.toml `init` writes (pollIntervalSeconds = 2). Baseline: `{PYTHON} -c "
-          f"\"{sleep_cmd}\"` started at the same time, read at the same moments and then "
-          f"SIGTERMed (it sleeps longer than the window so that /proc can still be read). "
-          f"CPU is utime+stime of the process itself from /proc/PID/stat (children excluded); "
-          f"the schedstat row sums /proc/PID/task/*/schedstat (nanoseconds; the same CPU time "
-          f"without the tick rounding, which matters here: the steady window holds only a "
-          f"few ticks). Steady state starts {warm:g} s after start (core up and answering). "
-          f"Peak RSS is VmHWM from /proc/PID/status at the end of the window.",
-          "",
-          f"Admin polls answered by each fake core over the whole run: {polls}; vegavisor "
-          f"threads at the end: {sorted(set(threads.values()))}; CPU per steady-state poll "
-          f"cycle (schedstat, {window_polls:.0f} polls in the window): "
-          f"{m['sched'] / 3600 * POLL_INTERVAL * 1000:.2f} ms.",
-          "",
-          "Raw values:",
-          "",
-          f"- vegavisor CPU seconds used in {duration:g} s (ticks): {fmt_list(v['cpu'], 1, 2)}",
-          f"- baseline CPU seconds used in {duration:g} s (ticks): {fmt_list(b['cpu'], 1, 2)}",
-          f"- vegavisor steady CPU s/hour (ticks): {fmt_list(v['steady'], 1, 2)}",
-          f"- baseline steady CPU s/hour (ticks): {fmt_list(b['steady'], 1, 2)}",
-          f"- vegavisor steady CPU s/hour (schedstat): {fmt_list(v['sched'], 1, 3)}",
-          f"- baseline steady CPU s/hour (schedstat): {fmt_list(b['sched'], 1, 4)}",
-          f"- vegavisor VmHWM MiB: {fmt_list(v['hwm'], 1, 1)}",
-          f"- baseline VmHWM MiB: {fmt_list(b['hwm'], 1, 1)}",
-          "",
-          f"Where the resident memory comes from, measured once in a fresh `{PYTHON}` (VmRSS "
-          f"after each step, MiB): interpreter alone {rss['base']:.1f}; + the standard-library "
-          f"modules vegavisor.py imports {rss['stdlib']:+.1f} (largest: "
-          + ", ".join(f"{name} {kb / 1024:+.1f}" for kb, name in rss["top"][:4])
-          + f"); + compiling vegavisor.py ({rss['lines']} lines; a script run as `python3 "
-          f"vegavisor.py` is compiled from source on every start, never read from a .pyc) "
-          f"{rss['compile']:+.1f} (VmHWM during the compile {rss['compile_hwm']:.1f}); + "
-          f"executing the module {rss['exec']:+.1f}; total {rss['total']:.1f}."]
-    if not (m["steady"] < core_pct and m["sched"] < core_pct):
-        L += ["", "**What limits it (CPU)**: see the per-poll CPU above."]
-    if m["hwm"] * MiB >= rss_limit:
-        L += ["", f"**What limits it (RSS)**: the peak is {m['hwm']:.1f} MiB = "
-              f"{m['hwm'] * MiB / 1e6:.1f} MB, over 30 MB read as 30,000,000 bytes"
-              + (f" (under 30 MiB)" if m["hwm"] < 30 else "")
-              + f". By the breakdown above, the interpreter accounts for {rss['base']:.1f} MiB, "
-              f"the standard-library imports for {rss['stdlib']:.1f} MiB and compiling "
-              f"vegavisor.py's source for {rss['compile']:.1f} MiB (memory the compiler "
-              f"used and the allocator kept)."]
+
+def is_visor(group: str) -> bool:
+    return group == "-S" or group in [phase for phase, _, _ in IDLE_PHASES]
+
+
+def check_idle_visor(proc: subprocess.Popen, root: Optional[Path], phase: str) -> None:
+    """A visor or floor poller polls its core; in the accepted phase it knows the release."""
+    if root is None:
+        return
+    answered = [r for r in read_records(root / "record.jsonl")
+                if r.get("event") == "rpc" and r.get("status") == 200]
+    accepted = phase == IDLE_PHASES[1][0]
+    if proc.poll() is not None or not answered or (accepted and answered[-1].get("tag") != NEW):
+        log = "".join(f.read_text(errors="replace") for f in root.glob("*.log"))
+        raise BenchError(f"vegavisor ({phase}) is not polling as it should: exit {proc.poll()}, "
+                         f"{len(answered)} answers; log: {log[-2000:]}")
 
 
 RSS_PROBE = r"""
@@ -793,6 +714,11 @@ out['compiled'] = kb('VmRSS')
 out['compile_hwm'] = kb('VmHWM')
 exec(code, {'__name__': 'vegavisor_probe'})
 out['executed'] = kb('VmRSS')
+import tracemalloc  # last: its own bookkeeping would swell the RSS figures above
+tracemalloc.start()
+compile(source, PATH, 'exec')
+out['compile_peak'] = tracemalloc.get_traced_memory()[1]
+tracemalloc.stop()
 out['lines'] = source.count(chr(10))
 print(repr(out))
 """
@@ -815,7 +741,7 @@ def rss_breakdown() -> Dict[str, Any]:
     return {"base": r["base"] / 1024, "stdlib": (r["stdlib_done"] - r["base"]) / 1024,
             "top": sorted(r["mods"], reverse=True),
             "compile": (r["compiled"] - r["stdlib_done"]) / 1024,
-            "compile_hwm": r["compile_hwm"] / 1024,
+            "compile_hwm": r["compile_hwm"] / 1024, "compile_peak": r["compile_peak"] / MiB,
             "exec": (r["executed"] - r["compiled"]) / 1024, "total": r["executed"] / 1024,
             "lines": r["lines"]}
 
@@ -930,7 +856,8 @@ def curl_run(url: str, out: str = "/dev/null") -> Dict[str, float]:
     return {"seconds": float(parts[0]), "size": int(parts[1])}
 
 
-def bench_download(sec: Section, quick: bool) -> None:
+def measure_download(quick: bool) -> Dict[str, Any]:
+    """prepare-upgrade against curl, per asset size; one profiled run of the largest."""
     if not shutil.which("curl"):
         raise BenchError("curl is not installed: it is the throughput baseline")
     free = shutil.disk_usage("/tmp").free
@@ -975,6 +902,356 @@ def bench_download(sec: Section, quick: bool) -> None:
                 prof["size"] = asset.size
                 sha_rate = hash_rate(archive)
             archive.unlink()
+    return {"results": results, "prof": prof, "sha_rate": sha_rate, "skipped": skipped}
+
+
+# --- d. startup ---
+
+def timed(cmd: List[str]) -> Tuple[float, float]:
+    """Wall time, and CPU time (user + system) of the child from its rusage."""
+    import resource
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    # No `timeout=` here: with one, Popen.wait polls with sleeps of up to 50 ms, which
+    # would quantize these ~50 ms figures; a timer kills a hung child instead.
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killer = threading.Timer(30, proc.kill)
+    killer.start()
+    code = proc.wait()
+    wall = time.perf_counter() - t
+    killer.cancel()
+    if code != 0:
+        raise BenchError(f"{cmd} exited with {code}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+def import_times(flags: Sequence[str], runs: int = 5) -> Dict[str, float]:
+    """Median cumulative -X importtime (s) of each top-level import of `vegavisor.py
+    version` that `python3 -c pass` does not make (a shared dependency counts for the
+    first module that imports it)."""
+    def top_level(argv: List[str]) -> Dict[str, int]:
+        done = subprocess.run([PYTHON] + list(flags) + ["-X", "importtime"] + argv,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              timeout=30)
+        rows = {}
+        for line in done.stderr.splitlines():
+            m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\S.*)$", line)
+            if m:
+                rows[m.group(3)] = int(m.group(2))
+        return rows
+    base = set(top_level(["-c", "pass"]))
+    seen = [top_level([str(VEGAVISOR), "version"]) for _ in range(runs)]
+    names = [name for name in seen[0] if name not in base]
+    return {name: median([s.get(name, 0) for s in seen]) / 1e6 for name in names}
+
+
+def measure_startup(quick: bool) -> Dict[str, Any]:
+    """`vegavisor.py version` against `python3 -c pass`, as run and under `python3 -S`;
+    the installed module with its bytecode cached; and where the difference goes."""
+    runs = 10 if quick else 20
+    commands = {
+        "vegavisor": [PYTHON, str(VEGAVISOR), "version"],
+        "pass": [PYTHON, "-c", "pass"],
+        "vegavisor -S": [PYTHON, "-S", str(VEGAVISOR), "version"],
+        "pass -S": [PYTHON, "-S", "-c", "pass"],
+    }
+    import importlib.util
+    import py_compile
+    import tracemalloc
+    with tempfile.TemporaryDirectory() as cached:
+        module = Path(cached) / "vegavisor.py"
+        shutil.copy(VEGAVISOR, module)
+        py_compile.compile(str(module), cfile=importlib.util.cache_from_source(str(module)))
+        commands["installed"] = [PYTHON, "-c", f"import sys; sys.path.insert(0, {cached!r}); "
+                                 f"import vegavisor; sys.exit(vegavisor.main(['version']))"]
+        for _ in range(3):  # warm the page cache and the .pyc of imported modules
+            for cmd in commands.values():
+                timed(cmd)
+        wall: Dict[str, List[float]] = {name: [] for name in commands}
+        cpu: Dict[str, List[float]] = {name: [] for name in commands}
+        for _ in range(runs):  # alternating, so drifts of the machine hit every command
+            for name, cmd in commands.items():
+                w, c = timed(cmd)
+                wall[name].append(w)
+                cpu[name].append(c)
+    source = VEGAVISOR.read_text()
+    compiles = []
+    for _ in range(5):
+        t = time.perf_counter()
+        compile(source, str(VEGAVISOR), "exec")
+        compiles.append(time.perf_counter() - t)
+    tracemalloc.start()
+    compile(source, str(VEGAVISOR), "exec")
+    compile_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {"runs": runs, "wall": wall, "cpu": cpu, "compiles": compiles,
+            "compile_peak": compile_peak, "lines": source.count("\n"),
+            "imports": import_times([]), "imports_S": import_times(["-S"])}
+
+
+# --- e. admin poll ---
+
+def load_subject() -> Any:
+    """The measured vegavisor.py (the snapshot) as a module, for in-process calls."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("vegavisor_subject", str(VEGAVISOR))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def http_client_poll(vv: Any, rpc: Any, request_id: int) -> Any:
+    """The admin call of vegavisor.py up to 466b07d: http.client, a new connection a poll."""
+    body = json.dumps({"method": "protocolupgrade.UpgradeStatus", "params": [None],
+                       "id": request_id})
+    conn = UnixHTTPConnection(rpc.socket_path, 5.0)
+    try:
+        conn.request("POST", rpc.http_path, body=body.encode(),
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        answer = response.read(64 * 1024 + 1)
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise BenchError(f"HTTP {response.status}")
+    return vv.parse_upgrade_status(answer, request_id)
+
+
+def measure_polls(quick: bool) -> Dict[str, Any]:
+    """CPU of one UpgradeStatus call in this process, per client, against one fake core:
+    blocks of polls, the clients interleaved block by block."""
+    polls, blocks = (200, 3) if quick else (500, 7)
+    vv = load_subject()
+    with Workspace("poll") as ws:
+        sock = ws.dir / "admin.sock"
+        ws.popen([PYTHON, ROOT / "fakes" / "core.py", "node", "--admin-socket", sock]
+                 + ACCEPTED_CORE_ARGS, log=ws.dir / "core.log")
+        rpc = vv.RpcConfig(str(sock), "/rpc")
+        keep = vv.AdminClient(rpc, 5.0)
+        wait_for(lambda: poll_ok(keep), 30, "the fake core's admin socket")
+        clients: Dict[str, Callable[[int], Any]] = {
+            "http.client, new connection per poll (vegavisor.py up to 466b07d)":
+                lambda n: http_client_poll(vv, rpc, n),
+            "AdminClient, new connection per poll (call_upgrade_status)":
+                lambda n: vv.call_upgrade_status(rpc, 5.0, n),
+            "AdminClient, connection kept alive": keep.upgrade_status,
+        }
+        cpu: Dict[str, List[float]] = {name: [] for name in clients}
+        wall: Dict[str, List[float]] = {name: [] for name in clients}
+        for name, call in clients.items():  # warm-up, not counted
+            for n in range(20):
+                call(n)
+        for block in range(blocks):
+            for name, call in clients.items():
+                t, w = time.thread_time(), time.perf_counter()
+                for n in range(polls):
+                    call(n)
+                cpu[name].append((time.thread_time() - t) / polls)
+                wall[name].append((time.perf_counter() - w) / polls)
+        keep.close()
+    return {"polls": polls, "blocks": blocks, "cpu": cpu, "wall": wall}
+
+
+def poll_ok(client: Any) -> bool:
+    try:
+        return client.upgrade_status(1).tag == NEW
+    except Exception:  # the socket not there yet, or before the first block
+        return False
+
+
+# --- reports: each formats one benchmark's numbers into its BENCHMARKS.md section ---
+
+def report_switchover(sec: "Section", r: Dict[str, Any]) -> None:
+    floor, on, off, asset_size = r["floor"], r["on"], r["off"], r["asset_size"]
+    f_med = median([r["total"] for r in floor])
+    on_med = median([r["total"] for r in on])
+    off_med = median([r["total"] for r in off])
+    late = sum(not r["prefetch_done_before_block"] for r in on)
+    sec.row("prefetch on: ready -> v2 start", fmt_ms(on_med), fmt_ms(f_med), ratio(on_med, f_med),
+            "floor + 300 ms", on_med - f_med <= 0.300)
+    sec.row("prefetch off: ready -> v2 start", fmt_ms(off_med), fmt_ms(f_med),
+            ratio(off_med, f_med), "(none; for comparison)", None)
+    sec.row("prefetch on, minus floor", fmt_ms(on_med - f_med), "", "", "<= 300 ms",
+            on_med - f_med <= 0.300)
+    act = {k: median([r["act"] for r in v]) for k, v in (("floor", floor), ("on", on), ("off", off))}
+    sec.row("prefetch on: first ReadyToUpgrade=true answer -> v2 start", fmt_ms(act["on"]),
+            fmt_ms(act["floor"]), ratio(act["on"], act["floor"]), "(diagnostic)", None)
+    sec.row("prefetch off: first ReadyToUpgrade=true answer -> v2 start", fmt_ms(act["off"]),
+            fmt_ms(act["floor"]), ratio(act["off"], act["floor"]), "(diagnostic)", None)
+    L = sec.lines
+    L += [f"Runs: floor {len(floor)}, prefetch on {len(on)}, prefetch off {len(off)}, "
+          f"interleaved. Release asset: {asset_size} bytes (a zip: `vega` = fake core v2, "
+          f"plus {SWITCH_ASSET_BYTES // MiB} MiB of random bytes stored uncompressed), served by "
+          f"FakeGitHub on 127.0.0.1 from a file.",
+          "",
+          "What is timed: from the `ready` event in fake core v1's `--record` file (written "
+          "when core first finds itself ReadyToUpgrade, within its 20 ms main-loop tick) to the "
+          "`start` event of fake core v2 (written by v2 right after its first stdout line, so "
+          f"it includes v2's start-up: the fake binary's `#!/usr/bin/env python3` line, "
+          f"i.e. {shutil.which('python3')} on this PATH, then Python and fakes/core.py; the "
+          f"same for the floor). Both are `time.time()` on this host.",
+          "",
+          f"Setup: vegavisor's default config.toml from `init`, only `githubApiUrl` changed "
+          f"(and `prefetch = false` for the prefetch-off runs); pollIntervalSeconds = 2, "
+          f"upgradePollIntervalSeconds = 0.25 as shipped. Fake chain: {BLOCK_SECONDS} s blocks, "
+          f"accepted at height {ACCEPT_HEIGHT}, upgrade block {UPGRADE_HEIGHT_PREFETCH} with "
+          f"prefetch on (the prefetch must finish before it), {UPGRADE_HEIGHT_OTHER} otherwise; "
+          f"`--ready-delay` is a random 0-250 ms per run (the same sequence for every variant) "
+          f"so that where ready falls between two 0.25 s polls is random, not a fixed phase. "
+          f"The floor is this script itself: it starts v1 with the same arguments, polls "
+          f"UpgradeStatus with vegavisor's AdminClient 2 s after the start and then every "
+          f"0.25 s once a release is accepted (vegavisor's schedule), sends SIGTERM, waits for "
+          f"the exit on a pidfd, and starts v2 with `--snapshot.load-from-block-height`.",
+          "",
+          f"Prefetch finished before the upgrade block in {len(on) - late} of {len(on)} "
+          f"prefetch-on runs.",
+          "",
+          "Raw values, ms (ready -> v2 start):",
+          "",
+          f"- floor: {fmt_list([r['total'] for r in floor], 1000)}",
+          f"- prefetch on: {fmt_list([r['total'] for r in on], 1000)}",
+          f"- prefetch off: {fmt_list([r['total'] for r in off], 1000)}",
+          "",
+          "Split of each run, ms: poll delay (ready -> first ReadyToUpgrade=true answer) + "
+          "the rest (that answer -> v2 start):",
+          ""]
+    for name, rs in (("floor", floor), ("prefetch on", on), ("prefetch off", off)):
+        L.append(f"- {name}: " + ", ".join(f"{r['detect'] * 1000:.0f}+{r['act'] * 1000:.0f}"
+                                           for r in rs))
+    L += ["", "Median time after core's first ReadyToUpgrade=true answer (its `rpc` record) at "
+          "which each vegavisor log line appears (log stamps are truncated to 1 ms):", "",
+          "| milestone | prefetch on | prefetch off |", "|---|---|---|"]
+    for label, _ in VISOR_MILESTONES:
+        cells = []
+        for rs in (on, off):
+            vals = [r["marks"][label] for r in rs if label in r["marks"]]
+            cells.append(fmt_ms(median(vals)) if vals else "-")
+        L.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    L.append(f"| v2 `start` record | {fmt_ms(act['on'])} | {fmt_ms(act['off'])} |")
+    L.append(f"| (floor: v2 `start` record) | {fmt_ms(act['floor'])} | |")
+    if on_med - f_med > 0.300:
+        L += ["", "**What limits it**: prefetch on is more than 300 ms over the floor; see the "
+              "milestones above for where the time goes."]
+
+
+def report_idle(sec: "Section", r: Dict[str, Any]) -> None:
+    window, phases = r["window"], r["phases"]
+
+    def share(rows: List[Dict[str, float]], key: str) -> List[float]:
+        return [row[key] / window for row in rows]  # CPU seconds per second = share of a core
+    def per_poll(rows: List[Dict[str, float]]) -> float:
+        return median([row["sched"] / row["polls"] for row in rows if row["polls"]])
+    base_sched = median(share(phases["baseline"], "sched"))
+    met_all = True
+    for phase, key, interval in IDLE_PHASES:
+        rows, floor = phases[phase], phases[f"floor, {phase}"]
+        sched, ticks = median(share(rows, "sched")), median(share(rows, "ticks"))
+        floor_sched = median(share(floor, "sched"))
+        met = sched < CORE_BUDGET and ticks < CORE_BUDGET
+        met_all = met_all and met
+        sec.row(f"CPU, {phase} ({key} = {interval:g}; schedstat, ns)",
+                f"{sched * 100:.4f} % of a core", f"{floor_sched * 100:.4f} % (floor poller)",
+                ratio(sched, floor_sched), "<= 0.1 % of a core", met)
+        sec.row(f"CPU, {phase} (/proc stat, 1/{CLK_TCK} s ticks)",
+                f"{ticks * 100:.3f} % of a core", "", "", "<= 0.1 % of a core", met)
+        sec.row(f"CPU per poll cycle, {phase}", f"{per_poll(rows) * 1000:.3f} ms",
+                f"{per_poll(floor) * 1000:.3f} ms (floor poller)",
+                ratio(per_poll(rows), per_poll(floor)),
+                f"<= {CORE_BUDGET * interval * 1000:.2f} ms (0.1 % at {interval:g} s)",
+                per_poll(rows) < CORE_BUDGET * interval)
+    sec.row("CPU of an idle `python3 -c \"time.sleep(N)\"`", f"{base_sched * 100:.4f} %",
+            "", "", "(diagnostic)", None)
+    visors = [row for phase, _, _ in IDLE_PHASES for row in phases[phase]]
+    hwm, base_hwm = median([row["hwm"] for row in visors]), median(
+        [row["hwm"] for row in phases["baseline"]])
+    rss_limit = 30e6  # "30 MB", read strictly as 30,000,000 bytes (28.6 MiB)
+    sec.row("peak RSS (VmHWM)", f"{hwm:.1f} MiB = {hwm * MiB / 1e6:.1f} MB",
+            f"{base_hwm:.1f} MiB = {base_hwm * MiB / 1e6:.1f} MB", ratio(hwm, base_hwm),
+            "< 30 MB (30,000,000 bytes)", hwm * MiB < rss_limit)
+    nosite = phases["-S"][0]["hwm"]
+    sec.row("peak RSS (VmHWM), `python3 -S` (no site-packages .pth files run at start)",
+            f"{nosite:.1f} MiB = {nosite * MiB / 1e6:.1f} MB", "", "",
+            "(diagnostic)", None)
+    rss = r["rss"]
+    L = sec.lines
+    if r["duration"] < 60:
+        L += [f"**--quick: the idle window was shortened to {r['duration']:g} s "
+              f"(the default run measures 60 s).**", ""]
+    L += [f"Runs: {r['runs']} per phase, all side by side: each `vegavisor.py run` supervises "
+          f"its own fake core for {r['duration']:g} s with the config.toml `init` writes "
+          f"(only githubApiUrl pointed at a closed local port). Phase \"{IDLE_PHASES[0][0]}\": "
+          f"the core has no proposal. Phase \"{IDLE_PHASES[1][0]}\": the core reports "
+          f"{NEW} accepted from its first block with the upgrade block a billion blocks away, "
+          f"and HOME/{NEW} is already installed, so vegavisor polls every "
+          f"{UPGRADE_POLL_INTERVAL:g} s and starts no prefetch. Baseline (floor poller): the "
+          f"least a Python process polling at the same period can do, a loop of `time.sleep` "
+          f"and one call of vegavisor's AdminClient on a kept-alive connection, each against "
+          f"its own fake core; and an idle `{PYTHON} -c \"{r['sleep_cmd']}\"`. All are "
+          f"started and read at the same moments. CPU is utime+stime of "
+          f"the process itself (children excluded) over the window from {r['warm']:g} s after "
+          f"start (core up and answering) to the end, as a share of one core: schedstat sums "
+          f"/proc/PID/task/*/schedstat in nanoseconds; the tick rows read /proc/PID/stat, "
+          f"whose 1/{CLK_TCK} s ticks hold only a few counts over such a window. CPU per poll "
+          f"cycle = schedstat CPU / the UpgradeStatus calls the fake core recorded in the "
+          f"window. Peak RSS is VmHWM at the end of the window; one more visor runs under "
+          f"`python3 -S` to show the share of this host's site-packages .pth files.",
+          "",
+          "Raw values, per process (schedstat CPU ms in the window, polls answered, VmHWM MiB, "
+          "threads):",
+          ""]
+    for phase, rows in phases.items():
+        L.append(f"- {phase}: " + "; ".join(
+            f"{row['sched'] * 1000:.1f} ms, {row['polls']} polls, {row['hwm']:.1f} MiB, "
+            f"{row['threads']} threads" for row in rows))
+    L += ["",
+          f"Where the resident memory comes from, measured once in a fresh `{PYTHON}` (VmRSS "
+          f"after each step, MiB): interpreter alone {rss['base']:.1f}; + the standard-library "
+          f"modules vegavisor.py imports {rss['stdlib']:+.1f} (largest: "
+          + ", ".join(f"{name} {kb / 1024:+.1f}" for kb, name in rss["top"][:4])
+          + f"); + compiling vegavisor.py ({rss['lines']} lines; a script run as `python3 "
+          f"vegavisor.py` is compiled from source on every start, never read from a .pyc) "
+          f"{rss['compile']:+.1f} (VmHWM during the compile {rss['compile_hwm']:.1f}; "
+          f"tracemalloc peak of the compile {rss['compile_peak']:.1f}); + executing the module "
+          f"{rss['exec']:+.1f}; total {rss['total']:.1f}."]
+    for phase, _, interval in IDLE_PHASES:
+        rows, floor = phases[phase], phases[f"floor, {phase}"]
+        sched, floor_sched = median(share(rows, "sched")), median(share(floor, "sched"))
+        if sched >= CORE_BUDGET:
+            L += ["", f"**What limits it (CPU, {phase})**: {interval:g} s polls at "
+                  f"{per_poll(rows) * 1000:.3f} ms a cycle; the floor poller (sleep, one "
+                  f"kept-alive call) needs {per_poll(floor) * 1000:.3f} ms a cycle, "
+                  f"{floor_sched * 100:.3f} % of a core"
+                  + (", itself over the budget: no Python process that makes one HTTP call "
+                     f"every {interval:g} s stays under 0.1 % of a core on this machine"
+                     if floor_sched >= CORE_BUDGET else "")
+                  + ". Section e measures the admin call alone."]
+    if hwm * MiB >= rss_limit:
+        L += ["", f"**What limits it (RSS)**: the peak is {hwm:.1f} MiB = "
+              f"{hwm * MiB / 1e6:.1f} MB, over 30 MB read as 30,000,000 bytes. By the breakdown "
+              f"above, the interpreter accounts for {rss['base']:.1f} MiB, the standard-library "
+              f"imports for {rss['stdlib']:.1f} MiB and compiling vegavisor.py's source for "
+              f"{rss['compile']:.1f} MiB (memory the compiler used and the allocator kept)."]
+
+
+def report_download(sec: "Section", r: Dict[str, Any]) -> None:
+    results, prof, sha_rate, skipped = r["results"], r["prof"], r["sha_rate"], r["skipped"]
     labels = list(results)
     hwm = {k: median([r["hwm"] for r in v["vv"]]) for k, v in results.items()}
     growth = hwm[labels[-1]] - hwm[labels[0]]
@@ -1071,122 +1348,94 @@ def bench_download(sec: Section, quick: bool) -> None:
         L += ["", "**What limits it (memory)**: see the raw VmHWM values above."]
 
 
-# --- d. startup ---
-
-def bench_startup(sec: Section, quick: bool) -> None:
-    runs = 10 if quick else 20
-    vv_cmd = [PYTHON, str(VEGAVISOR), "version"]
-    vv_shown = f"{PYTHON} vegavisor.py version"
-    base_cmd = [PYTHON, "-c", "pass"]
-
-    def timed(cmd: List[str]) -> Tuple[float, float]:
-        """Wall time, and CPU time (user + system) of the child from its rusage."""
-        import resource
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t = time.perf_counter()
-        # No `timeout=` here: with one, Popen.wait polls with sleeps of up to 50 ms, which
-        # would quantize these ~50 ms figures; a timer kills a hung child instead.
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        killer = threading.Timer(30, proc.kill)
-        killer.start()
-        code = proc.wait()
-        wall = time.perf_counter() - t
-        killer.cancel()
-        if code != 0:
-            raise BenchError(f"{cmd} exited with {code}")
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    for _ in range(3):  # warm the page cache and the .pyc of imported modules
-        timed(vv_cmd)
-        timed(base_cmd)
-    vv, base, vv_cpu, base_cpu = [], [], [], []
-    for _ in range(runs):
-        wall, cpu = timed(vv_cmd)
-        vv.append(wall)
-        vv_cpu.append(cpu)
-        wall, cpu = timed(base_cmd)
-        base.append(wall)
-        base_cpu.append(cpu)
-    mv, mb = median(vv), median(base)
+def report_startup(sec: "Section", r: Dict[str, Any]) -> None:
+    wall = {name: median(values) for name, values in r["wall"].items()}
+    cpu = {name: median(values) for name, values in r["cpu"].items()}
+    mv, mb = wall["vegavisor"], wall["pass"]
     sec.row("`vegavisor.py version` wall time", fmt_ms(mv), fmt_ms(mb) + " (`python3 -c pass`)",
             ratio(mv, mb), "<= 2x", mv <= 2 * mb)
-    sec.row("`vegavisor.py version` CPU time (user+sys)", fmt_ms(median(vv_cpu)),
-            fmt_ms(median(base_cpu)) + " (`python3 -c pass`)",
-            ratio(median(vv_cpu), median(base_cpu)), "(diagnostic: less sensitive to load)", None)
-    # The same module imported with its bytecode cached, as the installed console script
-    # runs it: a script given to python is compiled from source at every start.
-    import importlib.util
-    import py_compile
-    with tempfile.TemporaryDirectory() as cached:
-        module = Path(cached) / "vegavisor.py"
-        shutil.copy(VEGAVISOR, module)
-        py_compile.compile(str(module), cfile=importlib.util.cache_from_source(str(module)))
-        mod_cmd = [PYTHON, "-c", f"import sys; sys.path.insert(0, {cached!r}); import vegavisor; "
-                   f"sys.exit(vegavisor.main(['version']))"]
-        timed(mod_cmd)
-        installed = median([timed(mod_cmd)[0] for _ in range(runs)])
+    sec.row("`vegavisor.py version` CPU time (user+sys)", fmt_ms(cpu["vegavisor"]),
+            fmt_ms(cpu["pass"]) + " (`python3 -c pass`)", ratio(cpu["vegavisor"], cpu["pass"]),
+            "(diagnostic: less sensitive to load)", None)
+    sec.row("the same under `python3 -S` (no site-packages .pth files at start), wall time",
+            fmt_ms(wall["vegavisor -S"]), fmt_ms(wall["pass -S"]) + " (`python3 -S -c pass`)",
+            ratio(wall["vegavisor -S"], wall["pass -S"]), "(diagnostic: near a stock host)", None)
     sec.row("`vegavisor version` as installed (module, bytecode cached) wall time",
-            fmt_ms(installed), fmt_ms(mb) + " (`python3 -c pass`)", ratio(installed, mb),
-            "(diagnostic: the console script's start)", None)
-    # Where the time goes: -X importtime, top-level imports by cumulative time.
-    prof = subprocess.run([PYTHON, "-X", "importtime"] + vv_cmd[1:], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, timeout=30)
-    base_prof = subprocess.run([PYTHON, "-X", "importtime", "-c", "pass"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               timeout=30)
+            fmt_ms(wall["installed"]), fmt_ms(mb) + " (`python3 -c pass`)",
+            ratio(wall["installed"], mb), "(diagnostic: the console script's start)", None)
+    total = sum(r["imports"].values())
 
-    def top_level(text: str) -> List[Tuple[int, str]]:
-        rows = []
-        for line in text.splitlines():
-            m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\S.*)$", line)
-            if m and not m.group(3).startswith(" "):
-                rows.append((int(m.group(2)), m.group(3)))
-        return rows
-    rows, base_rows = top_level(prof.stderr), top_level(base_prof.stderr)
-    base_names = {name for _, name in base_rows}
-    extra = sorted((r for r in rows if r[1] not in base_names), reverse=True)
-    source = VEGAVISOR.read_text()
-    compiles = []
-    for _ in range(5):
-        t = time.perf_counter()
-        compile(source, str(VEGAVISOR), "exec")
-        compiles.append(time.perf_counter() - t)
-    total = sum(us for us, _ in extra)
+    def largest(imports: Dict[str, float]) -> str:
+        ranked = sorted(imports.items(), key=lambda item: -item[1])
+        return ", ".join(f"{name} {seconds * 1000:.1f}" for name, seconds in ranked[:10])
     L = sec.lines
-    L += [f"Runs: {runs} each, alternating, after 3 warm-up runs each; wall time of "
-          f"`subprocess.run` from this script (fork/exec included in both); CPU time from the "
-          f"children's rusage (1/{CLK_TCK} s resolution here). Commands: "
-          f"`{vv_shown}` and `{' '.join(base_cmd)}`.",
+    L += [f"Runs: {r['runs']} of each command, alternating, after 3 warm-up runs each; wall "
+          f"time of `subprocess.Popen` + wait from this script (fork/exec included in all); "
+          f"CPU time from the children's rusage (1/{CLK_TCK} s resolution here). Commands: "
+          f"`{PYTHON} vegavisor.py version`, `{PYTHON} -c pass`, both again with `-S`, and "
+          f"the module imported from a folder holding its .pyc.",
           "",
-          "Raw values, ms:",
-          "",
-          f"- vegavisor.py version, wall: {fmt_list(vv, 1000, 1)}",
-          f"- python3 -c pass, wall: {fmt_list(base, 1000, 1)}",
-          f"- vegavisor.py version, CPU: {fmt_list(vv_cpu, 1000, 0)}",
-          f"- python3 -c pass, CPU: {fmt_list(base_cpu, 1000, 0)}",
-          "",
+          "Raw values, ms (wall):",
+          ""]
+    for name, values in r["wall"].items():
+        L.append(f"- {name}: {fmt_list(values, 1000, 1)}")
+    L += ["",
           f"Where the extra {fmt_ms(mv - mb)} (median difference) goes: compiling "
-          f"vegavisor.py's source ({source.count(chr(10))} lines; run as a script it is "
-          f"compiled on every start, never read from a .pyc) takes {fmt_ms(median(compiles))} "
-          f"in this process (median of 5: {fmt_list(compiles, 1000, 1)} ms). One run of "
-          f"`python3 -X importtime vegavisor.py version` (importtime adds its own overhead) "
-          f"shows {total / 1000:.1f} ms of cumulative import time in top-level imports that "
-          f"`python3 -c pass` does not make; the largest, ms: "
-          + ", ".join(f"{name} {us / 1000:.1f}" for us, name in extra[:10]) + "."]
+          f"vegavisor.py's source ({r['lines']} lines; run as a script it is compiled on every "
+          f"start, never read from a .pyc) takes {fmt_ms(median(r['compiles']))} in this "
+          f"process (median of 5: {fmt_list(r['compiles'], 1000, 1)} ms) and "
+          f"{r['compile_peak'] / MiB:.1f} MiB at its peak (tracemalloc). `python3 -X "
+          f"importtime vegavisor.py version` (median of 5; importtime adds its own overhead) "
+          f"shows {total * 1000:.1f} ms of cumulative import time in top-level imports that "
+          f"`python3 -c pass` does not make; the largest, ms: {largest(r['imports'])}. Under "
+          f"`-S` (site-packages' .pth files here import certifi, pathlib, re, zipfile and "
+          f"more before any script runs, and so hide those from the list above): "
+          f"{sum(r['imports_S'].values()) * 1000:.1f} ms; the largest, ms: "
+          f"{largest(r['imports_S'])}."]
     if mv > 2 * mb:
         L += ["", "**What limits it**: the compile and the imports above."]
+
+
+def report_polls(sec: "Section", r: Dict[str, Any]) -> None:
+    names = list(r["cpu"])
+    old, keep = names[0], names[-1]
+    med = {name: median(values) for name, values in r["cpu"].items()}
+    for name in names:
+        sec.row(f"CPU per UpgradeStatus call: {name}", f"{med[name] * 1e6:.0f} us",
+                f"{med[old] * 1e6:.0f} us (http.client)", ratio(med[name], med[old]),
+                "(lower is better)" if name != keep else "< 1x", None if name != keep
+                else med[keep] < med[old])
+    L = sec.lines
+    L += [f"Blocks: {r['blocks']} per client of {r['polls']} calls each, the clients "
+          f"interleaved block by block after 20 uncounted calls each, all in this script's "
+          f"process against one fake core (`fakes/core.py node`, release {NEW} accepted) on a "
+          f"unix socket; CPU is time.thread_time() of the calling thread over a block / "
+          f"{r['polls']} (client side only: the fake core's CPU is another process). This is "
+          f"the admin call's share of a poll cycle; section b measures the whole `run`.",
+          "",
+          "Raw values, us per call (CPU; wall in brackets):",
+          ""]
+    for name in names:
+        L.append(f"- {name}: " + ", ".join(
+            f"{c * 1e6:.0f} ({w * 1e6:.0f})" for c, w in zip(r["cpu"][name], r["wall"][name])))
 
 
 # --- BENCHMARKS.md ---
 
 TITLES = {
     "switchover": "a. Switchover at the upgrade block (100 MiB release)",
-    "idle": "b. Idle cost of `vegavisor.py run`",
+    "idle": "b. Idle cost of `vegavisor.py run`, in every phase",
     "download": "c. Download: memory and throughput of `prepare-upgrade`",
     "startup": "d. Start-up time",
+    "polls": "e. CPU of one admin poll, per client",
 }
-RUNNERS = {"switchover": bench_switchover, "idle": bench_idle, "download": bench_download,
-           "startup": bench_startup}
+# Each benchmark: a measurement returning numbers, and the report that writes them.
+MEASURES: Dict[str, Callable[[bool], Dict[str, Any]]] = {
+    "switchover": measure_switchover, "idle": measure_idle, "download": measure_download,
+    "startup": measure_startup, "polls": measure_polls}
+REPORTS: Dict[str, Callable[["Section", Dict[str, Any]], None]] = {
+    "switchover": report_switchover, "idle": report_idle, "download": report_download,
+    "startup": report_startup, "polls": report_polls}
 
 
 def existing_sections() -> Dict[str, str]:
@@ -1216,12 +1465,18 @@ def write_report(sections: Dict[str, str], m: Dict[str, str], elapsed: Dict[str,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    global SOURCE, OUTPUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="fewer runs and a 20 s idle window (said so in the output)")
     parser.add_argument("--only", choices=BENCHMARKS, action="append",
                         help="run only this benchmark (repeatable); other sections are kept")
+    parser.add_argument("--subject", type=Path, default=SOURCE, metavar="FILE",
+                        help="measure this copy of vegavisor.py (default: this checkout's)")
+    parser.add_argument("--output", type=Path, default=OUTPUT, metavar="FILE",
+                        help="the report to write (default: BENCHMARKS.md)")
     args = parser.parse_args(argv)
+    SOURCE, OUTPUT = args.subject.resolve(), args.output.resolve()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up like on Ctrl-C
     names = args.only or list(BENCHMARKS)
     snapshot = snapshot_vegavisor()
@@ -1242,7 +1497,7 @@ def run_benchmarks(args: argparse.Namespace, names: List[str]) -> int:
         print(f"{name} ...", flush=True)
         t = time.monotonic()
         try:
-            RUNNERS[name](sec, args.quick)
+            REPORTS[name](sec, MEASURES[name](args.quick))
         except Exception as e:  # report it in the section, go on with the others
             failures += 1
             sec.failed = f"{type(e).__name__}: {e}"
