@@ -35,6 +35,7 @@ import select
 import signal
 import socketserver
 import stat
+import string
 import sys
 import tempfile
 import threading
@@ -111,6 +112,8 @@ GO_ESCAPES = (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"),
 SELF_KILL_GRACE_SECONDS = 1.0
 # The garbage fault's answer: fixed bytes that no HTTP client can parse.
 GARBAGE_REPLY = b"\xff\x00\x13garbage\x00" + hashlib.sha256(b"fake-vega").digest()
+# A scripted crash exits with this code, as a Go program's fatal error does.
+CRASH_EXIT_CODE = 1
 # The data node's history segments span this many blocks (from = to - 299).
 SEGMENT_BLOCKS = 300
 # A copy of this file with this name is an old standalone data-node binary.
@@ -164,7 +167,7 @@ signals:
                    and ignored: only SIGKILL stops the node.
 
 faults:
-  --crash-at-height N      at height N exit with --crash-exit-code (default 1),
+  --crash-at-height N      at height N exit 1,
                            or die by --crash-signal (no core file is written);
                            the socket file is left behind, as after a crash.
   --exit-zero-at-height N  at height N remove the socket file and exit 0.
@@ -236,9 +239,10 @@ record (--record FILE, node and datanode):
   One JSON object a line, each appended with one write (O_APPEND), so several
   processes can share a file. Every event has: event, role ("core" or
   "datanode"), pid, version, time (time.time()), then:
-    start             argv (the arguments after the program), program; core:
-                      start_height, snapshot_height (null without
-                      --snapshot.load-from-block-height), socket, http_path,
+    start             argv (the arguments after the program), program (the path
+                      it was started as); core: start_height, snapshot_height
+                      (null without --snapshot.load-from-block-height), socket,
+                      http_path, socket_delay (the one in force),
                       upgrade ({tag, accept_height, upgrade_height,
                       ready_delay} or null), upgrade_skipped (why the script
                       is off, or null); datanode: home
@@ -246,8 +250,10 @@ record (--record FILE, node and datanode):
     accepted          tag, upgrade_height, height
     ready             tag, height
     rpc               one per HTTP answer, written just before it is sent:
-                      http_method, path, method (JSON-RPC, or null), id,
-                      status, fault (or null), height, ready, tag
+                      http_method, path (the request-target as sent), method
+                      (JSON-RPC, or null), id, status, fault (or null), height,
+                      ready, tag (null before the first block); a request
+                      net/http refuses unread has http_method and path null
     rpc-fault         a request left without an HTTP answer: fault (hang,
                       garbage, close), height
     sigterm, sigint   action: stop, kill (ready to upgrade: SIGKILLs itself),
@@ -313,7 +319,6 @@ class NodeConfig(NamedTuple):
     stop_delay: float
     ignore_sigterm: bool
     crash_at: Optional[int]
-    crash_exit_code: int
     crash_signal: Optional[signal.Signals]
     exit_zero_at: Optional[int]
     fault: Optional[RpcFault]
@@ -741,19 +746,31 @@ def go_kind(value: Any) -> str:
 
 def describe_json_error(text: str, error: json.JSONDecodeError) -> str:
     """Go's decoder message for invalid JSON, from Python's (the usual cases)."""
-    position = error.pos
-    if position >= len(text) or error.msg.startswith("Unterminated string"):
+    position, message = error.pos, error.msg
+    if position >= len(text) or message.startswith("Unterminated string"):
         return "unexpected EOF"
-    if error.msg.startswith("Invalid \\"):
-        return "invalid character %s in string escape code" % go_quote_char(
-            text[position + 1] if position + 1 < len(text) else text[position])
+    if message.startswith("Invalid \\uXXXX"):  # position: the 'u'
+        digits = text[position + 1:position + 5]
+        bad = next((c for c in digits if c not in string.hexdigits), None)
+        if bad is None:
+            return "unexpected EOF"
+        return "invalid character %s in \\u hexadecimal character escape" % go_quote_char(bad)
+    if message.startswith("Invalid \\escape"):  # position: the backslash
+        return "invalid character %s in string escape code" % go_quote_char(text[position + 1])
+    if message.startswith("Illegal trailing comma"):  # Python 3.13; position: the comma
+        position = skip_space(text, position + 1)
+        if message.endswith("object"):
+            message = "Expecting property name enclosed in double quotes"
+        else:
+            message = "Expecting value"
     where = {
         "Expecting value": "looking for beginning of value",
         "Expecting property name enclosed in double quotes":
             "looking for beginning of object key string",
         "Expecting ':' delimiter": "after object key",
-        "Invalid control character at": "in string literal",
-    }.get(error.msg)
+    }.get(message)
+    if message.startswith("Invalid control character"):
+        where = "in string literal"
     if where is None:  # Expecting ',' delimiter
         inner = innermost_open_bracket(text, position)
         where = "after object key:value pair" if inner == "{" else "after array element"
@@ -1344,7 +1361,7 @@ class NodeRun:
             self.reporter.say("crashing", height=height, signal=crash_signal.name)
             self.reporter.record("crash", height=height, code=None, signal=crash_signal.name)
             die_by_signal(crash_signal)
-        code = self.config.crash_exit_code
+        code = CRASH_EXIT_CODE
         self.reporter.say("crashing", height=height, code=code)
         self.reporter.record("crash", height=height, code=code, signal=None)
         self.reporter.record("exit", code=code, reason="crash")
@@ -1520,7 +1537,6 @@ def build_node_config(args: argparse.Namespace) -> NodeConfig:
         stop_delay=args.stop_delay,
         ignore_sigterm=args.ignore_sigterm,
         crash_at=args.crash_at_height,
-        crash_exit_code=args.crash_exit_code,
         crash_signal=args.crash_signal,
         exit_zero_at=args.exit_zero_at_height,
         fault=fault,
@@ -1641,8 +1657,6 @@ def add_node_command(commands: Any) -> None:
     faults = node.add_argument_group("faults")
     faults.add_argument("--crash-at-height", type=parse_block, metavar="N",
                         help="crash when the height reaches N")
-    faults.add_argument("--crash-exit-code", type=int, default=1, metavar="CODE",
-                        help="exit code of that crash (default: 1)")
     faults.add_argument("--crash-signal", type=parse_signal, metavar="NAME",
                         help="crash by this signal instead, e.g. SEGV")
     faults.add_argument("--exit-zero-at-height", type=parse_block, metavar="N",

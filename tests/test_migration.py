@@ -17,7 +17,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Callable
 from typing import Dict
