@@ -542,9 +542,10 @@ def read_body(rfile: Any, request: HttpRequest) -> bytes:
     lengths = {value for name, value in request.headers if name == "content-length"}
     if not lengths:
         return b""
-    if len(lengths) > 1 or not lengths.copy().pop().isdigit():
+    length = lengths.pop() if len(lengths) == 1 else ""
+    if not re.fullmatch(r"[0-9]{1,18}", length):
         raise refuse(400)  # "bad Content-Length"
-    return rfile.read(int(lengths.pop()))
+    return rfile.read(int(length))
 
 
 def read_chunked(rfile: Any) -> bytes:
