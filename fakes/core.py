@@ -7,12 +7,18 @@
     vega datanode network-history latest-history-segment --home DIR --output json
     vega make-binary DEST --version TAG
 
-The node simulates block production and a governance-scheduled protocol upgrade,
-and serves protocolupgrade.UpgradeStatus on its admin socket exactly as Vega core
-does (gorilla/rpc JSON-RPC 1.0 over HTTP/1.1 on a unix socket). Faults (crashes,
-slow starts, broken RPC answers, ignored signals) are scripted by flags, and
-`--record FILE` appends one JSON object a line for everything that happened.
-Nothing is random: the only inputs are the flags, the clock and signals.
+A copy named `data-node` (make_binary(HOME/v1/data-node, ...)) is an old standalone
+data-node binary: `data-node start ...` and `data-node network-history ...`, with no
+`datanode` subcommand.
+
+The node simulates a slow start (loading a snapshot, replaying blocks), block
+production and a governance-scheduled protocol upgrade, and serves
+protocolupgrade.UpgradeStatus on its admin socket byte for byte as Vega core does
+(gorilla/rpc v1.2.0 JSON-RPC 1.0 on a gorilla/mux router, Go's net/http, HTTP/1.1 on a
+unix socket), malformed requests included. Faults (crashes, broken RPC answers,
+ignored signals) are scripted by flags, and `--record FILE` appends one JSON object a
+line for everything that happened. Nothing is random: the only inputs are the flags,
+the clock and signals.
 
 Tests import make_binary() to install copies reporting another version, e.g. as
 HOME/v0.74.0/vega. Standard library only; CPython 3.8 to 3.13. See `--help`.
@@ -21,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import http.server
 import json
 import os
 import re
@@ -30,11 +35,13 @@ import select
 import signal
 import socketserver
 import stat
+import string
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 from typing import Callable
@@ -63,8 +70,12 @@ OUTPUT_PREFIX = "fake-vega"
 # splits "service.Method".
 RPC_SERVICE = "protocolupgrade"
 RPC_METHOD = "UpgradeStatus"
-# The content type core registers its JSON codec for (compared before any ';').
-JSON_MEDIA_TYPE = "application/json"
+# Core registers gorilla's JSON codec for these two content types; the part of a
+# request's Content-Type before any ';' is lowercased and looked up. (No default:
+# with two codecs, a request without Content-Type is refused.)
+JSON_MEDIA_TYPES = ("application/json", "application/json;charset=utf-8")
+# The Go type that UpgradeStatus's params[0] is decoded into, as its errors name it.
+RPC_ARGS_TYPE = "admin.ReadyForUpgradeArgs"
 # Core's default [Admin.Server] HTTPPath.
 DEFAULT_HTTP_PATH = "/rpc"
 # Where core keeps its config, under its --home.
@@ -73,14 +84,40 @@ CORE_CONFIG_PATH = ("config", "node", "config.toml")
 LOOP_TICK_SECONDS = 0.02
 # How often the admin server checks for shutdown: bounds how long a stop takes.
 SERVER_POLL_SECONDS = 0.05
-# Longest request or header line read, as http.server does (bigger: 414/431).
-MAX_LINE_BYTES = 65536
+# net/http reads at most DefaultMaxHeaderBytes + 4096 of request line and headers
+# (more: 431).
+MAX_HEADER_BYTES = (1 << 20) + 4096
+# What net/http writes after the status of a request it refuses to read, then the
+# status again as the body.
+GO_ERROR_HEADERS = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+# Go's http.StatusText for the statuses this server sends.
+PHRASES = {200: "OK", 301: "Moved Permanently", 400: "Bad Request", 404: "Not Found",
+           405: "Method Not Allowed", 415: "Unsupported Media Type",
+           431: "Request Header Fields Too Large", 505: "HTTP Version Not Supported"}
+# An HTTP token (a method, a header name).
+HTTP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# A request-target in absolute form (scheme:...), which url.ParseRequestURI accepts.
+ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
+# url.ParseRequestURI refuses control bytes and a '%' without two hex digits.
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# What Go's URL escaping leaves alone in a path besides letters, digits and "-_.~".
+GO_PATH_SAFE = "$&+,/:;=@"
+# JSON's insignificant whitespace.
+JSON_SPACE = " \t\r\n"
+# Go's JSON encoder escapes these in every string (HTML safety, JavaScript line ends).
+GO_ESCAPES = (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"),
+              ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
 # A dying process gets this long to die from its own signal before it exits.
 SELF_KILL_GRACE_SECONDS = 1.0
 # The garbage fault's answer: fixed bytes that no HTTP client can parse.
 GARBAGE_REPLY = b"\xff\x00\x13garbage\x00" + hashlib.sha256(b"fake-vega").digest()
+# A scripted crash exits with this code, as a Go program's fatal error does.
+CRASH_EXIT_CODE = 1
 # The data node's history segments span this many blocks (from = to - 299).
 SEGMENT_BLOCKS = 300
+# A copy of this file with this name is an old standalone data-node binary.
+STANDALONE_DATANODE = "data-node"
 # The file under the data node's --home that holds the latest segment's height.
 SEGMENT_FILE = "fake-latest-segment"
 # Segment ids are IPFS ids (CIDv0): base58 of a sha256 multihash, "Qm" + 44 chars.
@@ -101,12 +138,16 @@ JSON_TEXT = "application/json; charset=utf-8"
 # --- help ---
 
 HELP_NODE = """\
-block clock:
-  height = start height + whole --block-interval periods since the node started
-  (monotonic clock). A node started at height 0 is "before the first block"
-  until its first block: AcceptedReleaseInfo is null then.
+start-up and block clock:
+  A real core opens its admin socket only once it has loaded its snapshot and
+  replayed blocks. This one opens it --socket-delay seconds after it starts, or
+  --snapshot-socket-delay seconds when started with
   --snapshot.load-from-block-height N (a visor appends it after an upgrade or a
-  crash restart) sets the start height to N, over --start-height.
+  crash restart; N is then the start height, over --start-height).
+  Blocks are made from the moment the socket opens: height = start height +
+  whole --block-interval periods since then (monotonic clock). Until its first
+  block after every start, AcceptedReleaseInfo is null, even when an upgrade was
+  accepted before a restart.
   The admin socket comes from --admin-socket, else from SocketPath (and the HTTP
   path from HTTPPath) under [Admin.Server] in HOME/config/node/config.toml.
 
@@ -126,14 +167,13 @@ signals:
                    and ignored: only SIGKILL stops the node.
 
 faults:
-  --crash-at-height N      at height N exit with --crash-exit-code (default 1),
+  --crash-at-height N      at height N exit 1,
                            or die by --crash-signal (no core file is written);
                            the socket file is left behind, as after a crash.
   --exit-zero-at-height N  at height N remove the socket file and exit 0.
                            Both fire when the node makes block N: a node that
                            starts at or past N (say, restarted from a snapshot)
                            keeps running; one restarted below N fires again.
-  --socket-delay S         bind the admin socket only S seconds after start.
   --rpc-fault MODE         from --rpc-fault-after-height on (default: always):
     hang          read the request, never answer (until the node stops)
     garbage       answer with fixed non-HTTP bytes, then close
@@ -147,21 +187,28 @@ faults:
   The first four act on every request on the socket; the last four replace
   only the answer to a well-formed UpgradeStatus call.
 
-admin protocol (HTTP/1.1 on the unix socket; keep-alive and Connection: close):
-  POST /rpc  Content-Type: application/json (anything after ';' is ignored)
+admin protocol (as vega v0.79: net/http, gorilla/mux, gorilla/rpc v1.2.0 JSON codec):
+  POST /rpc HTTP/1.1, Host, Content-Type: application/json (the part before ';',
+  lowercased, must be application/json or application/json;charset=utf-8)
   {"method":"protocolupgrade.UpgradeStatus","params":[null],"id":1}
-  200 application/json; charset=utf-8, one line:
+  200, Content-Type: application/json; charset=utf-8, one line plus "\n", the id
+  as sent (compacted), <, > and & escaped as \u003c, \u003e, \u0026:
   {"result":{"AcceptedReleaseInfo":{"VegaReleaseTag":"v0.74.0",
    "UpgradeBlockHeight":1034000},"ReadyToUpgrade":true},"error":null,"id":1}
-  Errors have text/plain bodies, as net/http and gorilla/rpc write them:
-    404  404 page not found                          (another path)
+  params may be [null], [], [{...}]; no id or "id":null: 200 with an empty body.
+  Connections are kept alive (HTTP/1.1 unless "Connection: close").
+  Refusals, text/plain as each layer writes them:
+    301  Location: the clean path        (//rpc, /./rpc: gorilla/mux)
+    404  404 page not found\n            (another path)
     405  rpc: POST method required, received GET
-    415  rpc: unrecognized Content-Type: text/plain
-    400  a body that is not a JSON object (Go's decoder message, e.g. "EOF"),
+    415  rpc: unrecognized Content-Type: TYPE   (also with no Content-Type)
+    400  Go's JSON decoder message (EOF, unexpected EOF, invalid character ...),
          rpc: service/method request ill-formed: "x",
          rpc: can't find service "x.y", rpc: can't find method "protocolupgrade.X",
-         rpc: method request ill-formed: missing params field
-  A request without an id (or with "id":null) is a notification: 200, empty body.
+         rpc: method request ill-formed: missing params field,
+         json: cannot unmarshal number into Go value of type admin.ReadyForUpgradeArgs
+    400  Bad Request: missing required Host header   (net/http: raw, then close;
+         also 400 for a malformed request, 431, 501 and 505)
 
 stdout:
   "fake-vega VERSION node started pid=P height=H" at once, then one line each
@@ -181,6 +228,10 @@ reads the height H in DIR/fake-latest-segment and prints
 "history_segment_id":"Qm..."}}; without that file it prints
 "failed to get latest history segment: no history segments found" on stdout and
 exits 1, as the real data node does.
+
+A copy named data-node is an old standalone data-node binary: the same commands
+without the `datanode` word (`data-node start`, `data-node network-history ...`);
+`data-node datanode ...` is an unknown command (exit 2).
 """
 
 HELP_RECORD = """\
@@ -188,9 +239,10 @@ record (--record FILE, node and datanode):
   One JSON object a line, each appended with one write (O_APPEND), so several
   processes can share a file. Every event has: event, role ("core" or
   "datanode"), pid, version, time (time.time()), then:
-    start             argv (the arguments after the program), program; core:
-                      start_height, snapshot_height (null without
-                      --snapshot.load-from-block-height), socket, http_path,
+    start             argv (the arguments after the program), program (the path
+                      it was started as); core: start_height, snapshot_height
+                      (null without --snapshot.load-from-block-height), socket,
+                      http_path, socket_delay (the one in force),
                       upgrade ({tag, accept_height, upgrade_height,
                       ready_delay} or null), upgrade_skipped (why the script
                       is off, or null); datanode: home
@@ -198,8 +250,10 @@ record (--record FILE, node and datanode):
     accepted          tag, upgrade_height, height
     ready             tag, height
     rpc               one per HTTP answer, written just before it is sent:
-                      http_method, path, method (JSON-RPC, or null), id,
-                      status, fault (or null), height, ready, tag
+                      http_method, path (the request-target as sent), method
+                      (JSON-RPC, or null), id, status, fault (or null), height,
+                      ready, tag (null before the first block); a request
+                      net/http refuses unread has http_method and path null
     rpc-fault         a request left without an HTTP answer: fault (hang,
                       garbage, close), height
     sigterm, sigint   action: stop, kill (ready to upgrade: SIGKILLs itself),
@@ -265,7 +319,6 @@ class NodeConfig(NamedTuple):
     stop_delay: float
     ignore_sigterm: bool
     crash_at: Optional[int]
-    crash_exit_code: int
     crash_signal: Optional[signal.Signals]
     exit_zero_at: Optional[int]
     fault: Optional[RpcFault]
@@ -282,16 +335,23 @@ class HttpReply(NamedTuple):
 
 class RpcRequest(NamedTuple):
     method: str
-    params: Any  # MISSING when absent
-    request_id: Any  # None for a notification
+    params: Optional[str]  # the raw JSON text; None when absent or null
+    request_id: Optional[str]  # the raw JSON text; None (a notification) when absent or null
 
 
 class RpcRequestError(Exception):
     """A request gorilla/rpc answers with a plain-text 400."""
 
 
-# A JSON member that is absent (distinct from null).
-MISSING = object()
+class NonJsonConstant(ValueError):
+    """NaN or Infinity: Python's JSON decoder takes them, Go's does not."""
+
+
+def refuse_constant(name: str) -> Any:
+    raise NonJsonConstant(name)
+
+
+JSON_DECODER = json.JSONDecoder(parse_constant=refuse_constant)
 
 # --- the block clock (pure) ---
 
@@ -314,10 +374,10 @@ def count_blocks(elapsed: float, interval: float) -> int:
 
 
 def chain_state_at(chain: ChainConfig, elapsed: float) -> ChainState:
-    """What the node reports `elapsed` seconds after it started."""
+    """What the node reports `elapsed` seconds after it joined the chain (opened its socket)."""
     blocks = count_blocks(elapsed, chain.block_interval)
-    if chain.start_height == 0 and blocks == 0:
-        return ChainState(0, None, False)
+    if blocks == 0:  # after every start, core knows nothing until its first block
+        return ChainState(chain.start_height, None, False)
     height = chain.start_height + blocks
     script = chain.upgrade
     if script is None:
@@ -367,6 +427,414 @@ def decide_on_signal(ignore_signals: bool, ready: bool) -> str:
 
 
 # --- the admin protocol (pure) ---
+#
+# Core's admin server is Go's net/http serving a gorilla/mux router that sends
+# HTTPPath to a gorilla/rpc v1.2.0 server with its JSON codec. Each layer answers the
+# requests it refuses in its own way: net/http refuses malformed HTTP with raw bytes
+# and closes; mux redirects unclean paths (301) and answers other paths 404; gorilla
+# answers 405, 415 and 400 in plain text; a good call gets one line of JSON.
+
+
+class HttpRequest(NamedTuple):
+    verb: str
+    target: str  # the request-target as sent, e.g. "/rpc" or "//rpc?x"
+    version: Tuple[int, int]
+    headers: Tuple[Tuple[str, str], ...]  # (lowercased name, value), in order
+    body: bytes
+
+    def header(self, name: str) -> Optional[str]:
+        """The first value of a header, as Go's Header.Get."""
+        return next((value for key, value in self.headers if key == name), None)
+
+    def tokens(self, name: str) -> List[str]:
+        """The comma-separated tokens of every value of a header, lowercased."""
+        values = [value for key, value in self.headers if key == name]
+        return [token.strip().lower() for value in values for token in value.split(",")]
+
+
+class HttpRefusal(Exception):
+    """A request net/http refuses before any handler runs: Go's raw answer, then close."""
+
+    def __init__(self, status: int, answer: bytes) -> None:
+        super().__init__(status)
+        self.status = status
+        self.answer = answer
+
+
+def refuse(status: int, detail: str = "") -> HttpRefusal:
+    """net/http's answer to a request it cannot read: no Date, no Content-Length."""
+    if status == 501:
+        public, body = "501 Not Implemented", "Unsupported transfer encoding"
+    else:
+        public = "%d %s" % (status, PHRASES[status]) + (": " + detail if detail else "")
+        body = public
+    return HttpRefusal(status, ("HTTP/1.1 " + public + GO_ERROR_HEADERS + body).encode())
+
+
+def read_request(rfile: Any) -> Optional[HttpRequest]:
+    """Read one request as net/http does; None when the client closed first."""
+    budget = [MAX_HEADER_BYTES]
+    line = read_line(rfile, budget)
+    if line is None:
+        return None
+    verb, target, version = split_request_line(line)
+    headers = read_headers(rfile, budget)
+    request = HttpRequest(verb, target, version, headers, b"")
+    body = read_body(rfile, request)  # before the host check, as Go reads the framing first
+    check_host(request)
+    return request._replace(body=body)
+
+
+def read_line(rfile: Any, budget: List[int]) -> Optional[str]:
+    """One line without its CRLF or LF; 431 past the header budget, None at EOF."""
+    raw = rfile.readline(budget[0] + 1)
+    budget[0] -= len(raw)
+    if budget[0] < 0:
+        raise refuse(431)
+    if not raw:
+        return None
+    if not raw.endswith(b"\n"):
+        raise refuse(400)  # the client closed mid-line
+    return raw[:-1].rstrip(b"\r").decode("latin-1")
+
+
+def split_request_line(line: str) -> Tuple[str, str, Tuple[int, int]]:
+    verb, space, rest = line.partition(" ")
+    target, space2, proto = rest.partition(" ")
+    version = re.fullmatch(r"HTTP/([0-9])\.([0-9])", proto)
+    if not (space and space2 and version and HTTP_TOKEN.fullmatch(verb)):
+        raise refuse(400)
+    if target != "*" and not target.startswith("/") and not ABSOLUTE_URI.match(target):
+        raise refuse(400)  # url.ParseRequestURI: "invalid URI for request"
+    if CONTROL_CHARACTER.search(target) or BAD_ESCAPE.search(target.partition("?")[0]):
+        raise refuse(400)
+    return verb, target, (int(version.group(1)), int(version.group(2)))
+
+
+def read_headers(rfile: Any, budget: List[int]) -> Tuple[Tuple[str, str], ...]:
+    headers: List[Tuple[str, str]] = []
+    while True:
+        line = read_line(rfile, budget)
+        if line is None:
+            raise refuse(400)
+        if not line:
+            return tuple(headers)
+        if line[0] in " \t":  # a folded line continues the previous value
+            if not headers:
+                raise refuse(400)
+            name, value = headers.pop()
+            headers.append((name, (value + " " + line.strip(" \t")).strip(" \t")))
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not HTTP_TOKEN.fullmatch(name):
+            raise refuse(400)
+        headers.append((name.lower(), value.strip(" \t")))
+
+
+def read_body(rfile: Any, request: HttpRequest) -> bytes:
+    codings = [value for name, value in request.headers if name == "transfer-encoding"]
+    if codings and request.version >= (1, 1):
+        if len(codings) > 1:
+            raise refuse(400)
+        if codings[0].lower() != "chunked":
+            raise refuse(501)
+        return read_chunked(rfile)
+    lengths = {value for name, value in request.headers if name == "content-length"}
+    if not lengths:
+        return b""
+    length = lengths.pop() if len(lengths) == 1 else ""
+    if not re.fullmatch(r"[0-9]{1,18}", length):
+        raise refuse(400)  # "bad Content-Length"
+    return rfile.read(int(length))
+
+
+def read_chunked(rfile: Any) -> bytes:
+    """A chunked request body (extensions and trailers skipped)."""
+    chunks, budget = [], [MAX_HEADER_BYTES]
+    while True:
+        size = (read_line(rfile, budget) or "").split(";", 1)[0].strip()
+        if not re.fullmatch(r"[0-9a-fA-F]{1,16}", size):
+            raise refuse(400)
+        if int(size, 16) == 0:
+            break
+        chunks.append(rfile.read(int(size, 16)))
+        read_line(rfile, budget)
+    while read_line(rfile, budget):
+        pass
+    return b"".join(chunks)
+
+
+def check_host(request: HttpRequest) -> None:
+    """Go's server checks the protocol, then Host: HTTP/1.1 must carry exactly one."""
+    if request.version[0] != 1:
+        raise refuse(505, "unsupported protocol version")
+    hosts = [value for name, value in request.headers if name == "host"]
+    if len(hosts) > 1:
+        raise refuse(400)  # "too many Host headers"
+    if request.version >= (1, 1) and not hosts:
+        raise refuse(400, "missing required Host header")
+    if hosts and not re.fullmatch(r"[A-Za-z0-9!$%&'()*+,\-.:;=\[\]_~]*", hosts[0]):
+        raise refuse(400, "malformed Host header")
+
+
+def keeps_alive(request: HttpRequest) -> bool:
+    """Go's keep-alive rule: HTTP/1.1 unless "close"; HTTP/1.0 only with "keep-alive"."""
+    tokens = request.tokens("connection")
+    if request.version >= (1, 1):
+        return "close" not in tokens
+    return "close" not in tokens and "keep-alive" in tokens
+
+
+def split_target(target: str) -> Tuple[str, str, Optional[str]]:
+    """(scheme://host of an absolute-form target, escaped path, query or None)."""
+    prefix = ""
+    if ABSOLUTE_URI.match(target):
+        parts = urllib.parse.urlsplit(target)
+        prefix, target = "%s://%s" % (parts.scheme, parts.netloc), parts.path + (
+            "?" + parts.query if "?" in target else "")
+    path, question, query = target.partition("?")
+    return prefix, path, (query if question else None)
+
+
+def clean_path(path: str) -> str:
+    """gorilla/mux's cleanPath: Go's path.Clean, keeping a trailing slash."""
+    parts: List[str] = []
+    for part in path.split("/"):
+        if part == "..":
+            parts[-1:] = []
+        elif part not in ("", "."):
+            parts.append(part)
+    cleaned = "/" + "/".join(parts)
+    return cleaned + "/" if path.endswith("/") and cleaned != "/" else cleaned
+
+
+def answer_admin_request(
+    request: HttpRequest, http_path: str, state: ChainState, fault: Optional[str]
+) -> HttpReply:
+    """Answer one HTTP request as core's admin server (mux + gorilla/rpc) does."""
+    prefix, raw_path, query = split_target(request.target)
+    path = raw_path if raw_path == "*" else urllib.parse.unquote(raw_path, errors="replace")
+    cleaned = clean_path(path)
+    if cleaned != path:
+        location = prefix + urllib.parse.quote(cleaned, safe=GO_PATH_SAFE)
+        location += "" if query is None else "?" + query
+        return HttpReply(301, (("Location", location),), b"", None, None, None)
+    if path != http_path:
+        return not_found_reply()
+    return answer_rpc(request, state, fault)
+
+
+def answer_rpc(request: HttpRequest, state: ChainState, fault: Optional[str]) -> HttpReply:
+    """gorilla/rpc's ServeHTTP with the JSON codec."""
+    if request.verb != "POST":
+        return plain_reply(405, "rpc: POST method required, received " + request.verb)
+    media_type = (request.header("content-type") or "").split(";", 1)[0]
+    if media_type.lower() not in JSON_MEDIA_TYPES:  # two codecs: no default for none
+        return plain_reply(415, "rpc: unrecognized Content-Type: " + media_type)
+    method = None
+    try:
+        call = decode_rpc_request(request.body)
+        method = call.method
+        check_rpc_method(call.method)
+        check_rpc_params(call.params)
+    except RpcRequestError as exc:
+        return plain_reply(400, str(exc), method)
+    return answer_upgrade_status(call, state, fault if fault in ANSWER_FAULTS else None)
+
+
+def decode_rpc_request(body: bytes) -> RpcRequest:
+    """Decode a body as gorilla's codec does (json.Decoder: the first value, rest ignored)."""
+    text = body.decode("utf-8", "replace")
+    start = skip_space(text, 0)
+    if start == len(text):
+        raise RpcRequestError("EOF")
+    try:
+        value, _ = JSON_DECODER.raw_decode(text, start)
+    except json.JSONDecodeError as exc:
+        raise RpcRequestError(describe_json_error(text, exc)) from None
+    except NonJsonConstant as exc:  # NaN, Infinity: JSON to Python, not to Go
+        raise RpcRequestError(describe_constant(text, str(exc))) from None
+    except RecursionError:
+        raise RpcRequestError("exceeded max depth") from None  # Go's limit is 10000
+    if value is None:  # null decodes into a struct as a no-op
+        return RpcRequest("", None, None)
+    if not isinstance(value, dict):
+        raise RpcRequestError(
+            "json: cannot unmarshal %s into Go value of type json.serverRequest" % go_kind(value)
+        )
+    members = raw_members(text, start)
+    return RpcRequest(decode_method(members), last_member(members, "params"),
+                      last_member(members, "id"))
+
+
+def decode_method(members: List[Tuple[str, str]]) -> str:
+    """The last non-null string "method" (Go's fields match keys case-insensitively)."""
+    method = ""
+    for key, raw in members:
+        if key.casefold() != "method":
+            continue
+        value = json.loads(raw)
+        if isinstance(value, str):
+            method = value
+        elif value is not None:
+            raise RpcRequestError(
+                "json: cannot unmarshal %s into Go struct field serverRequest.method "
+                "of type string" % go_kind(value))
+    return method
+
+
+def last_member(members: List[Tuple[str, str]], name: str) -> Optional[str]:
+    """A *json.RawMessage field: the last member's raw text; null (or none) is nil."""
+    found = [raw for key, raw in members if key.casefold() == name]
+    return found[-1] if found and found[-1] != "null" else None
+
+
+def raw_members(text: str, start: int) -> List[Tuple[str, str]]:
+    """(key, raw value text) of the valid JSON object at text[start]."""
+    members: List[Tuple[str, str]] = []
+    index = skip_space(text, start + 1)
+    while text[index] != "}":
+        key, index = json.decoder.scanstring(text, index + 1)  # type: ignore[attr-defined]
+        value_start = skip_space(text, skip_space(text, index) + 1)
+        _, index = JSON_DECODER.raw_decode(text, value_start)
+        members.append((key, text[value_start:index]))
+        index = skip_space(text, index)
+        if text[index] == ",":
+            index = skip_space(text, index + 1)
+    return members
+
+
+def skip_space(text: str, index: int) -> int:
+    while index < len(text) and text[index] in JSON_SPACE:
+        index += 1
+    return index
+
+
+def check_rpc_method(method: str) -> None:
+    """Find "service.Method" as gorilla/rpc's service map does, or raise."""
+    parts = method.split(".")
+    if len(parts) != 2:
+        raise RpcRequestError("rpc: service/method request ill-formed: %s" % go_quote(method))
+    if parts[0] != RPC_SERVICE:
+        raise RpcRequestError("rpc: can't find service %s" % go_quote(method))
+    if parts[1] != RPC_METHOD:
+        raise RpcRequestError("rpc: can't find method %s" % go_quote(method))
+
+
+def check_rpc_params(raw_params: Optional[str]) -> None:
+    """Params unmarshal into [1]interface{}{&admin.ReadyForUpgradeArgs{}}."""
+    if raw_params is None:
+        raise RpcRequestError("rpc: method request ill-formed: missing params field")
+    params = json.loads(raw_params)
+    if not isinstance(params, list):
+        raise RpcRequestError("json: cannot unmarshal %s into Go value of type [1]interface {}"
+                              % go_kind(params))
+    if params and params[0] is not None and not isinstance(params[0], dict):
+        raise RpcRequestError("json: cannot unmarshal %s into Go value of type %s"
+                              % (go_kind(params[0]), RPC_ARGS_TYPE))
+
+
+def go_kind(value: Any) -> str:
+    """The JSON kind as Go's decoder names it in type errors."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def describe_json_error(text: str, error: json.JSONDecodeError) -> str:
+    """Go's decoder message for invalid JSON, from Python's (the usual cases)."""
+    position, message = error.pos, error.msg
+    if position >= len(text) or message.startswith("Unterminated string"):
+        return "unexpected EOF"
+    if message.startswith("Invalid \\uXXXX"):  # position: the 'u'
+        digits = text[position + 1:position + 5]
+        bad = next((c for c in digits if c not in string.hexdigits), None)
+        if bad is None:
+            return "unexpected EOF"
+        return "invalid character %s in \\u hexadecimal character escape" % go_quote_char(bad)
+    if message.startswith("Invalid \\escape"):  # position: the backslash
+        return "invalid character %s in string escape code" % go_quote_char(text[position + 1])
+    if message.startswith("Illegal trailing comma"):  # Python 3.13; position: the comma
+        position = skip_space(text, position + 1)
+        if message.endswith("object"):
+            message = "Expecting property name enclosed in double quotes"
+        else:
+            message = "Expecting value"
+    where = {
+        "Expecting value": "looking for beginning of value",
+        "Expecting property name enclosed in double quotes":
+            "looking for beginning of object key string",
+        "Expecting ':' delimiter": "after object key",
+    }.get(message)
+    if message.startswith("Invalid control character"):
+        where = "in string literal"
+    if where is None:  # Expecting ',' delimiter
+        inner = innermost_open_bracket(text, position)
+        where = "after object key:value pair" if inner == "{" else "after array element"
+    return "invalid character %s %s" % (go_quote_char(text[position]), where)
+
+
+def describe_constant(text: str, constant: str) -> str:
+    if constant == "-Infinity":
+        return "invalid character 'I' in numeric literal"
+    return "invalid character %s looking for beginning of value" % go_quote_char(constant[0])
+
+
+def innermost_open_bracket(text: str, end: int) -> str:
+    """"{" or "[": the innermost bracket still open at text[end] (strings skipped)."""
+    stack, in_string, escaped = [], False, False
+    for char in text[:end]:
+        if in_string:
+            in_string, escaped = (escaped or char != '"'), (not escaped and char == "\\")
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            stack.append(char)
+        elif char in "}]" and stack:
+            stack.pop()
+    return stack[-1] if stack else "["
+
+
+def go_quote_char(char: str) -> str:
+    """Go's quoteChar, as its JSON syntax errors show a character."""
+    if char in ("'", '"'):
+        return "'\\%s'" % char if char == "'" else "'\"'"
+    escapes = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+    if char in escapes:
+        return "'%s'" % escapes[char]
+    if ord(char) < 0x20 or ord(char) == 0x7F:
+        return "'\\x%02x'" % ord(char)
+    return "'%s'" % char
+
+
+def go_quote(text: str) -> str:
+    """Go's %q for the plain strings seen here."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def go_compact(raw: str) -> str:
+    """json.Compact: the raw id as Go re-encodes a json.RawMessage (no insignificant space)."""
+    out, in_string, escaped = [], False, False
+    for char in raw:
+        if in_string:
+            in_string, escaped = (escaped or char != '"'), (not escaped and char == "\\")
+        elif char == '"':
+            in_string = True
+        elif char in JSON_SPACE:
+            continue
+        out.append(char)
+    return "".join(out)
+
+
+def go_html_escape(text: str) -> str:
+    """Go's encoder escapes <, > and & (and U+2028, U+2029) in every string."""
+    for char, escape in GO_ESCAPES:
+        text = text.replace(char, escape)
+    return text
 
 
 def describe_release(release: Optional[ReleaseInfo]) -> Optional[Dict[str, Any]]:
@@ -382,85 +850,12 @@ def upgrade_status_result(state: ChainState) -> Dict[str, Any]:
     }
 
 
-def go_kind(value: Any) -> str:
-    """The JSON kind as Go's decoder names it in type errors."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
-
-
-def go_member(obj: Dict[str, Any], name: str) -> Any:
-    """A member as Go's decoder finds a struct field: case-insensitive, last wins."""
-    found = [value for key, value in obj.items() if key.lower() == name]
-    return found[-1] if found else MISSING
-
-
-def describe_json_error(text: str, position: int) -> str:
-    """Go's decoder message for invalid JSON (the common cases)."""
-    if position >= len(text):
-        return "unexpected EOF"
-    return "invalid character %r looking for beginning of value" % text[position]
-
-
-def decode_rpc_request(body: bytes) -> RpcRequest:
-    """Decode a body as gorilla/rpc's JSON codec does (first value, rest ignored)."""
-    text = body.decode("utf-8", "replace").lstrip(" \t\r\n")
-    if not text:
-        raise RpcRequestError("EOF")
-    try:
-        value, _ = json.JSONDecoder().raw_decode(text)
-    except json.JSONDecodeError as exc:
-        raise RpcRequestError(describe_json_error(text, exc.pos)) from None
-    except RecursionError:
-        raise RpcRequestError("exceeded max depth") from None  # Go's limit is 10000
-    if value is None:  # null decodes into a struct as a no-op
-        return RpcRequest("", MISSING, None)
-    if not isinstance(value, dict):
-        raise RpcRequestError(
-            "json: cannot unmarshal %s into Go value of type json.serverRequest" % go_kind(value)
-        )
-    method = go_member(value, "method")
-    if method is MISSING or method is None:
-        method = ""
-    if not isinstance(method, str):
-        raise RpcRequestError(
-            "json: cannot unmarshal %s into Go struct field serverRequest.method "
-            "of type string" % go_kind(method)
-        )
-    request_id = go_member(value, "id")
-    if request_id is MISSING:
-        request_id = None
-    return RpcRequest(method, go_member(value, "params"), request_id)
-
-
-def check_rpc_method(method: str) -> None:
-    """Find "service.Method" as gorilla/rpc's service map does, or raise."""
-    parts = method.split(".")
-    if len(parts) != 2:
-        raise RpcRequestError("rpc: service/method request ill-formed: %s" % go_quote(method))
-    if parts[0] != RPC_SERVICE:
-        raise RpcRequestError("rpc: can't find service %s" % go_quote(method))
-    if parts[1] != RPC_METHOD:
-        raise RpcRequestError("rpc: can't find method %s" % go_quote(method))
-
-
-def check_rpc_params(params: Any) -> None:
-    """Params must be a JSON array (of any length: gorilla reads element 0)."""
-    if params is MISSING or params is None:
-        raise RpcRequestError("rpc: method request ill-formed: missing params field")
-    if not isinstance(params, list):
-        raise RpcRequestError(
-            "json: cannot unmarshal %s into Go value of type [1]interface {}" % go_kind(params)
-        )
-
-
-def go_quote(text: str) -> str:
-    """Go's %q for the plain strings seen here."""
-    return json.dumps(text, ensure_ascii=False)
+def rpc_body(result: Any, error: Any, raw_id: str) -> bytes:
+    """One line as Go's json.Encoder writes a serverResponse."""
+    result_text = json.dumps(result, separators=(",", ":"), ensure_ascii=False)
+    error_text = json.dumps(error, ensure_ascii=False)
+    line = '{"result":%s,"error":%s,"id":%s}\n' % (result_text, error_text, go_compact(raw_id))
+    return go_html_escape(line).encode()
 
 
 def plain_reply(status: int, text: str, method: Optional[str] = None) -> HttpReply:
@@ -472,22 +867,17 @@ def not_found_reply() -> HttpReply:
     return HttpReply(404, headers, b"404 page not found\n", None, None, None)
 
 
-def rpc_body(result: Any, error: Any, request_id: Any) -> bytes:
-    """One line as Go's json.Encoder writes a serverResponse."""
-    response = {"result": result, "error": error, "id": request_id}
-    return (json.dumps(response, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
-
-
 def answer_upgrade_status(
-    request: RpcRequest, state: ChainState, fault: Optional[str]
+    call: RpcRequest, state: ChainState, fault: Optional[str]
 ) -> HttpReply:
     """The answer to a well-formed UpgradeStatus call, as shaped by an answer fault."""
-    method, request_id = request.method, request.request_id
+    method, raw_id = call.method, call.request_id
+    request_id = None if raw_id is None else json.loads(raw_id)
     if fault == "http400":
         return HttpReply(400, (("Content-Type", PLAIN_TEXT),), b"rpc: method not found",
                          method, request_id, fault)
-    headers = (("X-Content-Type-Options", "nosniff"),)
-    if request_id is None:  # a notification: gorilla writes nothing
+    headers: Tuple[Tuple[str, str], ...] = (("X-Content-Type-Options", "nosniff"),)
+    if raw_id is None:  # a notification: gorilla writes nothing
         return HttpReply(200, headers, b"", method, None, fault)
     result, error = upgrade_status_result(state), None
     if fault == "error-member":
@@ -497,35 +887,21 @@ def answer_upgrade_status(
     elif fault == "wrong-types":
         result = {"AcceptedReleaseInfo": "not-a-release-info", "ReadyToUpgrade": "yes"}
     headers = (("Content-Type", JSON_TEXT),) + headers
-    return HttpReply(200, headers, rpc_body(result, error, request_id), method, request_id, fault)
+    return HttpReply(200, headers, rpc_body(result, error, raw_id), method, request_id, fault)
 
 
-def answer_admin_request(
-    verb: str,
-    path: str,
-    content_type: str,
-    body: bytes,
-    http_path: str,
-    state: ChainState,
-    fault: Optional[str],
-) -> HttpReply:
-    """Answer one HTTP request as core's admin server (net/http + gorilla/rpc) does."""
-    if urllib.parse.urlsplit(path).path != http_path:
-        return not_found_reply()
-    if verb != "POST":
-        return plain_reply(405, "rpc: POST method required, received " + verb)
-    media_type = content_type.split(";", 1)[0]
-    if media_type.lower() != JSON_MEDIA_TYPE:
-        return plain_reply(415, "rpc: unrecognized Content-Type: " + media_type)
-    method = None
-    try:
-        request = decode_rpc_request(body)
-        method = request.method
-        check_rpc_method(request.method)
-        check_rpc_params(request.params)
-    except RpcRequestError as exc:
-        return plain_reply(400, str(exc), method)
-    return answer_upgrade_status(request, state, fault if fault in ANSWER_FAULTS else None)
+def http_answer(reply: HttpReply, request: HttpRequest, keep_alive: bool, date: str) -> bytes:
+    """The reply as net/http writes it: handler headers (sorted), Date, Content-Length."""
+    version = "HTTP/1.1" if request.version >= (1, 1) else "HTTP/1.0"
+    lines = ["%s %d %s" % (version, reply.status, PHRASES[reply.status])]
+    lines += ["%s: %s" % header for header in reply.headers]
+    lines += ["Date: " + date, "Content-Length: %d" % len(reply.body)]
+    if not keep_alive and request.version >= (1, 1):
+        lines.append("Connection: close")
+    elif keep_alive and request.version < (1, 1):
+        lines.append("Connection: keep-alive")
+    body = b"" if request.verb == "HEAD" else reply.body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 # --- formatting (pure) ---
@@ -538,7 +914,8 @@ def version_hash(version: str) -> str:
 
 def format_version(version: str, output: str) -> str:
     if output == "json":
-        return json.dumps({"version": version, "hash": version_hash(version)})
+        return json.dumps({"version": version, "hash": version_hash(version)},
+                          separators=(",", ":"))
     return "Vega CLI %s (%s)" % (version, version_hash(version))
 
 
@@ -772,14 +1149,21 @@ class Node:
         self.config = config
         self.reporter = reporter
         self._clock = clock
-        self._started_at = clock()
+        self._joined_at: Optional[float] = None  # None while loading and replaying
         self._lock = threading.Lock()
         self._accepted_reported = False
         self._ready_reported = False
 
+    def join_chain(self) -> None:
+        """Start making blocks: the snapshot is loaded and the socket open."""
+        with self._lock:
+            self._joined_at = self._clock()
+
     def observe(self) -> ChainState:
         with self._lock:
-            state = chain_state_at(self.config.chain, self._clock() - self._started_at)
+            if self._joined_at is None:
+                return ChainState(self.config.chain.start_height, None, False)
+            state = chain_state_at(self.config.chain, self._clock() - self._joined_at)
             self._report_transitions(state)
             return state
 
@@ -816,114 +1200,63 @@ class AdminServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             warn("admin connection failed: %r" % (error,))
 
 
-class AdminHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class AdminHandler(socketserver.StreamRequestHandler):
+    """One connection: requests answered in turn while the client keeps it alive."""
+
     server: AdminServer
 
-    def handle_one_request(self) -> None:
+    def handle(self) -> None:
+        while self.serve_one_request():
+            pass
+
+    def serve_one_request(self) -> bool:
+        """Read and answer one request; whether to read another on this connection."""
         node = self.server.node
         fault = active_fault(node.config.fault, node.observe().height)
         if fault is not None and fault.mode == "close":
-            self.drop_request(fault.mode)
-            return
-        if not self.read_request():
-            return
-        body = self.read_body()
-        if body is None:
-            return
-        self.answer(body)
-
-    def read_request(self) -> bool:
-        """Read the request line and headers (http.server answers malformed ones)."""
-        self.raw_requestline = self.rfile.readline(MAX_LINE_BYTES + 1)
-        if not self.raw_requestline:
-            self.close_connection = True
+            return self.drop_request("close")
+        try:
+            request = read_request(self.rfile)
+        except HttpRefusal as refusal:
+            self.record_answer(None, refusal.status, None, None, node.observe())
+            self.wfile.write(refusal.answer)
             return False
-        if len(self.raw_requestline) > MAX_LINE_BYTES:
-            self.send_error(414)
+        if request is None:
             return False
-        return self.parse_request()
-
-    def read_body(self) -> Optional[bytes]:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return read_chunked(self.rfile)
-        length = self.headers.get("Content-Length", "0").strip() or "0"
-        if not length.isdigit():
-            self.send_error(400)
-            return None
-        return self.rfile.read(int(length))
-
-    def answer(self, body: bytes) -> None:
-        node = self.server.node
         fault = active_fault(node.config.fault, node.observe().height)
         mode = fault.mode if fault is not None else None
         if mode in ("hang", "garbage"):
-            self.drop_request(mode)
-            return
+            return self.drop_request(mode)
         if fault is not None and mode == "slow":
             self.server.stopping.wait(fault.delay)
         state = node.observe()
-        reply = answer_admin_request(
-            self.command, self.path, self.headers.get("Content-Type", ""), body,
-            node.config.http_path, state, mode,
-        )
+        reply = answer_admin_request(request, node.config.http_path, state, mode)
+        keep_alive = keeps_alive(request)
         # Recorded before it is sent: whoever holds the answer finds it in the record.
-        node.reporter.record(
-            "rpc", http_method=self.command, path=self.path, method=reply.method,
-            id=reply.request_id, status=reply.status,
-            fault=mode if mode == "slow" else reply.fault,
-            height=state.height, ready=state.ready,
+        self.record_answer(request, reply.status, reply,
+                           mode if mode == "slow" else reply.fault, state)
+        self.wfile.write(http_answer(reply, request, keep_alive, formatdate(usegmt=True)))
+        return keep_alive
+
+    def record_answer(self, request: Optional[HttpRequest], status: int,
+                      reply: Optional[HttpReply], fault: Optional[str], state: ChainState) -> None:
+        self.server.node.reporter.record(
+            "rpc", http_method=request.verb if request else None,
+            path=request.target if request else None,
+            method=reply.method if reply else None, id=reply.request_id if reply else None,
+            status=status, fault=fault, height=state.height, ready=state.ready,
             tag=state.release.tag if state.release else None,
         )
-        self.send_reply(reply)
 
-    def drop_request(self, mode: str) -> None:
-        """Leave the request without an HTTP answer, as the fault says."""
-        self.close_connection = True
+    def drop_request(self, mode: str) -> bool:
+        """Leave the request without an HTTP answer, as the fault says; close."""
         node = self.server.node
         node.reporter.record("rpc-fault", fault=mode, height=node.observe().height)
         if mode == "hang":
             self.server.stopping.wait()
         elif mode == "garbage":
             self.wfile.write(GARBAGE_REPLY)
-
-    def send_reply(self, reply: HttpReply) -> None:
-        self.send_response_only(reply.status)
-        self.send_header("Date", self.date_time_string())
-        for name, value in reply.headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(reply.body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if getattr(self, "command", None) != "HEAD":
-            self.wfile.write(reply.body)
-
-    def send_error(
-        self, code: int, message: Optional[str] = None, explain: Optional[str] = None
-    ) -> None:
-        """Malformed requests get net/http's plain "400 Bad Request" and a close."""
-        self.close_connection = True
-        phrase = http.server.BaseHTTPRequestHandler.responses.get(code, ("Error",))[0]
-        self.send_reply(plain_reply(code, "%d %s" % (code, phrase)))
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the record file holds the traffic."""
-
-
-def read_chunked(rfile: Any) -> bytes:
-    """A chunked request body (trailers skipped)."""
-    chunks = []
-    while True:
-        size_line = rfile.readline(MAX_LINE_BYTES).split(b";", 1)[0].strip()
-        size = int(size_line or b"0", 16)
-        if size == 0:
-            break
-        chunks.append(rfile.read(size))
-        rfile.readline(MAX_LINE_BYTES)
-    while rfile.readline(MAX_LINE_BYTES) not in (b"\r\n", b"\n", b""):
-        pass
-    return b"".join(chunks)
+        return False
 
 
 def remove_stale_socket(path: str) -> None:
@@ -1006,6 +1339,7 @@ class NodeRun:
     def listen(self) -> None:
         config = self.config
         self.server, self.identity = open_admin_socket(config.socket_path, self.node)
+        self.node.join_chain()
         self.reporter.say("admin socket listening", path=config.socket_path,
                           http_path=config.http_path)
         self.reporter.record("socket-listening", socket=config.socket_path,
@@ -1028,7 +1362,7 @@ class NodeRun:
             self.reporter.say("crashing", height=height, signal=crash_signal.name)
             self.reporter.record("crash", height=height, code=None, signal=crash_signal.name)
             die_by_signal(crash_signal)
-        code = self.config.crash_exit_code
+        code = CRASH_EXIT_CODE
         self.reporter.say("crashing", height=height, code=code)
         self.reporter.record("crash", height=height, code=code, signal=None)
         self.reporter.record("exit", code=code, reason="crash")
@@ -1151,7 +1485,8 @@ def cmd_node(args: argparse.Namespace, argv: Sequence[str]) -> int:
     reporter.record(
         "start", argv=list(argv), program=sys.argv[0], start_height=start_height,
         snapshot_height=args.snapshot_height, socket=config.socket_path,
-        http_path=config.http_path, upgrade=script._asdict() if script else None,
+        http_path=config.http_path, socket_delay=config.socket_delay,
+        upgrade=script._asdict() if script else None,
         upgrade_skipped=config.upgrade_skipped,
     )
     if config.upgrade_skipped:
@@ -1177,20 +1512,18 @@ def cmd_latest_segment(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if height is None:
         print("failed to get latest history segment: no history segments found", flush=True)
         return 1
-    segment = describe_segment(height)
-    if args.output == "json":
-        print(json.dumps({"LatestSegment": segment}, separators=(",", ":")))
-    else:
-        print(" ".join("%s=%s" % item for item in segment.items()))
+    print(json.dumps({"LatestSegment": describe_segment(height)}, separators=(",", ":")))
     return 0
 
 
 def build_node_config(args: argparse.Namespace) -> NodeConfig:
     """Check the node's flags together and turn them into a NodeConfig."""
     socket_path, http_path = find_admin_socket(args)
-    start_height = args.start_height
+    start_height, socket_delay = args.start_height, args.socket_delay
     if args.snapshot_height is not None:
         start_height = args.snapshot_height
+        if args.snapshot_socket_delay is not None:
+            socket_delay = args.snapshot_socket_delay
     script = read_upgrade_script(args)
     script, skipped = choose_upgrade_script(script, start_height, VERSION)
     fault = args.rpc_fault
@@ -1201,11 +1534,10 @@ def build_node_config(args: argparse.Namespace) -> NodeConfig:
         upgrade_skipped=skipped,
         socket_path=socket_path,
         http_path=http_path,
-        socket_delay=args.socket_delay,
+        socket_delay=socket_delay,
         stop_delay=args.stop_delay,
         ignore_sigterm=args.ignore_sigterm,
         crash_at=args.crash_at_height,
-        crash_exit_code=args.crash_exit_code,
         crash_signal=args.crash_signal,
         exit_zero_at=args.exit_zero_at_height,
         fault=fault,
@@ -1247,7 +1579,8 @@ def read_core_config(path: str) -> Dict[str, str]:
 # --- command line ---
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(standalone_datanode: bool) -> argparse.ArgumentParser:
+    """vega's commands, or those of an old standalone data-node binary (no `datanode`)."""
     parser = argparse.ArgumentParser(
         description=__doc__, epilog=HELP_MAIN, allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1255,8 +1588,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     add_version_command(commands)
+    if standalone_datanode:
+        add_datanode_actions(commands)
+        return parser
     add_node_command(commands)
-    add_datanode_commands(commands)
+    datanode = commands.add_parser(
+        "datanode", allow_abbrev=False, help="run or query the fake data node",
+        description="The fake data node.", epilog=HELP_DATANODE + "\n" + HELP_RECORD,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = datanode.add_subparsers(dest="datanode_command", metavar="COMMAND")
+    actions.required = True
+    add_datanode_actions(actions)
     add_make_binary_command(commands)
     return parser
 
@@ -1315,14 +1658,17 @@ def add_node_command(commands: Any) -> None:
     faults = node.add_argument_group("faults")
     faults.add_argument("--crash-at-height", type=parse_block, metavar="N",
                         help="crash when the height reaches N")
-    faults.add_argument("--crash-exit-code", type=int, default=1, metavar="CODE",
-                        help="exit code of that crash (default: 1)")
     faults.add_argument("--crash-signal", type=parse_signal, metavar="NAME",
                         help="crash by this signal instead, e.g. SEGV")
     faults.add_argument("--exit-zero-at-height", type=parse_block, metavar="N",
                         help="exit 0 when the height reaches N")
-    faults.add_argument("--socket-delay", type=parse_seconds, default=0.0, metavar="SECONDS",
-                        help="a slow start: create the socket only after this long")
+    start = node.add_argument_group("a slow start (a real core loads a snapshot and replays "
+                                    "blocks before it listens: seconds to minutes)")
+    start.add_argument("--socket-delay", type=parse_seconds, default=0.0, metavar="SECONDS",
+                       help="open the admin socket this long after starting (default: 0)")
+    start.add_argument("--snapshot-socket-delay", type=parse_seconds, metavar="SECONDS",
+                       help="the same when started with --snapshot.load-from-block-height "
+                            "(default: --socket-delay)")
     faults.add_argument("--rpc-fault", type=parse_rpc_fault, metavar="MODE",
                         help="hang, garbage, close, slow:SECONDS, http400, error-member, "
                              "null-result or wrong-types (see below)")
@@ -1331,14 +1677,7 @@ def add_node_command(commands: Any) -> None:
     node.set_defaults(handler=cmd_node)
 
 
-def add_datanode_commands(commands: Any) -> None:
-    datanode = commands.add_parser(
-        "datanode", allow_abbrev=False, help="run or query the fake data node",
-        description="The fake data node.", epilog=HELP_DATANODE + "\n" + HELP_RECORD,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    actions = datanode.add_subparsers(dest="datanode_command", metavar="COMMAND")
-    actions.required = True
+def add_datanode_actions(actions: Any) -> None:
     start = actions.add_parser(
         "start", allow_abbrev=False, help="run until SIGTERM or SIGINT",
         description="Run the fake data node until SIGTERM or SIGINT (exit 0). Other\n"
@@ -1365,8 +1704,8 @@ def add_datanode_commands(commands: Any) -> None:
                     "\"no history segments found\" when that file is absent." % SEGMENT_FILE,
     )
     latest.add_argument("--home", metavar="DIR", required=True, help="data node home")
-    latest.add_argument("--output", choices=("human", "json"), default="human",
-                        help="output format (default: human)")
+    latest.add_argument("--output", choices=("json",), required=True,
+                        help="output format (only json, as vegavisor asks)")
     latest.set_defaults(handler=cmd_latest_segment)
 
 
@@ -1381,9 +1720,11 @@ def add_make_binary_command(commands: Any) -> None:
     make.set_defaults(handler=cmd_make_binary)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, program: Optional[str] = None) -> int:
+    """Run as `vega`, or as a standalone data node when the program is named data-node."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    program = os.path.basename(sys.argv[0] if program is None else program)
+    parser = build_parser(program == STANDALONE_DATANODE)
     args, unknown = parser.parse_known_args(arguments)
     if unknown:
         warn("ignoring unknown arguments: %s" % " ".join(unknown))

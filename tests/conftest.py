@@ -202,17 +202,22 @@ class Visor:
     def __init__(self, home: Home, python: str = sys.executable,
                  env: Optional[Dict[str, str]] = None, prefix: Sequence[str] = (),
                  launcher: Sequence[str] = (),
-                 preexec_fn: Optional[Callable[[], None]] = None) -> None:
+                 preexec_fn: Optional[Callable[[], None]] = None,
+                 split_stderr: bool = False) -> None:
         """prefix: a command that runs python (e.g. setpriv ...); launcher: python args
-        before vegavisor.py (e.g. -c CODE ARG); preexec_fn: e.g. setrlimit."""
+        before vegavisor.py (e.g. -c CODE ARG); preexec_fn: e.g. setrlimit; split_stderr:
+        stderr to its own file (self.errors) instead of the log, as `run > visor.log`."""
         self.home = home
-        self.output = home.root / f"visor-{time.monotonic_ns()}.log"
+        stamp = time.monotonic_ns()
+        self.output = home.root / f"visor-{stamp}.log"
+        self.errors = home.root / f"visor-{stamp}.stderr" if split_stderr else self.output
         self._file = open(self.output, "wb")
+        self._errors = open(self.errors, "wb") if split_stderr else None
         self.proc = subprocess.Popen(
             list(prefix) + [python] + list(launcher) + [str(VEGAVISOR), "run", "--home",
                                                         str(home.path)],
-            stdout=self._file, stderr=subprocess.STDOUT, env=env, cwd=str(home.root),
-            preexec_fn=preexec_fn)
+            stdout=self._file, stderr=self._errors or subprocess.STDOUT, env=env,
+            cwd=str(home.root), preexec_fn=preexec_fn)
 
     def log(self) -> str:
         return self.output.read_text(errors="replace")
@@ -235,6 +240,8 @@ class Visor:
             self.proc.kill()
             self.proc.wait()
         self._file.close()
+        if self._errors is not None:
+            self._errors.close()
 
 
 def run_vegavisor(args: Sequence[str], python: str = sys.executable, timeout: float = 30,

@@ -7,6 +7,7 @@ deadlines and kill every process they started.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import re
@@ -181,10 +182,6 @@ class FakeProcess:
 
         return wait_for(find, "event %s %r" % (name, fields))
 
-    def wait_line(self, text: str) -> str:
-        return wait_for(lambda: next((l for l in self.lines() if text in l), None),
-                        "stdout line %r" % text)
-
     def wait_socket(self) -> None:
         self.wait_event("socket-listening")
 
@@ -259,11 +256,13 @@ def launcher(folder: Path) -> Iterator[Launcher]:
 
 @pytest.fixture(scope="module")
 def idle_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeProcess]:
-    """One node for the protocol table: at height 100, no block for a minute."""
+    """One node for the protocol table: past its first block, no proposal, ever."""
     for folder in make_short_folder(tmp_path_factory.mktemp("idle")):
         fakes = Launcher(folder)
         try:
-            yield fakes.node("--start-height", "100", "--block-interval", "60")
+            node = fakes.node("--start-height", "100", "--block-interval", "0.1")
+            wait_for(lambda: upgrade_status(node.socket)["AcceptedReleaseInfo"], "a first block")
+            yield node
         finally:
             fakes.kill_all()
 
@@ -288,12 +287,14 @@ ACCEPTED = core.ReleaseInfo("v0.74.0", 6)
         (0, 1.05, core.ChainState(6, ACCEPTED, False)),
         (0, 1.1, core.ChainState(6, ACCEPTED, True)),
         (0, 99.0, core.ChainState(6, ACCEPTED, True)),
-        (2, 0.0, core.ChainState(2, EMPTY, False)),
+        (2, 0.0, core.ChainState(2, NULL, False)),
         (2, 0.1, core.ChainState(3, ACCEPTED, False)),
+        (4, 0.09, core.ChainState(4, NULL, False)),
+        (4, 0.1, core.ChainState(5, ACCEPTED, False)),
     ],
     ids=["start", "before-first-block", "first-block", "accepted", "halted-at-upgrade",
          "waiting-ready-delay", "ready", "stays-ready", "resumed-below-accept",
-         "resumed-then-accepted"],
+         "resumed-then-accepted", "restarted-while-accepted", "first-block-after-restart"],
 )
 def test_chain_state_follows_the_script(start: int, elapsed: float, expected: Any) -> None:
     chain = core.ChainConfig(start, 0.1, SCRIPT)
@@ -328,7 +329,7 @@ def test_a_crash_fires_only_when_this_run_makes_the_block(
     start: int, height: int, expected: Optional[str]
 ) -> None:
     chain = core.ChainConfig(start, 0.1, None)
-    config = core.NodeConfig(chain, None, "/s", "/rpc", 0.0, 0.0, False, 4, 1, None, None, None)
+    config = core.NodeConfig(chain, None, "/s", "/rpc", 0.0, 0.0, False, 4, None, None, None)
     assert core.scheduled_exit(config, height) == expected
 
 
@@ -359,14 +360,62 @@ def test_admin_server_keys_are_read_from_their_table(text: str, expected: Dict[s
     assert core.read_admin_server_keys(text) == expected
 
 
+def post(body: bytes, content_type: Optional[str] = JSON_TYPE, target: str = "/rpc",
+         verb: str = "POST") -> core.HttpRequest:
+    headers = (("host", "localhost"),) + ((("content-type", content_type),)
+                                          if content_type is not None else ())
+    return core.HttpRequest(verb, target, (1, 1), headers, body)
+
+
+IDLE_STATE = core.ChainState(5, core.NO_RELEASE, False)
+
+
 @pytest.mark.timeout(10)
 @given(st.binary(max_size=200), st.sampled_from(["application/json", "text/plain", ""]))
 def test_any_body_gets_an_answer_never_an_exception(body: bytes, content_type: str) -> None:
-    state = core.ChainState(5, core.NO_RELEASE, False)
-    reply = core.answer_admin_request("POST", "/rpc", content_type, body, "/rpc", state, None)
+    reply = core.answer_admin_request(post(body, content_type), "/rpc", IDLE_STATE, None)
     assert reply.status in (200, 400, 415)
     if reply.status == 200 and reply.body:
         assert json.loads(reply.body)["result"]["ReadyToUpgrade"] is False
+
+
+@pytest.mark.timeout(10)
+@given(st.binary(max_size=300))
+def test_any_bytes_are_a_request_or_a_refusal_never_an_exception(data: bytes) -> None:
+    try:
+        request = core.read_request(io.BytesIO(data))
+    except core.HttpRefusal as refusal:
+        assert refusal.answer.startswith(b"HTTP/1.1 %d " % refusal.status)
+        return
+    if request is not None:
+        reply = core.answer_admin_request(request, "/rpc", IDLE_STATE, None)
+        assert core.http_answer(reply, request, True, "d").startswith(b"HTTP/1.")
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b'{"a":"\x01"}', "invalid character '\\x01' in string literal"),
+        (b'{"a":"\\x"}', "invalid character 'x' in string escape code"),
+        (b'{"a":"\\u12"}', "invalid character '\"' in \\u hexadecimal character escape"),
+        (b'{"a":"\\u12', "unexpected EOF"),
+        (b'{"id":1, }', "invalid character '}' looking for beginning of object key string"),
+        (b'{"a":[1,]}', "invalid character ']' looking for beginning of value"),
+        (b'{"a":1 "b"}', "invalid character '\"' after object key:value pair"),
+        (b'{"a":[1 2]}', "invalid character '2' after array element"),
+        (b'{"a":{"b":1 ]}', "invalid character ']' after object key:value pair"),
+        (b"{'a':1}", "invalid character '\\'' looking for beginning of object key string"),
+        (b"-Infinity", "invalid character 'I' in numeric literal"),
+    ],
+    ids=["control-character", "bad-escape", "bad-unicode-escape", "eof-in-escape",
+         "trailing-comma-object", "trailing-comma-array", "missing-comma", "array-missing-comma",
+         "nested-missing-comma", "single-quote", "minus-infinity"],
+)
+def test_bad_json_gets_the_go_decoder_message(body: bytes, message: str) -> None:
+    """The same message whatever Python's json says (3.13 words trailing commas its own way)."""
+    reply = core.answer_admin_request(post(body), "/rpc", IDLE_STATE, None)
+    assert (reply.status, reply.body.decode()) == (400, message)
 
 
 JSON_VALUES = st.recursive(
@@ -387,8 +436,7 @@ def test_any_request_object_gets_200_with_its_id_or_a_plain_400(
     method: Any, params: Any, request_id: Any
 ) -> None:
     body = json.dumps({"method": method, "params": params, "id": request_id}).encode()
-    state = core.ChainState(5, core.NO_RELEASE, False)
-    reply = core.answer_admin_request("POST", "/rpc", JSON_TYPE, body, "/rpc", state, None)
+    reply = core.answer_admin_request(post(body), "/rpc", IDLE_STATE, None)
     if reply.status == 400:
         assert reply.body and reply.headers == (("Content-Type", core.PLAIN_TEXT),)
     elif request_id is None:  # a notification
@@ -406,7 +454,7 @@ def test_version_json_prints_exactly_one_line() -> None:
     assert result.returncode == 0
     hash_ = core.version_hash("v0.73.0")
     assert re.fullmatch(r"[0-9a-f]{40}", hash_)
-    assert result.stdout == '{"version": "v0.73.0", "hash": "%s"}\n' % hash_
+    assert result.stdout == '{"version":"v0.73.0","hash":"%s"}\n' % hash_
 
 
 @pytest.mark.timeout(20)
@@ -517,11 +565,89 @@ def test_upgrade_script_is_off_and_blocks_keep_coming(
 @pytest.mark.timeout(20)
 def test_snapshot_flag_sets_the_start_height_and_is_recorded(launcher: Launcher) -> None:
     node = launcher.node("--start-height", "3", "--snapshot.load-from-block-height", "1034000",
-                         "--block-interval", "60")
+                         "--block-interval", "0.1")
     start = node.events("start")[0]
     assert (start["start_height"], start["snapshot_height"]) == (1034000, 1034000)
     assert node.lines()[0].endswith("height=1034000")
-    assert upgrade_status(node.socket)["AcceptedReleaseInfo"] == EMPTY_RELEASE
+    wait_for(lambda: upgrade_status(node.socket)["AcceptedReleaseInfo"] == EMPTY_RELEASE,
+             "the first block after the snapshot")
+    assert min(e["height"] for e in node.events("rpc") if e["tag"] == "") == 1034001
+
+
+# --- a slow start, as a real core loading a snapshot and replaying blocks ---
+
+
+def listening_after(node: FakeProcess) -> float:
+    """Seconds from the node's start to its socket listening, as its record says."""
+    listening = node.wait_event("socket-listening")
+    start = node.events("start")[0]
+    return listening["time"] - start["time"]
+
+
+@pytest.mark.timeout(20)
+def test_socket_delay_makes_a_slow_start(launcher: Launcher) -> None:
+    node = launcher.start("node", "--admin-socket", "{socket}", "--socket-delay", "0.5",
+                          "--snapshot-socket-delay", "5")
+    assert listening_after(node) >= 0.5
+    assert node.events("start")[0]["socket_delay"] == 0.5
+
+
+@pytest.mark.timeout(20)
+def test_snapshot_socket_delay_is_the_delay_after_a_snapshot_start(launcher: Launcher) -> None:
+    node = launcher.start("node", "--admin-socket", "{socket}", "--socket-delay", "5",
+                          "--snapshot-socket-delay", "0.6",
+                          "--snapshot.load-from-block-height", "8")
+    assert 0.6 <= listening_after(node) < 5
+    assert node.events("start")[0]["socket_delay"] == 0.6
+
+
+@pytest.mark.timeout(20)
+def test_snapshot_start_waits_socket_delay_when_no_snapshot_delay_is_given(
+    launcher: Launcher,
+) -> None:
+    node = launcher.start("node", "--admin-socket", "{socket}", "--socket-delay", "0.5",
+                          "--snapshot.load-from-block-height", "8")
+    assert listening_after(node) >= 0.5
+
+
+@pytest.mark.timeout(20)
+def test_no_socket_file_while_loading(launcher: Launcher) -> None:
+    node = launcher.start("node", "--admin-socket", "{socket}", "--socket-delay", "1")
+    node.wait_event("start")
+    assert not os.path.exists(node.socket)
+    with pytest.raises(FileNotFoundError):
+        call(node.socket)
+    node.wait_socket()
+    assert answers(node.socket)
+
+
+@pytest.mark.timeout(20)
+def test_blocks_start_when_the_socket_opens(launcher: Launcher) -> None:
+    """No block is made while loading: the first answer is null, the first block follows."""
+    node = launcher.start("node", "--admin-socket", "{socket}", "--socket-delay", "0.6",
+                          "--block-interval", "1", "--start-height", "50")
+    wait_for(lambda: answers(node.socket), "the socket")
+    first = node.events("rpc")[0]
+    assert (first["height"], first["tag"]) == (50, None)
+    wait_for(lambda: upgrade_status(node.socket)["AcceptedReleaseInfo"], "the first block")
+    assert min(e["height"] for e in node.events("rpc") if e["tag"] == "") == 51
+
+
+@pytest.mark.timeout(20)
+def test_restart_while_an_upgrade_is_accepted_says_null_until_its_first_block(
+    launcher: Launcher,
+) -> None:
+    """A crash restart (snapshot below the upgrade block): null first, then the release."""
+    node = launcher.start("node", "--admin-socket", "{socket}", "--block-interval", "1",
+                          "--upgrade-tag", "v0.74.0", "--accept-height", "2",
+                          "--upgrade-height", "40", "--snapshot.load-from-block-height", "5",
+                          "--snapshot-socket-delay", "0.3")
+    assert listening_after(node) >= 0.3
+    assert upgrade_status(node.socket) == {"AcceptedReleaseInfo": None, "ReadyToUpgrade": False}
+    release = wait_for(lambda: upgrade_status(node.socket)["AcceptedReleaseInfo"],
+                       "the first block")
+    assert release == {"VegaReleaseTag": "v0.74.0", "UpgradeBlockHeight": 40}
+    assert node.wait_event("accepted")["height"] == 6
 
 
 # --- signals ---
@@ -579,13 +705,13 @@ def test_ignore_sigterm_leaves_only_sigkill(launcher: Launcher) -> None:
 
 
 @pytest.mark.timeout(20)
-def test_crash_at_height_exits_with_the_code_and_leaves_the_socket(launcher: Launcher) -> None:
+def test_crash_at_height_exits_1_and_leaves_the_socket(launcher: Launcher) -> None:
     node = launcher.start("node", "--admin-socket", "{socket}", "--block-interval", "0.05",
-                          "--crash-at-height", "3", "--crash-exit-code", "3")
-    assert node.wait_exit() == 3
+                          "--crash-at-height", "3")
+    assert node.wait_exit() == 1
     assert node.events("crash")[0]["height"] == 3
-    assert node.events("crash")[0]["code"] == 3
-    assert node.events("exit")[0] == dict(node.events("exit")[0], code=3, reason="crash")
+    assert node.events("crash")[0]["code"] == 1
+    assert node.events("exit")[0] == dict(node.events("exit")[0], code=1, reason="crash")
     assert os.path.exists(node.socket)
 
 
@@ -605,14 +731,6 @@ def test_exit_zero_at_height_removes_the_socket(launcher: Launcher) -> None:
     assert node.wait_exit() == 0
     assert node.events("exit")[0]["reason"] == "exit-zero-at-height"
     assert not os.path.exists(node.socket)
-
-
-@pytest.mark.timeout(20)
-def test_socket_delay_makes_a_slow_start(launcher: Launcher) -> None:
-    node = launcher.start("node", "--admin-socket", "{socket}", "--socket-delay", "0.5")
-    start = node.wait_event("start")
-    node.wait_socket()
-    assert node.events("socket-listening")[0]["time"] - start["time"] >= 0.5
 
 
 @pytest.mark.timeout(20)
@@ -688,7 +806,7 @@ def test_close_fault_closes_at_once(launcher: Launcher) -> None:
 def test_slow_fault_answers_correctly_late(launcher: Launcher) -> None:
     node = start_faulty(launcher, "slow:0.4")
     started = time.monotonic()
-    assert upgrade_status(node.socket)["AcceptedReleaseInfo"] == EMPTY_RELEASE
+    assert upgrade_status(node.socket) == {"AcceptedReleaseInfo": None, "ReadyToUpgrade": False}
     assert time.monotonic() - started >= 0.4
     assert node.wait_event("rpc")["fault"] == "slow"
 
@@ -743,38 +861,237 @@ def test_upgrade_status_answer_is_byte_exact(idle_node: FakeProcess) -> None:
     assert reply.headers["x-content-type-options"] == "nosniff"
 
 
-@pytest.mark.timeout(20)
+def answer_with_id(raw_id: bytes) -> bytes:
+    return EXACT_EMPTY_ANSWER.replace(b"8485730894528034258", raw_id)
+
+
+def status_call(params: bytes = b"[null]", request_id: bytes = b"1",
+                method: bytes = b'"protocolupgrade.UpgradeStatus"') -> bytes:
+    return b'{"method":%s,"params":%s,"id":%s}' % (method, params, request_id)
+
+
+ARGS_TYPE = b"admin.ReadyForUpgradeArgs"
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize(
     "request_kwargs, status, body",
     [
+        # gorilla/rpc: POST only; the codec by Content-Type (before ';', lowercased)
         ({"verb": "GET", "body": b""}, 405, b"rpc: POST method required, received GET"),
-        ({"content_type": "text/plain"}, 415, b"rpc: unrecognized Content-Type: text/plain"),
+        ({"verb": "PUT"}, 405, b"rpc: POST method required, received PUT"),
+        ({"content_type": "application/json;charset=UTF-8"}, 200, EXACT_EMPTY_ANSWER),
+        ({"content_type": "APPLICATION/JSON"}, 200, EXACT_EMPTY_ANSWER),
+        ({"content_type": "application/json; charset=latin-1"}, 200, EXACT_EMPTY_ANSWER),
+        ({"content_type": "application/json ; charset=utf-8"}, 415,
+         b"rpc: unrecognized Content-Type: application/json "),
+        ({"content_type": "Text/Plain; x=y"}, 415, b"rpc: unrecognized Content-Type: Text/Plain"),
         ({"content_type": None}, 415, b"rpc: unrecognized Content-Type: "),
+        # gorilla/mux: only HTTPPath, percent-decoded
         ({"path": "/other"}, 404, b"404 page not found\n"),
+        ({"path": "/rpc/"}, 404, b"404 page not found\n"),
+        ({"path": "/RPC"}, 404, b"404 page not found\n"),
+        ({"path": "/%72pc?x=1"}, 200, EXACT_EMPTY_ANSWER),
+        # Go's JSON decoder: the first value of the body
         ({"body": b""}, 400, b"EOF"),
+        ({"body": b"  \n"}, 400, b"EOF"),
         ({"body": b"{"}, 400, b"unexpected EOF"),
+        ({"body": b'{"method":"protocolupgrade.Upgr'}, 400, b"unexpected EOF"),
         ({"body": b"hello"}, 400, b"invalid character 'h' looking for beginning of value"),
-        ({"body": {"method": "protocolupgrade.Nope", "params": [None], "id": 1}}, 400,
+        ({"body": b"NaN"}, 400, b"invalid character 'N' looking for beginning of value"),
+        ({"body": b'{"a" 1}'}, 400, b"invalid character '1' after object key"),
+        ({"body": b'{"a":1 "b":2}'}, 400, b"invalid character '\"' after object key:value pair"),
+        ({"body": b'{"a":[1 2]}'}, 400, b"invalid character '2' after array element"),
+        ({"body": b"{,}"}, 400,
+         b"invalid character ',' looking for beginning of object key string"),
+        ({"body": b"[1]"}, 400, b"json: cannot unmarshal array into Go value of type "
+                                b"json.serverRequest"),
+        ({"body": b"null"}, 400, b'rpc: service/method request ill-formed: ""'),
+        ({"body": status_call() + b" trailing garbage"}, 200, answer_with_id(b"1")),
+        # the method: "service.Method", matched exactly; the member's name is not
+        ({"body": status_call(method=b"5")}, 400,
+         b"json: cannot unmarshal number into Go struct field serverRequest.method of type string"),
+        ({"body": status_call(method=b'"protocolupgrade.Nope"')}, 400,
          b'rpc: can\'t find method "protocolupgrade.Nope"'),
-        ({"body": {"method": "x.UpgradeStatus", "params": [None], "id": 1}}, 400,
-         b'rpc: can\'t find service "x.UpgradeStatus"'),
-        ({"body": {"method": "x", "params": [None], "id": 1}}, 400,
-         b'rpc: service/method request ill-formed: "x"'),
-        ({"body": {"method": "protocolupgrade.UpgradeStatus", "id": 1}}, 400,
+        ({"body": status_call(method=b'"ProtocolUpgrade.UpgradeStatus"')}, 400,
+         b'rpc: can\'t find service "ProtocolUpgrade.UpgradeStatus"'),
+        ({"body": status_call(method=b'"x"')}, 400, b'rpc: service/method request ill-formed: "x"'),
+        ({"body": status_call(method=b'"a.b.c"')}, 400,
+         b'rpc: service/method request ill-formed: "a.b.c"'),
+        ({"body": b'{"METHOD":"protocolupgrade.UpgradeStatus","Params":[],"Id":1}'}, 200,
+         answer_with_id(b"1")),
+        # params: [1]interface{}{&admin.ReadyForUpgradeArgs{}}
+        ({"body": b'{"method":"protocolupgrade.UpgradeStatus","id":1}'}, 400,
          b"rpc: method request ill-formed: missing params field"),
-        ({"body": {"method": "protocolupgrade.UpgradeStatus", "params": [None]}}, 200, b""),
+        ({"body": status_call(params=b"null")}, 400,
+         b"rpc: method request ill-formed: missing params field"),
+        ({"body": status_call(params=b"[]")}, 200, answer_with_id(b"1")),
+        ({"body": status_call(params=b"[{}]")}, 200, answer_with_id(b"1")),
+        ({"body": status_call(params=b'[{"any":1}, 5]')}, 200, answer_with_id(b"1")),
+        ({"body": status_call(params=b"[5]")}, 400,
+         b"json: cannot unmarshal number into Go value of type " + ARGS_TYPE),
+        ({"body": status_call(params=b'["x"]')}, 400,
+         b"json: cannot unmarshal string into Go value of type " + ARGS_TYPE),
+        ({"body": status_call(params=b"[true]")}, 400,
+         b"json: cannot unmarshal bool into Go value of type " + ARGS_TYPE),
+        ({"body": status_call(params=b"[[null]]")}, 400,
+         b"json: cannot unmarshal array into Go value of type " + ARGS_TYPE),
+        ({"body": status_call(params=b"{}")}, 400,
+         b"json: cannot unmarshal object into Go value of type [1]interface {}"),
+        ({"body": status_call(params=b"5")}, 400,
+         b"json: cannot unmarshal number into Go value of type [1]interface {}"),
+        # the id: echoed as sent (compacted, HTML-escaped); none or null: no answer
+        ({"body": b'{"method":"protocolupgrade.UpgradeStatus","params":[null]}'}, 200, b""),
+        ({"body": status_call(request_id=b"null")}, 200, b""),
+        ({"body": status_call(request_id=b"1.50")}, 200, answer_with_id(b"1.50")),
+        ({"body": status_call(request_id=b"18446744073709551616")}, 200,
+         answer_with_id(b"18446744073709551616")),
+        ({"body": status_call(request_id=b'"abc"')}, 200, answer_with_id(b'"abc"')),
+        ({"body": status_call(request_id=b'[ 1 , {"a" : "b c"} ]')}, 200,
+         answer_with_id(b'[1,{"a":"b c"}]')),
+        ({"body": status_call(request_id=b'"<a&b>"')}, 200,
+         answer_with_id(b'"\\u003ca\\u0026b\\u003e"')),
+        ({"body": status_call(request_id=b'"\\u00e9"')}, 200, answer_with_id(b'"\\u00e9"')),
     ],
-    ids=["GET", "text-plain", "no-content-type", "wrong-path", "empty-body", "truncated",
-         "not-json", "unknown-method", "unknown-service", "ill-formed", "no-params",
-         "notification"],
+    ids=["GET", "PUT", "json-charset-UTF-8", "upper-case", "other-charset", "space-before-semi",
+         "text-plain", "no-content-type", "wrong-path", "trailing-slash", "path-case",
+         "escaped-path", "empty-body", "blank-body", "truncated", "truncated-string", "not-json",
+         "NaN", "no-colon", "no-comma", "array-no-comma", "no-key", "top-level-array",
+         "top-level-null", "trailing-garbage", "method-number", "unknown-method",
+         "unknown-service", "ill-formed", "three-parts", "member-names-any-case", "no-params",
+         "null-params", "empty-params", "object-params", "extra-params", "params-number",
+         "params-string", "params-bool", "params-array", "params-object", "params-not-array",
+         "notification", "null-id", "float-id", "huge-id", "string-id", "spaced-id",
+         "html-id", "escaped-id"],
 )
-def test_framework_errors_are_plain_text_as_gorilla_writes_them(
+def test_every_request_is_answered_as_gorilla_answers_it(
     idle_node: FakeProcess, request_kwargs: Dict[str, Any], status: int, body: bytes
 ) -> None:
     reply = call(idle_node.socket, **request_kwargs)
     assert (reply.status, reply.body) == (status, body)
-    if status != 200:
+    if status == 200 and body:
+        assert (reply.headers["content-type"], reply.headers["x-content-type-options"]) == (
+            "application/json; charset=utf-8", "nosniff")
+    elif status == 200:
+        assert "content-type" not in reply.headers and reply.headers["content-length"] == "0"
+    else:
         assert reply.headers["content-type"] == "text/plain; charset=utf-8"
+        assert not body.endswith(b"\n") or status == 404
+
+
+WIRE_DATE = re.compile(rb"\r\nDate: [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT\r\n")
+
+
+def undated(answer: bytes) -> bytes:
+    """The answer with its Date header's value replaced by DATE (checked to be Go's form)."""
+    assert len(WIRE_DATE.findall(answer)) == 1, answer
+    return WIRE_DATE.sub(b"\r\nDate: DATE\r\n", answer)
+
+
+def wire(request_line: bytes, *headers: bytes, body: bytes = b"") -> bytes:
+    lines = [request_line] + list(headers)
+    if body:
+        lines.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+JSON_HEADERS = (b"Host: localhost", b"Content-Type: application/json")
+GOOD_CALL = status_call(request_id=b"8485730894528034258")
+GO_REFUSAL = b"\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+
+
+@pytest.mark.timeout(20)
+def test_a_call_is_answered_byte_for_byte_on_the_wire(idle_node: FakeProcess) -> None:
+    request = wire(b"POST /rpc HTTP/1.1", *JSON_HEADERS, b"Connection: close", body=GOOD_CALL)
+    assert undated(raw_exchange(idle_node.socket, request)) == (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
+        b"X-Content-Type-Options: nosniff\r\nDate: DATE\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n%s" % (len(EXACT_EMPTY_ANSWER), EXACT_EMPTY_ANSWER))
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    "sent, answer",
+    [
+        (wire(b"POST /rpc HTTP/1.1", b"Content-Type: application/json", body=GOOD_CALL),
+         b"HTTP/1.1 400 Bad Request: missing required Host header" + GO_REFUSAL
+         + b"400 Bad Request: missing required Host header"),
+        (wire(b"POST /rpc HTTP/1.1", b"Host: a", b"Host: b"),
+         b"HTTP/1.1 400 Bad Request" + GO_REFUSAL + b"400 Bad Request"),
+        (wire(b"garbage"), b"HTTP/1.1 400 Bad Request" + GO_REFUSAL + b"400 Bad Request"),
+        (wire(b"GET /rpc"), b"HTTP/1.1 400 Bad Request" + GO_REFUSAL + b"400 Bad Request"),
+        (wire(b"POST rpc HTTP/1.1", b"Host: x"),
+         b"HTTP/1.1 400 Bad Request" + GO_REFUSAL + b"400 Bad Request"),
+        (wire(b"POST /r%zzpc HTTP/1.1", b"Host: x"),
+         b"HTTP/1.1 400 Bad Request" + GO_REFUSAL + b"400 Bad Request"),
+        (wire(b"POST /rpc HTTP/1.1", b"Host: x", b"no colon here"),
+         b"HTTP/1.1 400 Bad Request" + GO_REFUSAL + b"400 Bad Request"),
+        (wire(b"POST /rpc HTTP/1.1", b"Host: x", b"Content-Length: -1"),
+         b"HTTP/1.1 400 Bad Request" + GO_REFUSAL + b"400 Bad Request"),
+        (wire(b"POST /rpc HTTP/2.0", b"Host: x"),
+         b"HTTP/1.1 505 HTTP Version Not Supported: unsupported protocol version" + GO_REFUSAL
+         + b"505 HTTP Version Not Supported: unsupported protocol version"),
+        (wire(b"POST /rpc HTTP/1.1", b"Host: x", b"Transfer-Encoding: gzip"),
+         b"HTTP/1.1 501 Not Implemented" + GO_REFUSAL + b"Unsupported transfer encoding"),
+    ],
+    ids=["no-host", "two-hosts", "no-version", "http-0.9", "relative-target", "bad-escape",
+         "header-without-colon", "bad-content-length", "http-2", "unknown-coding"],
+)
+def test_unreadable_requests_get_net_http_raw_refusal_and_a_close(
+    idle_node: FakeProcess, sent: bytes, answer: bytes
+) -> None:
+    assert raw_exchange(idle_node.socket, sent + GOOD_CALL) == answer
+
+
+@pytest.mark.timeout(20)
+def test_http_1_0_needs_no_host_and_keeps_alive_only_when_asked(idle_node: FakeProcess) -> None:
+    kept = wire(b"POST /rpc HTTP/1.0", b"Content-Type: application/json",
+                b"Connection: keep-alive", body=GOOD_CALL)
+    closing = wire(b"POST /rpc HTTP/1.0", b"Content-Type: application/json", body=GOOD_CALL)
+    answer = WIRE_DATE.sub(b"\r\nDate: DATE\r\n", raw_exchange(idle_node.socket, kept + closing))
+    head = (b"HTTP/1.0 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
+            b"X-Content-Type-Options: nosniff\r\nDate: DATE\r\nContent-Length: %d\r\n"
+            % len(EXACT_EMPTY_ANSWER))
+    assert answer == (head + b"Connection: keep-alive\r\n\r\n" + EXACT_EMPTY_ANSWER
+                      + head + b"\r\n" + EXACT_EMPTY_ANSWER)  # and then the server closed
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    "path, location",
+    [("//rpc", "/rpc"), ("/./rpc", "/rpc"), ("/x/../rpc?a=b", "/rpc?a=b"), ("//other", "/other"),
+     ("/a//b/", "/a/b/"), ("/../my%20rpc", "/my%20rpc")],
+)
+def test_an_unclean_path_is_redirected_to_the_clean_one(
+    idle_node: FakeProcess, path: str, location: str
+) -> None:
+    reply = call(idle_node.socket, path=path)
+    assert (reply.status, reply.headers["location"], reply.body) == (301, location, b"")
+    assert "content-type" not in reply.headers and reply.headers["content-length"] == "0"
+
+
+@pytest.mark.timeout(20)
+def test_a_path_with_a_space_is_served_when_escaped(launcher: Launcher) -> None:
+    node = launcher.node("--admin-http-path", "/my rpc", "--block-interval", "60")
+    assert call(node.socket, path="/my%20rpc").status == 200
+    assert call(node.socket, path="/my%2520rpc").status == 404
+
+
+@pytest.mark.timeout(20)
+def test_refusals_keep_the_connection_alive_as_go_does(idle_node: FakeProcess) -> None:
+    connection = UnixHTTPConnection(idle_node.socket)
+    try:
+        statuses = [send(connection, verb="GET").status]
+        sock = connection.sock
+        statuses += [send(connection, path="/nope").status,
+                     send(connection, content_type=None).status,
+                     send(connection, body=b"{").status,
+                     send(connection, path="//rpc").status,
+                     send(connection).status]
+        assert connection.sock is sock
+    finally:
+        connection.close()
+    assert statuses == [405, 404, 415, 400, 301, 200]
 
 
 @pytest.mark.timeout(20)
@@ -816,7 +1133,8 @@ def test_socket_and_http_path_come_from_the_core_config(launcher: Launcher, fold
         '[Admin]\n  Level = "Info"\n  [Admin.Server]\n    SocketPath = "%s"\n'
         '    HTTPPath = "/admin"  # comment\n[Other]\n  SocketPath = "/nope"\n' % socket_path
     )
-    node = launcher.start("node", "--home", str(home), "--tendermint-home", "/nowhere")
+    node = launcher.start("node", "--home", str(home), "--tendermint-home", "/nowhere",
+                          "--block-interval", "60")
     node.wait_socket()
     assert call(socket_path, path="/admin").body == EXACT_EMPTY_ANSWER.replace(
         b'"AcceptedReleaseInfo":{"VegaReleaseTag":"","UpgradeBlockHeight":0}',
@@ -873,7 +1191,7 @@ def test_record_has_the_lifetime_and_the_wire_traffic(launcher: Launcher) -> Non
     assert (start["start_height"], start["snapshot_height"], start["upgrade"]) == (7, None, None)
     assert rpc == dict(rpc, http_method="POST", path="/rpc", id=STATUS_CALL["id"], status=200,
                        method="protocolupgrade.UpgradeStatus", fault=None, height=7,
-                       ready=False, tag="")
+                       ready=False, tag=None)
 
 
 # --- the data node ---
@@ -927,6 +1245,49 @@ def test_latest_history_segment_without_segments_exits_1(folder: Path) -> None:
     result = run_fake("datanode", "network-history", "latest-history-segment",
                       "--home", str(folder), "--output", "json")
     assert result.returncode == 1 and "no history segments found" in result.stdout
+
+
+@pytest.mark.timeout(30)
+def test_a_copy_named_data_node_is_an_old_standalone_data_node(folder: Path) -> None:
+    """SPEC 1.7: a standalone data-node binary has no `datanode` subcommand."""
+    binary = core.make_binary(folder / "bin" / "data-node", "v0.73.1")
+    (folder / "fake-latest-segment").write_text("1033500\n")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(binary)] + list(args), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True,
+                              timeout=DEADLINE_SECONDS)
+
+    history = run("network-history", "latest-history-segment", "--home", str(folder),
+                  "--output", "json")
+    assert history.returncode == 0
+    assert json.loads(history.stdout)["LatestSegment"]["to_height"] == 1033500
+    refused = run("datanode", "network-history", "latest-history-segment", "--home",
+                  str(folder), "--output", "json")
+    assert refused.returncode == 2 and "invalid choice: 'datanode'" in refused.stderr
+    assert run("node", "--admin-socket", str(folder / "s")).returncode == 2
+    assert run("version", "--output", "json").stdout == (
+        '{"version":"v0.73.1","hash":"%s"}\n' % core.version_hash("v0.73.1"))
+    record = folder / "record.jsonl"
+    with open(folder / "stdout", "wb") as out:
+        started = subprocess.Popen([str(binary), "start", "--home", str(folder),
+                                    "--record", str(record)], stdout=out)
+    try:
+        wait_for(lambda: conftest.read_records(record), "the data node's start")
+        started.send_signal(signal.SIGTERM)
+        assert started.wait(timeout=DEADLINE_SECONDS) == 0
+    finally:
+        started.kill()
+        started.wait()
+    assert [(e["event"], e["role"]) for e in conftest.read_records(record)] == [
+        ("start", "datanode"), ("sigterm", "datanode"), ("exit", "datanode")]
+
+
+@pytest.mark.timeout(20)
+def test_vega_has_no_standalone_data_node_commands() -> None:
+    result = run_fake("network-history", "latest-history-segment", "--home", "/x",
+                      "--output", "json")
+    assert result.returncode == 2 and "invalid choice: 'network-history'" in result.stderr
 
 
 # --- every supported interpreter ---
