@@ -1981,16 +1981,26 @@ class World:
         return query_binary(argv)
 
     def poll_admin(self, rpc: RpcConfig, timeout: float) -> UpgradeStatus:
-        return call_upgrade_status(rpc, timeout, self.rng.getrandbits(63))
+        """One UpgradeStatus call; the connection stays open for the next poll."""
+        client = self.admin_client
+        if client is None or (client.rpc, client.timeout) != (rpc, timeout):
+            if client is not None:
+                client.close()
+            client = self.admin_client = AdminClient(rpc, timeout)
+        return client.upgrade_status(self.rng.getrandbits(63))
 
     def install(self, home: Path, config: Config, tag: str, folder: Path,
-                current: RunConfig, cancel: Cancellation) -> None:
-        install_release(home, config, tag, folder, current, self.token, self.log, cancel)
+                current: RunConfig, cancel: Cancellation,
+                on_progress: Optional[Callable[[Any], None]] = None) -> None:
+        install_release(home, config, tag, folder, current, self.token, self.log, cancel,
+                        on_progress)
 
     def start_job(self, name: str, work: Callable[[Cancellation], None]) -> "InstallJob":
         return InstallJob(work, self.inbox.wake, name)
 
     def close(self) -> None:
+        if self.admin_client is not None:
+            self.admin_client.close()
         self.notifier.close()
 
 
@@ -3084,6 +3094,7 @@ class Reporter:
         self.upgrades, self.last_poll_time = 0, 0.0
         self.last_write = -math.inf
         self.repeats: Dict[str, Tuple[float, int]] = {}
+        self.download: Optional[Dict[str, Any]] = None  # set by an install's thread
 
     def update(self, **changes: Any) -> None:
         """Change the run state and write it at once (children, phase, how it ended)."""
@@ -3100,8 +3111,19 @@ class Reporter:
         else:
             self.write_metrics()
 
+    def progress_of(self, tag: str) -> Callable[[Any], None]:
+        """A download's progress callback: called from the install's thread, it only
+        records; the loop's next write of the run state and metrics shows it."""
+        def seen(progress: Any) -> None:
+            self.download = {"tag": tag, "done": progress.done, "total": progress.total,
+                             "rate": round(progress.rate), "eta": progress.eta}
+        return seen
+
     def save(self) -> None:
         self.last_write = self.world.now()
+        download, self.download = self.download, None
+        if download is not None:
+            self.state = self.state._replace(download=download)
         self.state = self.state._replace(updated=utc_now())
         path = self.home / RUN_STATE_FILE
         try:
@@ -3323,7 +3345,8 @@ class Prefetch:
                 self.folder, tag, self.world.query))
         elif self.config.auto_install.enabled and self.config.auto_install.prefetch:
             self.start("downloading", lambda cancel: self.world.install(
-                self.home, self.config, tag, self.folder, current, cancel))
+                self.home, self.config, tag, self.folder, current, cancel,
+                self.reporter.progress_of(tag)))
         elif not self.config.auto_install.enabled:
             self.state = "missing"
             self.log.error("accepted release is not installed and auto-install is off",
@@ -3479,9 +3502,13 @@ class Upgrade:
             attempt += 1
             self.log.info("installing", tag=tag, folder=str(folder), attempt=attempt)
             job = self.world.start_job(tag, lambda cancel: self.world.install(
-                self.home, self.config, tag, folder, current, cancel))
+                self.home, self.config, tag, folder, current, cancel,
+                self.reporter.progress_of(tag)))
             while not job.done() and not self.world.stop_signal:
                 self.world.wait(1.0)
+                if self.reporter.download is not None:
+                    self.reporter.save()
+            self.reporter.update(download=None)
             if self.world.stop_signal:
                 job.cancel()
                 if job.error is not None:

@@ -602,7 +602,7 @@ class FakeWorld:
         return self.answer(self)
 
     def install(self, home: Path, config: object, tag: str, folder: Path, current: object,
-                cancel: object) -> None:
+                cancel: object, on_progress: Optional[Callable[[object], None]] = None) -> None:
         import vegavisor
         self.installs.append((self.clock, tag))
         version = self.releases.get(tag)
