@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import difflib
 import enum
 import errno
 import fcntl
@@ -21,7 +20,6 @@ import ipaddress
 import json
 import math
 import os
-import platform
 import random
 import re
 import select
@@ -1078,6 +1076,7 @@ def unknown_key_warnings(table: dict, known: Sequence[str], where: str, path: Pa
     for name in table:
         if name in known:
             continue
+        import difflib  # only when a key is unknown: start-up does not pay for it
         nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         nearest += [k for k in known if k.lower() == name.lower()]
         hint = f" (did you mean {where}{nearest[-1]}?)" if nearest else ""
@@ -2131,7 +2130,7 @@ def download_progress(done: int, total: int, elapsed: float) -> Progress:
 def host_platform() -> Tuple[str, str]:
     """The {os} and {arch} of Vega's asset names for this host."""
     system = {"linux": "linux", "darwin": "darwin"}.get(sys.platform, sys.platform)
-    machine = platform.machine().lower()
+    machine = os.uname().machine.lower()
     arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
     return system, arch.get(machine, machine)
 
@@ -4748,7 +4747,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     world = World(inbox, Notifier(env, time.monotonic), log, env.get("GITHUB_TOKEN") or None)
     log.info("vegavisor starting", version=__version__, home=str(home), pid=os.getpid(),
-             python=platform.python_version())
+             python=_python_version())
     try:
         return Supervisor(home, config, log, world, env).run()
     finally:
@@ -4797,9 +4796,13 @@ def stop_preparing(signum: int, frame: Optional[types.FrameType]) -> None:
     raise InstallCancelled("stopped by SIGTERM; nothing was installed")
 
 
+def _python_version() -> str:
+    return ".".join(str(n) for n in sys.version_info[:3])
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     if args.output == "json":
-        print(json.dumps({"version": __version__, "python": platform.python_version()}))
+        print(json.dumps({"version": __version__, "python": _python_version()}))
     else:
         print(f"vegavisor {__version__}")
     return EXIT_OK
