@@ -2603,9 +2603,20 @@ def unpack_zip(archive: Path, into: Path, max_bytes: int) -> List[str]:
             return [info.filename for info in members]
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
         raise InstallError(f"{archive.name} is not a valid zip archive: {e}") from None
-    except (zlib.error, NotImplementedError, ValueError, RuntimeError, OSError) as e:
+    except (zlib.error, NotImplementedError, ValueError, RuntimeError, OSError,
+            _lzma_error()) as e:
         # corrupt data, an unsupported method, a name that is not UTF-8, a name too long
         raise InstallError(f"{archive.name} cannot be unpacked: {e}") from None
+
+
+def _lzma_error() -> type:
+    """lzma's error (not an OSError), for an LZMA zip entry that is corrupt; the module
+    may be missing from a minimal Python build."""
+    try:
+        import lzma
+    except ImportError:
+        return ValueError
+    return lzma.LZMAError
 
 
 def _check_member(info: zipfile.ZipInfo, archive: Path) -> None:
@@ -3629,7 +3640,8 @@ class Supervisor:
             last_words = f"unexpected {type(e).__name__}: {str(e)[:300]} at {_where(e)}"
         try:
             self.prefetch.close()
-            self.enter(Phase.STOPPING)
+            if self.reporter.state.phase != Phase.STOPPING.value:
+                self.enter(Phase.STOPPING)
             self.world.notify("STOPPING=1")
             self.node.stop()
         except VisorError as e:
