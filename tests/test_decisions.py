@@ -202,8 +202,9 @@ def test_format_log_line_text_and_json():
     text = vegavisor.format_log_line("text", ts, "info", "started", {"role": "core", "pid": 9})
     assert text == "2026-11-27T00:00:00.250Z INFO  started role=core pid=9"
     line = vegavisor.format_log_line("json", ts, "warn", "stopped", {"status": "exited"})
-    assert json.loads(line) == {"ts": "2026-11-27T00:00:00.250Z", "level": "warn",
-                                "logger": "vegavisor", "msg": "stopped", "status": "exited"}
+    # Vega's own JSON log keys T, L, N, M (SPEC part 3)
+    assert json.loads(line) == {"T": "2026-11-27T00:00:00.250Z", "L": "warn",
+                                "N": "vegavisor", "M": "stopped", "status": "exited"}
 
 
 def test_log_lines_carry_the_wall_clock_in_utc():

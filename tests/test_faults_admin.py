@@ -2,8 +2,9 @@
 
 With maxNumberOfFirstConnectionRetries = 3 a failing row must end with exit 1, the
 last log line `ERROR giving up reason="core's admin socket SOCK failed 4 polls in a
-row (maxNumberOfFirstConnectionRetries = 3); last error: <reason>"`, and no core left
-running. The rows that must succeed upgrade v1 -> v2 (a pre-made folder) instead.
+row, 0.25s apart (maxNumberOfFirstConnectionRetries = 3); last error: <reason>"`,
+and no core left running. The rows that must succeed upgrade v1 -> v2 (a pre-made
+folder) instead.
 
 Permission denied: the tests run as root, and root's CAP_DAC_OVERRIDE connects to a
 socket file of mode 000 anyway. So that row runs visor (and, inherited, its core)
@@ -197,8 +198,9 @@ def is_alive(pid: int) -> bool:
 
 def assert_gave_up(home: Home, visor: Visor, socket_path: str, outcome: Fails) -> None:
     assert visor.wait_exit(30) == 1, visor.log()
-    prefix = (f"core's admin socket {socket_path} failed {LIMIT + 1} polls in a row "
-              f"(maxNumberOfFirstConnectionRetries = {LIMIT}); last error: ")
+    prefix = (f"core's admin socket {socket_path} failed {LIMIT + 1} polls in a row, "
+              f"{POLL_INTERVAL:g}s apart (maxNumberOfFirstConnectionRetries = {LIMIT}); "
+              f"last error: ")
     reason = giving_up_reason(visor)
     assert reason.startswith(prefix), reason
     assert re.search(outcome.reason, reason[len(prefix):]), reason

@@ -30,35 +30,38 @@ from test_faults_crash import stop_visor
 def binary_missing(home) -> Dict[str, Any]:
     folder = home.install_version("genesis", "v1", BLOCKS)
     (folder / "vega").unlink()
-    return {"error": f"binary {folder}/vega does not exist"}
+    return {"error": f"binary {home.path}/current/vega does not exist"}  # run as current/vega
 
 
 def binary_is_a_folder(home) -> Dict[str, Any]:
     folder = home.install_version("genesis", "v1", BLOCKS)
     (folder / "vega").unlink()
     (folder / "vega").mkdir()
-    return {"error": f"binary {folder}/vega is not a regular file"}
+    return {"error": f"binary {home.path}/current/vega is not a regular file"}
 
 
 def binary_mode_000(home) -> Dict[str, Any]:
     folder = home.install_version("genesis", "v1", BLOCKS)
     os.chmod(folder / "vega", 0)
-    return {"error": f"core binary {folder}/vega cannot be started: Permission denied",
+    return {"error": f"core binary {home.path}/current/vega cannot be started: "
+                     f"Permission denied",
             "mode": (folder / "vega", 0)}
 
 
 def binary_not_a_program(home) -> Dict[str, Any]:
     folder = home.install_version("genesis", "v1", BLOCKS)
     (folder / "vega").write_bytes(b"\x7fELF\x00\x01 not really a program")
-    return {"error": f"core binary {folder}/vega cannot be started: Exec format error"}
+    return {"error": f"core binary {home.path}/current/vega cannot be started: "
+                     f"Exec format error"}
 
 
 def crash_loop(home) -> Dict[str, Any]:
     home.set_config(maxNumberOfRestarts=2)
-    folder = home.install_version("genesis", "v1", BLOCKS + ["--crash-at-height", "3",
-                                                            "--crash-signal", "SEGV"])
-    return {"error": f"core {folder}/vega terminated by SIGSEGV; it was restarted 2 times "
-                     f"already (maxNumberOfRestarts = 2), giving up", "core_starts": 3}
+    home.install_version("genesis", "v1", BLOCKS + ["--crash-at-height", "3",
+                                                   "--crash-signal", "SEGV"])
+    return {"error": f"core {home.path}/current/vega terminated by SIGSEGV; it was "
+                     f"restarted 2 times already (maxNumberOfRestarts = 2), giving up",
+            "core_starts": 3}
 
 
 def exit_zero(home) -> Dict[str, Any]:
@@ -109,28 +112,28 @@ def data_node_binary_missing(home) -> Dict[str, Any]:
     head, _, tail = config.read_text().partition("[data_node.binary]")
     config.write_text(head + "[data_node.binary]" + tail.replace('path = "vega"',
                                                                  'path = "vega-datanode"'))
-    return {"error": f"binary {folder}/vega-datanode does not exist",
+    return {"error": f"binary {home.path}/current/vega-datanode does not exist",
             "log": r"started role=core pid=(\d+) version=v1 .*\n.*stopping role=core pid=\1 "}
 
 
 FAULTS = [
     Row("children", "binary-missing",
         "core's binary does not exist",
-        "exit 1, `ERROR giving up reason=\"binary <folder>/vega does not exist\"`; nothing "
-        "started", (binary_missing,)),
+        "exit 1, `ERROR giving up reason=\"binary <home>/current/vega does not exist\"`; "
+        "nothing started", (binary_missing,)),
     Row("children", "binary-is-a-folder",
         "not executable: a folder stands where core's binary should be (exec bits are "
         "added to a file that lacks them, so a folder is a case that truly cannot run)",
-        "exit 1, `binary <folder>/vega is not a regular file`; nothing started",
+        "exit 1, `binary <home>/current/vega is not a regular file`; nothing started",
         (binary_is_a_folder,)),
     Row("children", "binary-mode-000",
         "not executable: core's binary has mode 000 (no read bits, so visor adds no exec "
         "bits; even root cannot exec a file without any exec bit)",
-        "exit 1, `core binary <folder>/vega cannot be started: Permission denied`; the "
-        "mode is left as it was", (binary_mode_000,)),
+        "exit 1, `core binary <home>/current/vega cannot be started: Permission denied`; "
+        "the mode is left as it was", (binary_mode_000,)),
     Row("children", "not-an-executable-format",
         "core's binary is bytes the kernel cannot run (an ELF magic and junk)",
-        "exit 1, `core binary <folder>/vega cannot be started: Exec format error`",
+        "exit 1, `core binary <home>/current/vega cannot be started: Exec format error`",
         (binary_not_a_program,)),
     Row("children", "crash-loop",
         "core dies by SIGSEGV at height 3 every time (maxNumberOfRestarts = 2)",
@@ -165,8 +168,8 @@ FAULTS = [
         "`giving up reason=\"data node ...`; no child left", (data_node_crashing_alone,)),
     Row("children", "data-node-binary-missing",
         "the data node's binary does not exist (core's does)",
-        "core, already started, is stopped again; exit 1, `binary <folder>/vega-datanode "
-        "does not exist`", (data_node_binary_missing,)),
+        "core, already started, is stopped again; exit 1, `binary "
+        "<home>/current/vega-datanode does not exist`", (data_node_binary_missing,)),
 ]
 
 

@@ -48,23 +48,33 @@ class FakeSystemd:
 
 @pytest.mark.timeout(60)
 def test_systemd_gets_ready_status_watchdog_and_stopping_in_order(home, start_visor):
-    home.install_version("genesis", "v1", BLOCKS)
+    # core binds its admin socket 3 s late: the node is started but does not answer yet
+    home.install_version("genesis", "v1", BLOCKS + ["--socket-delay", "3"])
     systemd = FakeSystemd(home.root / "notify.sock")
+    # READY=1 as soon as the node is started (a core replaying its chain for hours must
+    # not keep `systemctl start` waiting); STATUS says what visor waits for
+    ready_message = (f"READY=1\nSTATUS=v1: started, waiting for core's admin socket "
+                     f"{home.socket}")
     try:
         env = dict(os.environ, NOTIFY_SOCKET=systemd.path, WATCHDOG_USEC="200000")
         visor = start_visor(env=env)
-        wait_for(lambda: "READY=1\nSTATUS=v1: running" in systemd.messages, 15, "READY=1")
-        ready = systemd.messages.index("READY=1\nSTATUS=v1: running")
+        wait_for(lambda: ready_message in systemd.messages, 15, "READY=1")
+        ready = systemd.messages.index(ready_message)
         wait_for(lambda: systemd.messages[ready:].count("WATCHDOG=1") >= 5, 10,
                  "WATCHDOG=1 every 0.1 s")
+        assert "admin socket answering" not in visor.log(), \
+            "the watchdog is fed before the node answers"
+        visor.wait_log("admin socket answering", timeout=15)
         visor.signal(signal.SIGTERM)
         assert visor.wait_exit() == 0
     finally:
         systemd.close()
     messages = systemd.messages
-    assert messages.index("STATUS=v1: starting") < ready < messages.index("STOPPING=1")
-    assert messages.index("STOPPING=1") < messages.index("STATUS=v1: stopping")
-    assert "WATCHDOG=1" in messages[:ready], "the watchdog is fed before the node answers"
+    assert messages.index("STATUS=v1: starting") < ready < messages.index("STATUS=v1: running")
+    assert messages.index("STATUS=v1: running") < messages.index("STOPPING=1")
+    # the one exit path enters the stopping phase (STATUS), then tells systemd STOPPING=1
+    assert messages.index("STATUS=v1: stopping") < messages.index("STOPPING=1")
+    assert set(messages[messages.index("STOPPING=1") + 1:]) <= {"WATCHDOG=1"}
 
 
 @pytest.mark.parametrize(("usec", "pid", "interval"), [
@@ -90,12 +100,14 @@ def test_json_logs_are_one_object_a_line_and_level_filters(home, start_visor):
     assert visor.wait_exit(30) == 1
     lines = [line for line in visor.log().splitlines() if not line.startswith("fake-vega")]
     records = [json.loads(line) for line in lines]
-    assert records and all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
-    assert {r["level"] for r in records} <= {"warn", "error"}, "info is filtered out"
-    assert records[0]["msg"] == "config warning" and "restartsDelaySeconds" in \
+    # Vega's own JSON log keys: T (time), L (level), N (logger name), M (message)
+    assert records and all({"T", "L", "N", "M"} <= set(r) for r in records)
+    assert {r["N"] for r in records} == {"vegavisor"}
+    assert {r["L"] for r in records} <= {"warn", "error"}, "info is filtered out"
+    assert records[0]["M"] == "config warning" and "restartsDelaySeconds" in \
         records[0]["problem"]
-    assert records[-1]["msg"] == "giving up" and records[-1]["level"] == "error"
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", records[-1]["ts"])
+    assert records[-1]["M"] == "giving up" and records[-1]["L"] == "error"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", records[-1]["T"])
 
 
 @pytest.mark.timeout(60)
@@ -116,7 +128,8 @@ def test_sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid(home, 
     set_table(home, "logging", format="json", level="debug")
     home.set_config(pollIntervalSeconds=0.05)
     visor.signal(signal.SIGHUP)
-    visor.wait_log(r'"msg": "config reloaded", "changed": "poll_interval,logging"')
+    visor.wait_log(r'"M": "config reloaded", '
+                   r'"changed": "pollIntervalSeconds,logging.format,logging.level"')
     polls = len(home.records("rpc"))
     wait_for(lambda: len(home.records("rpc")) >= polls + 10, 5, "faster polls")
     visor.signal(signal.SIGTERM)

@@ -208,6 +208,7 @@ LONG_NAME = Archive((Entry("n" * 300, 0o100644, b"1", zipfile.ZIP_STORED),), (),
 CORRUPT_DEFLATE = _stored("vega", b"\xff" * 100, zipfile.ZIP_DEFLATED)
 CORRUPT_BZIP2 = _stored("vega", b"\xff" * 100, zipfile.ZIP_BZIP2)
 DEFLATE64 = _stored("vega", b"\xff" * 100, 9)
+CORRUPT_LZMA = _stored("vega", b"\x00" * 100, zipfile.ZIP_LZMA)
 NOT_UTF8_NAME = _not_utf8_name()
 @pytest.mark.timeout(60)
 @SETTINGS
@@ -218,6 +219,7 @@ NOT_UTF8_NAME = _not_utf8_name()
 @example(CORRUPT_DEFLATE)
 @example(CORRUPT_BZIP2)
 @example(DEFLATE64)
+@example(CORRUPT_LZMA)
 @example(NOT_UTF8_NAME)
 @given(ARCHIVES)
 def test_unpack_zip_fails_only_with_install_error(archive):
@@ -241,6 +243,8 @@ def _case(archive: Archive, id: str, what: str) -> Any:
     _case(CORRUPT_DEFLATE, "corrupt-deflate", "zlib.error (invalid block type)"),
     _case(CORRUPT_BZIP2, "corrupt-bzip2", "OSError 'Invalid data stream' (from bz2)"),
     _case(DEFLATE64, "deflate64", "NotImplementedError (compression method 9)"),
+    _case(CORRUPT_LZMA, "corrupt-lzma", "lzma.LZMAError (not an OSError): 'Invalid or "
+          "unsupported options' or 'Corrupt input data'"),
     _case(NOT_UTF8_NAME, "not-utf8-name", "UnicodeDecodeError (name flagged UTF-8, bytes ff ff)"),
 ])
 @pytest.mark.timeout(10)
