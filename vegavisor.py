@@ -120,6 +120,8 @@ NOT_ANSWERING_REPEAT = 300.0
 # costs at most 12 installs (about 40 GitHub API requests) an hour, within the
 # unauthenticated budget of 60.
 PREFETCH_MIN_START_SECONDS = 300.0
+# GitHub's rate limit window is an hour: a reset further away is not believed.
+RATE_LIMIT_WAIT_MAX_SECONDS = 3600.0
 
 # Tags name a folder (NAME_MAX is 255 bytes) and a staging folder holds one too.
 MAX_TAG_LENGTH = 128
@@ -1873,14 +1875,23 @@ def is_alive(pid: int, start_time: Optional[int]) -> bool:
 
 
 def group_alive(pgid: int) -> bool:
-    """Whether any process is left in process group pgid (a child's own session)."""
+    """Whether a process that still runs is left in process group pgid (a child's own
+    session); a zombie nobody reaps (a container's PID 1 that does not) runs nothing."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 def spawned_with(marker: str) -> List[int]:
@@ -3387,7 +3398,7 @@ class Prefetch:
             return
         self.last_error, self.state = job.error, "failed"
         delay = max(restart_delay(self.attempts, self.config.auto_install.prefetch_retry_delay,
-                                  PREFETCH_RETRY_MAX_SECONDS), job.retry_after or 0.0)
+                                  PREFETCH_RETRY_MAX_SECONDS), rate_limit_wait(job.retry_after))
         self.next_try = self.world.now() + delay
         level = "error" if self.attempts >= PREFETCH_ERROR_AFTER_ATTEMPTS else "warn"
         self.log.emit(level, "prefetch failed", tag=self.tag, attempt=self.attempts,
@@ -3530,7 +3541,7 @@ class Upgrade:
                 raise InstallError(f"{job.error} (gave up after {attempt} attempts: "
                                    f"maxNumberOfRestarts = {limit})")
             delay = max(restart_delay(attempt, self.config.restarts_delay,
-                                      self.config.restarts_backoff_max), job.retry_after or 0.0)
+                                      self.config.restarts_backoff_max), rate_limit_wait(job.retry_after))
             self.log.error("install failed", tag=tag, attempt=attempt, limit=limit,
                            retry_in=round(delay, 3), error=job.error)
             if not pause(self.world, delay):
@@ -3554,6 +3565,12 @@ class Upgrade:
             self.reporter.upgrades += 1
             self.log.info("upgrade complete", tag=self.journal.tag)
             self.journal = None
+
+
+def rate_limit_wait(retry_after: Optional[float]) -> float:
+    """Seconds until GitHub's rate limit resets, at most an hour (its window): a bogus
+    reset time or a skewed clock must not stop retries for days."""
+    return min(max(retry_after or 0.0, 0.0), RATE_LIMIT_WAIT_MAX_SECONDS)
 
 
 def pause(world: Any, seconds: float) -> bool:

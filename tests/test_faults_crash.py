@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 from typing import Callable
@@ -26,6 +27,7 @@ from typing import Optional
 
 import pytest
 
+import vegavisor
 from conftest import CoreMonitor
 from conftest import host_asset_name
 from conftest import make_release_zip
@@ -255,7 +257,7 @@ def live_sigterm_sent(ctx: Ctx, elf: bool = False) -> None:
 def check_leftover_stopped_first(ctx: Ctx, visor) -> None:
     pid = ctx.facts["leftover"]
     log = visor.log()
-    line = f"stopping a child left by an earlier vegavisor role=core pid={pid}"
+    line = f'stopping a child left by an earlier vegavisor role="recorded core" pid={pid} '
     assert line in log, log
     assert log.index(line) < log.index("INFO  started role=core"), log
     assert not alive(pid)
@@ -384,19 +386,25 @@ def live_started(ctx: Ctx) -> None:
 
 def built_started_not_recorded(ctx: Ctx) -> None:
     """Killed between forking the v2 core and recording its pid: .run-state.json holds
-    only the command about to start (written before the fork); the core got PDEATHSIG's
+    only the marker of the child about to start (written before the fork, also in the
+    child's environment as VEGAVISOR_CHILD); the core got PDEATHSIG's
     SIGTERM and takes 3 s to shut down, as a real core saving its state."""
     home = ctx.home
     home.install_version("genesis", "v1", UPGRADE)
-    folder = home.install_version("v2", "v2", V2_ARGS + ["--stop-delay", "3"])
+    home.install_version("v2", "v2", V2_ARGS + ["--stop-delay", "3"])
     point_current(home, "v2")
     write_journal(home, "switched")
-    argv = [str(folder / "vega")] + home.core_args(V2_ARGS + ["--stop-delay", "3"]) \
-        + [SNAPSHOT_FLAG, str(HEIGHT)]
+    argv = [str(home.path / "current" / "vega")] \
+        + home.core_args(V2_ARGS + ["--stop-delay", "3"]) + [SNAPSHOT_FLAG, str(HEIGHT)]
+    marker = "999999.1.123.000000"  # recorded before the fork, in the child's environment
     (home.path / ".run-state.json").write_text(json.dumps(
-        {"pid": 999999, "phase": "starting", "children": [], "starting": [argv]}))
-    core = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
+        {"pid": 999999, "phase": "starting", "children": [], "starting": [marker]}))
+    env = dict(os.environ, **{vegavisor.CHILD_MARKER_VARIABLE: marker})
+    core = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True, env=env)
     ctx.own.append(core)
+    # Its parent (visor) was killed: init reaps it when it exits. This test is its parent
+    # here, so a thread reaps it, or its zombie would keep its process group alive.
+    threading.Thread(target=core.wait, daemon=True).start()
     wait_for(lambda: [r for r in home.records("socket-listening") if r["pid"] == core.pid],
              10, "the orphaned v2 core's socket")
     core.send_signal(signal.SIGTERM)
@@ -416,9 +424,9 @@ def built_pid_reused(ctx: Ctx, same_argv: bool) -> None:
     if same_argv:  # the very argv recorded, but the pid was reused: another start time
         child = {"role": "core", "pid": sleeper.pid, "argv": ["sleep", "60"],
                  "startTime": start_time - 100}
-    else:
-        child = {"role": "core", "pid": sleeper.pid, "startTime": start_time,
-                 "argv": [str(home.path / "genesis" / "vega")] + home.core_args(UPGRADE)}
+    else:  # a reused pid always has another start time; the argv is a core's
+        child = {"role": "core", "pid": sleeper.pid, "startTime": start_time - 100,
+                 "argv": [str(home.path / "current" / "vega")] + home.core_args(UPGRADE)}
     state = {"pid": dead_pid(), "phase": "upgrading", "version": "v1",
              "folder": str(home.path / "genesis"), "children": [child]}
     (home.path / ".run-state.json").write_text(json.dumps(state) + "\n")
@@ -450,16 +458,18 @@ FAULTS = [
     Row("crash points", "sigterm-sent",
         "live: SIGKILL while visor waits for v1 to obey SIGTERM (v1 --ignore-sigterm, "
         "stopSignalTimeoutSeconds = 3): v1 survives PDEATHSIG",
-        "the restarted visor logs `stopping a child left by an earlier vegavisor role=core "
-        "pid=<v1>`, kills it (SIGTERM, 3 s, SIGKILL) and only then starts v2; "
+        "the restarted visor logs `stopping a child left by an earlier vegavisor "
+        "role=\"recorded core\" pid=<v1>`, kills it (SIGTERM, 3 s, SIGKILL) and only then "
+        "starts v2; "
         + END.format(h=HEIGHT),
         (live_sigterm_sent, check_leftover_stopped_first)),
     Row("crash points", "sigterm-sent-elf-binary",
         "live: as `sigterm-sent`, but v1's run-config starts core through an ELF binary "
         "(the python interpreter, the fake core script its first argument), so "
         "`/proc/<pid>/cmdline` equals the recorded argv as for a real vega",
-        "the restarted visor logs `stopping a child left by an earlier vegavisor role=core "
-        "pid=<v1>`, kills it and only then starts v2; " + END.format(h=HEIGHT),
+        "the restarted visor logs `stopping a child left by an earlier vegavisor "
+        "role=\"recorded core\" pid=<v1>`, kills it and only then starts v2; "
+        + END.format(h=HEIGHT),
         (lambda ctx: live_sigterm_sent(ctx, elf=True), check_leftover_stopped_first)),
     Row("crash points", "leftover-child-alive",
         "live: SIGKILL while v1 runs before the block; v1 --ignore-sigterm survives "
@@ -527,15 +537,17 @@ FAULTS = [
         (live_started, None)),
     Row("crash points", "started-not-recorded",
         "constructed: SIGKILL between forking the v2 core and recording its pid "
-        "(`.run-state.json` names only the command being started); that core got "
+        "(`.run-state.json` names only the `VEGAVISOR_CHILD` marker in the environment "
+        "of the child being started); that core got "
         "PDEATHSIG's SIGTERM and takes 3 s to stop (`--stop-delay 3`, as a real core "
         "saving its state)",
         "the restarted visor does not start a second core while the first is still alive; "
         + END.format(h=HEIGHT),
         (built_started_not_recorded, None)),
     Row("crash points", "stale-run-state-pid-reused",
-        "constructed: `.run-state.json` names a child whose pid now belongs to an "
-        "unrelated `sleep 60` (another argv), journal `ready`",
+        "constructed: `.run-state.json` names a core child (argv `HOME/current/vega ...`) "
+        "whose pid now belongs to an unrelated `sleep 60` (another argv, another start "
+        "time), journal `ready`",
         "the unrelated process is not signalled (no `stopping a child left` line); "
         + END.format(h=HEIGHT),
         (lambda ctx: built_pid_reused(ctx, same_argv=False), check_unrelated_process_untouched)),

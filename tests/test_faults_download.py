@@ -6,9 +6,11 @@ every host name visor resolves and every IP address it connects to: no row may
 resolve or reach anything but loopback.
 
 A row that fails must leave the node where it was: exit 1, the last log line
-`ERROR giving up reason="cannot install v2 from vegaprotocol/vega: <cause>"`, no
+`ERROR giving up reason="cannot install v2 from vegaprotocol/vega: <cause> (gave up
+after N attempts: maxNumberOfRestarts = N-1)"`, no
 HOME/v2, no HOME/.staging-*, current -> genesis, and no v2 core ever started.
-maxNumberOfRestarts = 1 keeps the install retries at the block (and the file) short.
+maxNumberOfRestarts = 1 keeps the install retries at the block (and the file) short (0
+where a retry would wait for GitHub's rate limit to reset).
 """
 from __future__ import annotations
 
@@ -51,6 +53,8 @@ UPGRADE = ("--block-interval", "0.05", "--upgrade-tag", "v2", "--accept-height",
 LATER_UPGRADE = ("--block-interval", "0.05", "--upgrade-tag", "v2", "--accept-height", "2",
                  "--upgrade-height", "30")
 GIVING_UP = "cannot install v2 from vegaprotocol/vega: "
+# Each reason ends so: the attempt at the block and its retries all failed.
+GAVE_UP_AFTER = " (gave up after {n} attempts: maxNumberOfRestarts = {limit})"
 # Disk full: the download is 20 MB, files may grow to 5 MB (the fake cores, logs and
 # state files are far smaller). Python ignores SIGXFSZ, so a write fails with EFBIG.
 BIG_ASSET_BYTES = 20 * 1024 * 1024
@@ -219,6 +223,7 @@ class Case(NamedTuple):
     auto: Dict[str, Any] = {}  # [autoInstall] keys besides githubApiUrl
     upgrade: Sequence[str] = UPGRADE
     preexec_fn: Optional[Callable[[], None]] = None
+    restarts: int = 1  # maxNumberOfRestarts
 
 
 def fail_once_then_serve(pattern: str) -> Callable[[FakeGitHub, Path], object]:
@@ -259,18 +264,22 @@ FAULTS = [
                             r"error=.*answered HTTP 500", r"INFO  prefetched tag=v2"]),
               auto={"prefetchRetryDelaySeconds": 0.1}, upgrade=LATER_UPGRADE),)),
     Row("downloads", "rate-limited",
-        "every API call answers 403 with X-RateLimit-Remaining: 0",
+        "every API call answers 403 with X-RateLimit-Remaining: 0 (reset in 2100); "
+        "maxNumberOfRestarts = 0, as a retry waits for the reset",
         "exit 1; giving up: GitHub's API rate limit is used up, when it resets, "
         "set GITHUB_TOKEN; nothing installed",
         (Case(lambda gh, tmp: (serve(gh, tmp), gh.rate_limit(403, reset=4102444800)),
               Fails(r"GitHub's API rate limit is used up \(.* answered 403\); it resets at "
-                    r"2100-01-01 00:00:00 UTC; set GITHUB_TOKEN for a higher limit$")),)),
+                    r"2100-01-01 00:00:00 UTC; set GITHUB_TOKEN for a higher limit$"),
+              restarts=0),)),
     Row("downloads", "rate-limited-429",
-        "every API call answers 429 with X-RateLimit-Remaining: 0",
+        "every API call answers 429 with X-RateLimit-Remaining: 0 (reset in 2100); "
+        "maxNumberOfRestarts = 0, as a retry waits for the reset",
         "exit 1; giving up: GitHub's API rate limit is used up (answered 429); "
         "nothing installed",
         (Case(lambda gh, tmp: (serve(gh, tmp), gh.rate_limit(429, reset=4102444800)),
-              Fails(r"GitHub's API rate limit is used up \(.* answered 429\)")),)),
+              Fails(r"GitHub's API rate limit is used up \(.* answered 429\)"),
+              restarts=0),)),
     Row("downloads", "reset-mid-body",
         "the asset's body stops after 1000 bytes with a TCP RST",
         "exit 1; giving up: the download failed, Connection reset by peer; "
@@ -508,11 +517,13 @@ def core_starts(home: Home, version: Optional[str] = None) -> List[dict]:
             if version is None or r["version"] == version]
 
 
-def assert_failed(home: Home, visor: Visor, outcome: Fails) -> None:
+def assert_failed(home: Home, visor: Visor, outcome: Fails, restarts: int) -> None:
     assert visor.wait_exit(40) == 1, visor.log()
     reason = giving_up_reason(visor)
     assert reason.startswith(GIVING_UP), reason
-    assert re.search(outcome.cause, reason[len(GIVING_UP):]), reason
+    gave_up = GAVE_UP_AFTER.format(n=restarts + 1, limit=restarts)
+    assert reason.endswith(gave_up), reason
+    assert re.search(outcome.cause, reason[len(GIVING_UP):-len(gave_up)]), reason
     assert not (home.path / "v2").exists()
     assert [p.name for p in home.path.iterdir() if p.name.startswith(".staging")] == []
     assert os.readlink(home.path / "current") == "genesis"
@@ -555,11 +566,11 @@ def test_download_fault(home, launch, github, short_tmp, row, case):
         set_table(home, "autoInstall.checksums", **checksums)
     if asset:
         set_table(home, "autoInstall.asset", **asset)
-    home.set_config(maxNumberOfRestarts=1)
+    home.set_config(maxNumberOfRestarts=case.restarts)
     home.install_version("genesis", "v1", case.upgrade)
     visor = launch(preexec_fn=case.preexec_fn)
     if isinstance(case.outcome, Fails):
-        assert_failed(home, visor, case.outcome)
+        assert_failed(home, visor, case.outcome, case.restarts)
     elif isinstance(case.outcome, Upgrades):
         assert_upgraded(home, visor, case.outcome)
     else:

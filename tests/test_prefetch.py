@@ -49,7 +49,10 @@ def test_release_is_staged_before_the_block_and_the_block_needs_no_network(
     assert line_index(log, "prefetched tag=v2") < line_index(log, "ready to upgrade")
     ready = line_index(log, "ready to upgrade")
     after_ready = log.splitlines()[ready:]
-    assert not [line for line in after_ready if "version checked" in line or "download" in line]
+    assert not [line for line in after_ready if "download" in line]
+    checked = [line for line in after_ready if "version checked" in line]
+    assert len(checked) == 1 and f"binary={home.path / 'v2' / 'vega'} version=v2" in checked[0], \
+        "the staged folder's one binary is version-checked again at the block"
     assert len(github.requests) == requests_when_staged, "no network I/O at the block"
     [new] = wait_for(lambda: [r for r in home.records("start", role="core")
                               if r["version"] == "v2"], 10, "the v2 core's start")
@@ -101,7 +104,9 @@ def test_prefetch_off_downloads_at_the_block_like_the_original(
     visor = start_visor()
     visor.wait_log(r"started role=core pid=\d+ version=v2")
     log = visor.log()
-    assert "prefetch" not in log
+    assert re.search(r"INFO  auto-install is on .* prefetch=false\n", log), log
+    assert [line for line in log.splitlines() if "prefetch" in line
+            and "auto-install is on" not in line] == []
     assert line_index(log, "ready to upgrade") < line_index(log, "downloading tag=v2")
     visor.signal(signal.SIGTERM)
     assert visor.wait_exit() == 0
@@ -132,12 +137,37 @@ class Clock:
         return self.now
 
 
+class ClockWorld:
+    """The part of vegavisor.World a Prefetch uses, with the test's clock."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.now, self.stop_signal = clock, ""
+
+    def wait(self, seconds: float) -> None:
+        self.now.now += seconds
+
+    def notify(self, *fields: str) -> None:
+        pass
+
+    def query(self, argv):
+        return vegavisor.query_binary(argv)
+
+    def install(self, home, config, tag, folder, current, cancel, on_progress=None):
+        vegavisor.install_release(home, config, tag, folder, current, None,
+                                  vegavisor.Log(io.StringIO()), cancel, on_progress)
+
+    def start_job(self, name, work):
+        return vegavisor.InstallJob(work, lambda: None, name)
+
+
 def make_prefetch(home, gh, clock, **auto):
-    set_table(home, "autoInstall", githubApiUrl=gh.url, **auto)
+    set_table(home, "autoInstall", githubApiUrl=gh.url, enabled=True, **auto)
     config, _ = vegavisor.load_config(home.path)
     stream = io.StringIO()
     log = vegavisor.Log(stream)
-    prefetch = vegavisor.Prefetch(home.path, config, None, log, clock)
+    world = ClockWorld(clock)
+    reporter = vegavisor.Reporter(home.path, config, log, world)
+    prefetch = vegavisor.Prefetch(home.path, config, log, world, reporter)
     current, _ = vegavisor.load_run_config(home.path / "genesis")
     return prefetch, current, stream
 
@@ -150,19 +180,28 @@ def drive(prefetch, tag, current, home, until, what):
 
 
 @pytest.mark.timeout(60)
-def test_a_tag_replaced_by_a_newer_proposal_is_staged_and_the_old_one_cleaned(
+def test_a_tag_replaced_by_a_newer_proposal_is_staged_and_the_old_one_kept(
         home, github, short_tmp):
     serve_v2(github, short_tmp)
     github.add_release("v3", {host_asset_name(): make_release_zip(short_tmp / "v3.zip", "v3")})
     home.install_version("genesis", "v1")
-    prefetch, current, stream = make_prefetch(home, github, Clock())
-    drive(prefetch, "v2", current, home, lambda: prefetch.staged, "v2 staged")
+    clock = Clock()
+    prefetch, current, stream = make_prefetch(home, github, clock)
+    drive(prefetch, "v2", current, home, lambda: prefetch.state == "staged", "v2 staged")
     assert (home.path / "v2" / "run-config.toml").is_file()
-    drive(prefetch, "v3", current, home, lambda: prefetch.staged, "v3 staged")
+    requests = len(github.requests)
+    prefetch.update("v3", current, home.path / "genesis")
+    assert prefetch.job is None and len(github.requests) == requests, \
+        "a new tag's prefetch waits PREFETCH_MIN_START_SECONDS after the previous start"
+    clock.now += vegavisor.PREFETCH_MIN_START_SECONDS
+    drive(prefetch, "v3", current, home, lambda: prefetch.state == "staged", "v3 staged")
     assert (home.path / "v3" / "run-config.toml").is_file()
-    assert not (home.path / "v2").exists(), "the abandoned release is removed"
-    assert "removing abandoned prefetch tag=v2" in stream.getvalue()
-    assert prefetch.settle("v3", lambda: False) is True
+    assert (home.path / "v2" / "run-config.toml").is_file(), "a replaced tag's folder stays"
+    assert "removing" not in stream.getvalue()
+    prefetch.settle("v3")
+    assert prefetch.state == "staged"
+    state = json.loads((home.path / ".prefetch.json").read_text())
+    assert (state["tag"], state["state"]) == ("v3", "staged")
 
 
 @pytest.mark.timeout(60)
@@ -181,16 +220,20 @@ def test_repeated_failures_become_errors_and_wait_for_the_backoff(home, github, 
     assert levels == [("WARN ", "1"), ("WARN ", "2"), ("ERROR", "3")]
     state = json.loads((home.path / ".prefetch.json").read_text())
     assert state["state"] == "failed" and "has no release v2" in state["lastError"]
-    assert prefetch.settle("v2", lambda: False) is False
+    prefetch.settle("v2")
+    assert prefetch.state == "failed"
 
 
 @pytest.mark.timeout(60)
 def test_an_operator_prepared_folder_is_left_alone(home, github):
     home.install_version("genesis", "v1")
     home.install_version("v2", "v2")
-    prefetch, current, stream = make_prefetch(home, github, Clock())
-    prefetch.update("v2", current, home.path / "genesis")
-    assert prefetch.job is None and github.requests == []
-    assert prefetch.settle("v2", lambda: False) is False, "its version is still checked"
+    clock = Clock()
+    prefetch, current, stream = make_prefetch(home, github, clock)
+    drive(prefetch, "v2", current, home, lambda: prefetch.state == "checked",
+          "the prepared v2 checked")
+    assert github.requests == [], "a prepared folder is checked, never downloaded"
+    assert "prepared release checked tag=v2" in stream.getvalue()
+    clock.now += vegavisor.PREFETCH_MIN_START_SECONDS
     prefetch.update("v3", current, home.path / "genesis")
-    assert (home.path / "v2").exists(), "not ours to remove"
+    assert (home.path / "v2" / "run-config.toml").is_file(), "not ours to remove"
