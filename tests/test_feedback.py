@@ -43,8 +43,11 @@ def test_a_socket_path_that_differs_from_cores_own_is_named_at_start(home, start
     home.install_version("genesis", "v1", ["--home", str(core_home)] + BLOCKS)
     visor = start_visor()
     line = visor.wait_log(r"ERROR start-up check .*", timeout=10).group(0)
-    assert f"vega.rpc.socketPath = \"{home.socket}\"" in line
-    assert "[Admin.Server] SocketPath" in line and "make them the same" in line
+    # a logfmt value: the finding's own quotes are escaped
+    assert f'finding="{home.path}/genesis/run-config.toml: vega.rpc.socketPath = \\"{home.socket}\\"' \
+        in line
+    assert f'[Admin.Server] SocketPath = \\"{home.root}/other.sock\\": vegavisor would never reach ' \
+           f'core; make them the same"' in line
     visor.signal(signal.SIGTERM)
     assert visor.wait_exit() == 0
     assert "Traceback" not in visor.log()
@@ -53,9 +56,14 @@ def test_a_socket_path_that_differs_from_cores_own_is_named_at_start(home, start
 @pytest.mark.timeout(60)
 def test_a_core_that_never_answers_is_warned_about_within_ten_seconds(home, start_visor):
     home.install_version("genesis", "v1", BLOCKS)
-    # the run-config names a socket core never opens
+    # the run-config's [vega.rpc] names a socket core never opens (core keeps its own)
     path = home.path / "genesis" / "run-config.toml"
-    path.write_text(path.read_text().replace(home.socket, str(home.root / "wrong.sock")))
+    rpc_line = f"socketPath = {json.dumps(home.socket)}"
+    assert rpc_line in path.read_text()
+    path.write_text(path.read_text().replace(
+        rpc_line, f"socketPath = {json.dumps(str(home.root / 'wrong.sock'))}"))
+    # polls 0.1 s apart: 100 failed polls (conftest's limit) would give up at 10 s
+    home.set_config(maxNumberOfFirstConnectionRetries=1000)
     visor = start_visor()
     line = visor.wait_log(r"WARN  core has not answered yet .*", timeout=15).group(0)
     assert f"socket={home.root}/wrong.sock waited=10" in line
@@ -109,7 +117,7 @@ def test_status_answers_with_a_broken_config_and_a_healthy_node(home, start_viso
     report = status(home)
     assert report["node"]["reachable"] is True
     assert report["run"]["running"] is True
-    assert report["problems"][0].startswith(f"config: {home.path}/config.toml: line 1")
+    assert report["problems"][0].startswith(f"config: {home.path}/config.toml: line 2")
     visor.signal(signal.SIGTERM)
     assert visor.wait_exit() == 0
 

@@ -69,7 +69,8 @@ def test_crash_loop_exits_1_after_exactly_max_restarts(home, start_visor):
     assert "ERROR giving up" in last
     assert "terminated by SIGSEGV; it was restarted 2 times already " \
            "(maxNumberOfRestarts = 2), giving up" in last
-    assert str(home.path / "genesis" / "vega") in last
+    # children run as HOME/current/<binary> (SPEC 3.1.5)
+    assert f'reason="core {home.path}/current/vega terminated by SIGSEGV' in last
 
 
 @pytest.mark.timeout(60)
@@ -130,8 +131,9 @@ def test_admin_socket_that_never_answers_gives_up(home, start_visor):
     visor = start_visor()
     assert visor.wait_exit(30) == 1
     last = visor.log().strip().splitlines()[-1]
-    assert "failed 4 polls in a row (maxNumberOfFirstConnectionRetries = 3)" in last
-    assert "the socket file does not exist" in last
+    assert last.endswith(f'ERROR giving up reason="core\'s admin socket {home.socket} failed 4 '
+                         f'polls in a row, 0.1s apart (maxNumberOfFirstConnectionRetries = 3); '
+                         f'last error: the socket file does not exist (core still starting?)"')
     assert not any(alive(pid) for pid in started_pids(home))
 
 
@@ -190,7 +192,8 @@ def test_missing_binary_exits_1_naming_it(home, start_visor):
     (folder / "vega").unlink()
     visor = start_visor()
     assert visor.wait_exit() == 1
-    assert f"binary {folder}/vega does not exist" in visor.log()
+    assert visor.log().strip().splitlines()[-1].endswith(
+        f'ERROR giving up reason="binary {home.path}/current/vega does not exist"')
 
 
 @pytest.mark.timeout(60)
@@ -210,7 +213,9 @@ def test_a_binary_that_is_not_executable_format_is_a_clear_error(home, start_vis
     (folder / "vega").write_bytes(b"\x00\x01 not a program")
     visor = start_visor()
     assert visor.wait_exit() == 1
-    assert f"core binary {folder}/vega cannot be started: Exec format error" in visor.log()
+    assert visor.log().strip().splitlines()[-1].endswith(
+        f'ERROR giving up reason="core binary {home.path}/current/vega cannot be started: '
+        f'Exec format error"')
 
 
 @pytest.mark.timeout(60)
@@ -241,14 +246,23 @@ def test_dangling_current_points_back_at_genesis(home, start_visor):
 
 
 @pytest.mark.timeout(60)
-def test_current_that_is_a_real_folder_is_refused_not_deleted(home, start_visor):
+def test_current_that_is_a_real_folder_is_moved_aside_not_deleted(home, start_visor):
+    # SPEC 3.1.6: a real folder without a run-config is moved aside and genesis linked
     home.install_version("genesis", "v1", BLOCKS)
     (home.path / "current").mkdir()
     (home.path / "current" / "keep.txt").write_text("operator data")
     visor = start_visor()
-    assert visor.wait_exit() == 1
-    assert "is a real folder, not a link; move it aside" in visor.log()
-    assert (home.path / "current" / "keep.txt").read_text() == "operator data"
+    visor.wait_log(f"WARN  current points at genesis now link={home.path}/current "
+                   f"was=\"{home.path}/current is a folder without run-config.toml; "
+                   f"`vegavisor run` points it at genesis\"")
+    aside = visor.wait_log(r"WARN  current was a real folder; moved aside folder=(\S+)").group(1)
+    visor.wait_log("admin socket answering")
+    assert os.readlink(home.path / "current") == "genesis"
+    [moved] = home.path.glob(".current-replaced-*")
+    assert str(moved) == aside
+    assert (moved / "keep.txt").read_text() == "operator data"
+    visor.signal(signal.SIGTERM)
+    assert visor.wait_exit() == 0
 
 
 @pytest.mark.timeout(60)

@@ -196,14 +196,16 @@ BREAKAGES = {
         r"UseEmbedded = false$"),
     "current-dangling": (
         lambda h: relink_current(h, "v9"),
-        r"/current is dangling: it points at v9, which does not exist; `vegavisor run` will "
-        r"point it at genesis"),
+        r"/current is dangling: it points at v9, which does not exist; `vegavisor run` points "
+        r"it at genesis \(ln -sfn FOLDER \S+/current to run another version\)$"),
     "current-without-run-config": (
         lambda h: (h.path.joinpath("empty").mkdir(), relink_current(h, "empty")),
         r"/current points at empty, which has no run-config\.toml"),
     "current-a-real-folder": (
         lambda h: (h.path.joinpath("current").unlink(), h.path.joinpath("current").mkdir()),
-        r"/current is a real folder, not a link: `vegavisor run` refuses to start"),
+        # SPEC 3.1.6: run moves it aside (never deletes it) and links genesis
+        r"/current is a folder without run-config\.toml; `vegavisor run` points it at "
+        r"genesis$"),
     "mapped-subfolder-holds-another-release": (
         lambda h: (set_table(h, "upgradeFolders", v2="releases/v2"),
                    h.install_version("releases/v2", "v3")),
@@ -289,7 +291,7 @@ def test_a_home_made_by_the_go_visors_init_passes_with_notes(short_tmp):
         GO_VISOR_EXAMPLE_RUN_CONFIG.format(name="vX.X.X"))
     done = validate(home)
     assert done.stdout == (
-        f"note: {home.path}/current does not exist; `vegavisor run` will point it at genesis\n"
+        f"note: {home.path}/current does not exist; `vegavisor run` points it at genesis\n"
         f"note: {home.path}/vX.X.X is for 'vX.X.X', which is not a release tag (the Go Visor's "
         f"init writes such an example): not checked\n"
         f"no problems in {home.path} (2 notes, 1 version folder checked)\n")
