@@ -4345,7 +4345,8 @@ def run_json(report: StatusReport) -> Dict[str, Any]:
         "waiting": (shown.waiting or None) if fresh and shown else None,
         "download": shown.download if fresh and shown else None,
         "ended": ended_words(report) if not report.running else None,
-        "endedAt": state.updated if state is not None and not report.running else None,
+        "endedAt": (state.updated or None) if state is not None and not report.running
+        else None,
         "children": children_json(state.children) if fresh and state else [],
         "stale": stale,
         "stalePid": state.pid if stale and state else None,
@@ -4570,7 +4571,8 @@ def _installed_words(installed: List[Dict[str, Any]], current: Optional[Dict[str
 
 def _run_words(run: Dict[str, Any]) -> str:
     if not run["running"]:
-        ended = f" since {run['endedAt']}: {run['ended']}" if run["ended"] else ""
+        since = f" since {run['endedAt']}" if run["endedAt"] else ""
+        ended = f"{since}: {run['ended']}" if run["ended"] else ""
         return "not running" + ended
     pid = f"pid {run['pid']}" if run["pid"] else "starting"
     words = [f"running ({pid})" + (f", node {run['phase']}" if run["phase"] else "")]

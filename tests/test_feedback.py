@@ -18,6 +18,8 @@ from conftest import wait_for
 
 BLOCKS = ["--block-interval", "0.05"]
 AS_NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+# `python -S`: no site-packages, so no coverage hook that would try to write its data
+# into this root-owned checkout as nobody (vegavisor needs nothing but the stdlib).
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(),
                                 reason="runs vegavisor as nobody with setpriv")
 
@@ -79,7 +81,7 @@ def test_a_core_that_never_answers_is_warned_about_within_ten_seconds(home, star
 def test_run_as_another_user_on_a_root_owned_home_says_whose_it_is(home):
     home.install_version("genesis", "v1", BLOCKS)
     os.chmod(home.root, 0o755)
-    done = subprocess.run(list(AS_NOBODY) + [sys.executable, str(VEGAVISOR), "run", "--home",
+    done = subprocess.run(list(AS_NOBODY) + [sys.executable, "-S", str(VEGAVISOR), "run", "--home",
                                              str(home.path)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
     assert done.returncode == 2
@@ -97,7 +99,7 @@ def test_a_root_owned_binary_without_exec_bits_is_one_line(home):
     for path in [home.root, home.path] + list(home.path.rglob("*")):
         if path != binary:
             os.chown(path, 65534, 65534)
-    done = subprocess.run(list(AS_NOBODY) + [sys.executable, str(VEGAVISOR), "run", "--home",
+    done = subprocess.run(list(AS_NOBODY) + [sys.executable, "-S", str(VEGAVISOR), "run", "--home",
                                              str(home.path)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
     assert done.returncode == 1, done.stdout + done.stderr
