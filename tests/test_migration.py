@@ -26,6 +26,7 @@ from typing import Optional
 
 import pytest
 
+from conftest import GO_VISOR_CONFIG
 from conftest import CoreMonitor
 from conftest import Home
 from conftest import Visor
@@ -50,28 +51,8 @@ CRASH_HEIGHT, SEGMENT_HEIGHT = 15, 16
 # Long enough for two slow starts polled at the Go Visor's 2 s pace on a loaded box.
 UPGRADE_DEADLINE_SECONDS = 60
 
-# `visor init --home HOME` of vega v0.79 (visor/config/visor_config.go
-# DefaultVisorConfig, written by BurntSushi/toml v1.3.2: plain keys first, then
-# tables; nested tables and their keys indented two spaces a level).
-GO_INIT_CONFIG = """\
-maxNumberOfFirstConnectionRetries = 175000
-maxNumberOfRestartConnectionRetries = 10
-maxNumberOfRestarts = 3
-restartsDelaySeconds = 5
-stopDelaySeconds = 0
-stopSignalTimeoutSeconds = 15
-
-[upgradeFolders]
-  "vX.X.X" = "vX.X.X"
-
-[autoInstall]
-  enabled = true
-  repositoryOwner = "vegaprotocol"
-  repository = "vega"
-  [autoInstall.asset]
-    name = "vega-linux-amd64.zip"
-    binaryName = "vega"
-"""
+# `visor init --home HOME` of vega v0.79: conftest.GO_VISOR_CONFIG (SPEC 1.2).
+GO_INIT_CONFIG = GO_VISOR_CONFIG
 
 # visor/config/run_config.go ExampleRunConfig, as init writes it in genesis/ and vX.X.X/
 # (with --with-data-node, the [data_node] table follows, its path "vega data-node").

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from conftest import host_asset_name
 from conftest import make_release_zip
 from conftest import run_vegavisor
 from conftest import set_table
+from conftest import snapshot
 from conftest import wait_for
 
 # v2 accepted at height 2 (0.1 s in), upgrade block 400 (20 s in): the test is long over.
@@ -24,21 +24,6 @@ REPORT_KEYS = {"home", "current", "installed", "node", "run", "prefetch", "lastU
                "upgradeInProgress", "problems"}
 NODE_KEYS = {"reachable", "readyToUpgrade", "acceptedReleaseTag", "upgradeBlockHeight", "error",
              "socket"}
-
-
-def snapshot(root: Path) -> dict:
-    """Every entry under root (and root): a link's target, a file's bytes, mode and mtime."""
-    entries = {}
-    for path in [root] + sorted(root.rglob("*")):
-        info = os.lstat(path)
-        key = str(path.relative_to(root))
-        if stat.S_ISLNK(info.st_mode):
-            entries[key] = ("link", os.readlink(path))
-        elif stat.S_ISDIR(info.st_mode):
-            entries[key] = ("folder", info.st_mode, info.st_mtime_ns)
-        else:
-            entries[key] = ("file", path.read_bytes(), info.st_mode, info.st_mtime_ns)
-    return entries
 
 
 def status(home, output="json"):
