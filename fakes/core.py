@@ -316,6 +316,7 @@ class NodeConfig(NamedTuple):
     socket_path: str
     http_path: str
     socket_delay: float
+    socket_mode: Optional[int]
     stop_delay: float
     ignore_sigterm: bool
     crash_at: Optional[int]
@@ -982,6 +983,16 @@ def parse_seconds(text: str) -> float:
     return seconds
 
 
+def parse_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not an octal file mode: %r" % text) from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError("file mode out of range: %r" % text)
+    return mode
+
+
 def parse_interval(text: str) -> float:
     seconds = parse_seconds(text)
     if seconds <= 0:
@@ -1189,10 +1200,16 @@ class AdminServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     daemon_threads = True
 
-    def __init__(self, path: str, node: Node) -> None:
+    def __init__(self, path: str, node: Node, mode: Optional[int] = None) -> None:
         self.node = node
+        self.mode = mode
         self.stopping = threading.Event()  # wakes hanging and slow answers at exit
         super().__init__(path, AdminHandler)
+
+    def server_bind(self) -> None:
+        super().server_bind()
+        if self.mode is not None:  # before listen(): no client can connect in between
+            os.chmod(self.server_address, self.mode)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         error = sys.exc_info()[1]
@@ -1270,11 +1287,12 @@ def remove_stale_socket(path: str) -> None:
     os.unlink(path)
 
 
-def open_admin_socket(path: str, node: Node) -> Tuple[AdminServer, Tuple[int, int]]:
+def open_admin_socket(path: str, node: Node,
+                      mode: Optional[int] = None) -> Tuple[AdminServer, Tuple[int, int]]:
     """Bind the socket (a stale one is removed) and serve it in a thread."""
     remove_stale_socket(path)
     try:
-        server = AdminServer(path, node)
+        server = AdminServer(path, node, mode)
     except OSError as exc:
         raise FakeError("cannot listen on admin socket %s: %s" % (path, exc)) from None
     identity = socket_identity(path)
@@ -1338,7 +1356,8 @@ class NodeRun:
 
     def listen(self) -> None:
         config = self.config
-        self.server, self.identity = open_admin_socket(config.socket_path, self.node)
+        self.server, self.identity = open_admin_socket(config.socket_path, self.node,
+                                                       config.socket_mode)
         self.node.join_chain()
         self.reporter.say("admin socket listening", path=config.socket_path,
                           http_path=config.http_path)
@@ -1535,6 +1554,7 @@ def build_node_config(args: argparse.Namespace) -> NodeConfig:
         socket_path=socket_path,
         http_path=http_path,
         socket_delay=socket_delay,
+        socket_mode=args.socket_mode,
         stop_delay=args.stop_delay,
         ignore_sigterm=args.ignore_sigterm,
         crash_at=args.crash_at_height,
@@ -1669,6 +1689,9 @@ def add_node_command(commands: Any) -> None:
     start.add_argument("--snapshot-socket-delay", type=parse_seconds, metavar="SECONDS",
                        help="the same when started with --snapshot.load-from-block-height "
                             "(default: --socket-delay)")
+    faults.add_argument("--socket-mode", type=parse_mode, metavar="OCTAL",
+                        help="chmod the admin socket to this mode before it listens, "
+                             "e.g. 000 (a socket only another user may open)")
     faults.add_argument("--rpc-fault", type=parse_rpc_fault, metavar="MODE",
                         help="hang, garbage, close, slow:SECONDS, http400, error-member, "
                              "null-result or wrong-types (see below)")

@@ -329,7 +329,8 @@ def test_a_crash_fires_only_when_this_run_makes_the_block(
     start: int, height: int, expected: Optional[str]
 ) -> None:
     chain = core.ChainConfig(start, 0.1, None)
-    config = core.NodeConfig(chain, None, "/s", "/rpc", 0.0, 0.0, False, 4, None, None, None)
+    config = core.NodeConfig(chain, None, "/s", "/rpc", 0.0, None, 0.0, False, 4, None, None,
+                             None)
     assert core.scheduled_exit(config, height) == expected
 
 
