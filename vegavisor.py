@@ -4722,6 +4722,308 @@ DATA_NODE_TEMPLATE = """
 """
 
 
+# --- config ---
+# `vegavisor config` shows every setting in effect and where it comes from. It walks
+# the same schemas that `run` and `validate` read (CONFIG_SCHEMA, RUN_CONFIG_SCHEMA):
+# a key added there is listed here with no change. Like `status`, it only reads.
+
+class Setting(NamedTuple):
+    """One key of a file as it is in effect."""
+
+    key: str  # as spelled in the file, tables dotted: "autoInstall.asset.name"
+    value: Any  # as the schema's check returns it; None: a table the file may leave out
+    source: str  # "file" (set in the file) or "default" (not set: the default applies)
+    default: Any  # the schema's default; None when the file must set the key
+
+
+class EnvVariable(NamedTuple):
+    """An environment variable vegavisor (or Python's urllib and ssl for it) reads."""
+
+    name: str
+    use: str  # what it does; {api} is githubApiUrl
+    secret: bool = False  # never shown: only whether it is set
+    url: bool = False  # shown without user:password@ and query (redact_url)
+
+
+ENVIRONMENT = (
+    EnvVariable("GITHUB_TOKEN", "sent only to {api} (Authorization: Bearer), never logged, "
+                "not passed to the node", secret=True),
+    EnvVariable("VEGAVISOR_HOME", "the home when --home is not given"),
+    EnvVariable("https_proxy", "proxy for https requests to GitHub (Python's urllib)", url=True),
+    EnvVariable("http_proxy", "proxy for http requests to a loopback mirror", url=True),
+    EnvVariable("no_proxy", "hosts reached without the proxy"),
+    EnvVariable("SSL_CERT_FILE", "CA certificates trusted for https (OpenSSL)"),
+    EnvVariable("SSL_CERT_DIR", "folder of CA certificates trusted for https (OpenSSL)"),
+    EnvVariable("NOTIFY_SOCKET", "systemd Type=notify: `run` reports READY and STATUS there"),
+    EnvVariable("WATCHDOG_USEC", "systemd WatchdogSec: `run` pings the watchdog twice as often"),
+    EnvVariable("WATCHDOG_PID", "the process systemd's watchdog is meant for"),
+)
+
+
+def settings_in_effect(raw: dict, fields: Sequence[Any], where: str = "") -> List[Setting]:
+    """Every key of a schema in schema order, with its value in effect and its source.
+    `raw` has been read with the same schema already, so every check here passes."""
+    settings: List[Setting] = []
+    for field in fields:
+        if isinstance(field, Table):
+            settings += _table_settings(raw, field, where)
+        elif isinstance(field, Map):
+            value = {name: field.check(v) for name, v in raw.get(field.name, {}).items()}
+            settings.append(Setting(where + field.name, value, _source(raw, field.name), {}))
+        elif field.attr and hasattr(field, "check"):  # a Key, or a new kind of key
+            settings.append(_key_setting(raw, field, where))
+    return settings
+
+
+def _table_settings(raw: dict, table: Table, where: str) -> List[Setting]:
+    if table.name not in raw and table.missing is ABSENT:
+        return [Setting(where + table.name, None, "default", None)]
+    inner = f"{where}{table.name}." if table.name else where
+    return settings_in_effect(raw.get(table.name, {}) if table.name else raw, table.fields, inner)
+
+
+def _key_setting(raw: dict, key: Any, where: str) -> Setting:
+    default = getattr(key, "default", REQUIRED)
+    default = None if default is REQUIRED else default
+    value = key.check(raw[key.name]) if key.name in raw else default
+    return Setting(where + key.name, value, _source(raw, key.name), default)
+
+
+def _source(raw: dict, name: str) -> str:
+    return "file" if name in raw else "default"
+
+
+def environment_json(env: Dict[str, str], api_url: str) -> List[Dict[str, Any]]:
+    """Each variable of ENVIRONMENT: whether it is set and, unless secret, its value."""
+    found = []
+    for variable in ENVIRONMENT:
+        value = env.get(variable.name, env.get(variable.name.upper()))
+        shown = None if value is None or variable.secret else (
+            redact_url(value) if variable.url else printable(value))
+        found.append({"name": variable.name, "set": value is not None, "value": shown,
+                      "use": variable.use.format(api=api_origin(api_url))})
+    return found
+
+
+def api_origin(url: str) -> str:
+    """scheme://host[:port] of a URL: where the token goes, nothing more of it."""
+    parts = urllib.parse.urlsplit(redact_url(url))
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def auto_install_json(auto: AutoInstallConfig, host: Tuple[str, str]) -> Dict[str, Any]:
+    return {"enabled": auto.enabled, "asset": asset_name(auto.asset.name, host),
+            "assetTemplate": auto.asset.name, "os": host[0], "arch": host[1],
+            "binaryName": auto.asset.binary_name,
+            "repository": f"{auto.repository_owner}/{auto.repository}",
+            "apiUrl": auto.github_api_url,
+            "releaseUrl": f"{auto.github_api_url}/repos/{auto.repository_owner}/"
+                          f"{auto.repository}/releases/tags/{{tag}}"}
+
+
+def known_tags(home: Path, config: Config, current_name: str
+               ) -> Tuple[Dict[str, List[str]], List[str]]:
+    """Every tag this home knows, each with where it is known from, and the problems of
+    the state files read on the way."""
+    tags: Dict[str, List[str]] = {}
+    problems = []
+
+    def add(tag: Optional[str], why: str) -> None:
+        if tag:
+            tags.setdefault(tag, []).append(why)
+    for tag in config.upgrade_folders:
+        add(tag, "upgradeFolders")
+    for folder in home_folders(home):
+        add(folder_tag(folder.name, config.upgrade_folders), "folder")
+    add(current_name if current_name != GENESIS_FOLDER else None, "current")
+    for name, kind, why in ((RUN_STATE_FILE, RunState, "accepted"),
+                            (PREFETCH_STATE_FILE, PrefetchState, "prefetch"),
+                            (JOURNAL_FILE, Journal, "journal")):
+        record, problem = read_record(home / name, kind)
+        add(getattr(record, "accepted_tag" if kind is RunState else "tag", None), why)
+        problems += [f"{problem}; `vegavisor run` rewrites it"] if problem else []
+    return tags, problems
+
+
+def tags_json(home: Path, config: Config, tags: Dict[str, List[str]], in_use: Path
+              ) -> List[Dict[str, Any]]:
+    """The folder each known tag upgrades into, whether it is there, and whether it is
+    the folder `current` runs (in_use)."""
+    rows = []
+    for tag in sorted(tags):
+        row = {"tag": tag, "folder": None, "exists": False, "runConfig": False,
+               "current": False, "knownFrom": tags[tag], "error": None}
+        try:
+            folder = folder_for_tag(home, tag, config.upgrade_folders)
+        except VisorError as e:
+            rows.append(dict(row, error=str(e)))
+            continue
+        rows.append(dict(row, folder=str(folder), exists=folder.is_dir(),
+                         runConfig=(folder / RUN_CONFIG_FILE).is_file(),
+                         current=os.path.realpath(folder) == os.path.realpath(in_use)))
+    return rows
+
+
+def settings_json(settings: Sequence[Setting]) -> List[Dict[str, Any]]:
+    return [{"key": s.key, "value": s.value, "source": s.source, "default": s.default}
+            for s in settings]
+
+
+def collect_config(home: Path, home_source: str, env: Dict[str, str],
+                   host: Tuple[str, str]) -> Dict[str, Any]:
+    """What `config` shows (its JSON form); ConfigError as `run` gives it for a bad file."""
+    if not home.is_dir():
+        raise ConfigError(f"{home} is not a folder; create a home with "
+                          f"`vegavisor init --home {home}`")
+    # 1. config.toml, read strictly as `run` reads it
+    doc = read_config_toml(home)
+    config, warnings = parse_config(doc, home / CONFIG_FILE)
+    # 2. the run-config `run` would start: current's, or genesis's when current is unusable
+    current = read_current(home)
+    if not current.usable and not (home / GENESIS_FOLDER / RUN_CONFIG_FILE).is_file():
+        raise ConfigError(current.problem)
+    warnings += [current.problem] if current.problem else []
+    folder = current.folder if current.usable else home / GENESIS_FOLDER
+    run_doc = read_toml_file(folder / RUN_CONFIG_FILE)
+    run_config, run_warnings = parse_run_config(run_doc, folder / RUN_CONFIG_FILE)
+    link = home / CURRENT_LINK  # what `run` starts: HOME/current/<path> (SPEC 1.7)
+    binaries = {"core": str(resolve_binary(link, run_config.vega))}
+    if run_config.data_node is not None:
+        binaries["dataNode"] = str(resolve_binary(link, run_config.data_node))
+    # 3. the tags this home knows and their folders
+    tags, tag_problems = known_tags(home, config, run_config.name)
+    return {
+        "home": str(home),
+        "homeSource": home_source,
+        "config": {"file": str(home / CONFIG_FILE),
+                   "settings": settings_json(settings_in_effect(doc, CONFIG_SCHEMA.fields))},
+        "environment": environment_json(env, config.auto_install.github_api_url),
+        "runConfig": {"file": str(folder / RUN_CONFIG_FILE), "folder": str(folder),
+                      "current": current.kind, "binaries": binaries,
+                      "settings": settings_json(
+                          settings_in_effect(run_doc, RUN_CONFIG_SCHEMA.fields))},
+        "autoInstall": auto_install_json(config.auto_install, host),
+        "tags": tags_json(home, config, tags, folder),
+        "warnings": warnings + run_warnings + tag_problems,
+    }
+
+
+def format_config(report: Dict[str, Any]) -> str:
+    """The human form: one setting a line (key, source, value), grouped by file, then
+    the environment, auto-install, the tags' folders and the warnings."""
+    config, run, auto = report["config"], report["runConfig"], report["autoInstall"]
+    config_rows, run_rows = _setting_rows(config["settings"]), _setting_rows(run["settings"])
+    env = [(e["name"], "environment" if e["set"] else "not set", _env_words(e))
+           for e in report["environment"]]
+    width = max(len(key) for key, _, _ in config_rows + run_rows + env) + 2
+    lines = [f"home: {report['home']} (from {report['homeSource']})", "",
+             f"{CONFIG_FILE}: {config['file']}"]
+    lines += _aligned(config_rows, width)
+    lines += ["", "environment:"] + _aligned(env, width)
+    lines += ["", f"{RUN_CONFIG_FILE}: {run['file']} ({_current_via(run['current'])})"]
+    lines += _aligned(run_rows, width)
+    lines += [f"  {role} starts as {path}" for role, path in run["binaries"].items()]
+    lines += [""] + _auto_install_lines(auto)
+    lines += ["", "tags (the folder an upgrade to each tag uses):"] + _tag_lines(
+        report["tags"], auto["enabled"], os.path.dirname(run["file"]))
+    if report["warnings"]:
+        lines += ["", "warnings:"] + [f"  - {w}" for w in report["warnings"]]
+    return "\n".join(lines)
+
+
+def _setting_rows(settings: Sequence[Dict[str, Any]]) -> List[Tuple[str, str, str]]:
+    """(key, source, value) lines; a table of names (upgradeFolders) one entry a line."""
+    rows = []
+    for s in settings:
+        if isinstance(s["value"], dict) and s["value"]:
+            rows += [(f"{s['key']}.{_key(name)}", s["source"], _value_words(value))
+                     for name, value in s["value"].items()]
+        else:
+            rows.append((s["key"], s["source"], _value_words(s["value"])))
+    return rows
+
+
+def _aligned(rows: Sequence[Tuple[str, str, str]], width: int) -> List[str]:
+    return [f"  {key.ljust(width)}{source.ljust(13)}{value}".rstrip()
+            for key, source, value in rows]
+
+
+def _value_words(value: Any) -> str:
+    """A value as TOML writes it; a float that is whole without its ".0"."""
+    if value is None:
+        return "absent"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value, ensure_ascii=True, default=str)
+
+
+def _env_words(variable: Dict[str, Any]) -> str:
+    if variable["set"] and variable["value"] is None:
+        return f"set, value not shown: {variable['use']}"
+    if variable["set"]:
+        return f"{json.dumps(variable['value'])}: {variable['use']}"
+    return variable["use"]
+
+
+def _current_via(kind: str) -> str:
+    if kind == "link":
+        return f"via {CURRENT_LINK}"
+    if kind == "folder":
+        return f"{CURRENT_LINK} is a folder"
+    return f"{CURRENT_LINK} is {kind}: `vegavisor run` points it at {GENESIS_FOLDER}"
+
+
+def _auto_install_lines(auto: Dict[str, Any]) -> List[str]:
+    if not auto["enabled"]:
+        return ["auto-install: off (a release must be installed in its folder before its "
+                "block)"]
+    rows = [("asset", f"{auto['asset']} (from {json.dumps(auto['assetTemplate'])} on "
+                      f"{auto['os']}/{auto['arch']})"),
+            ("binary", f"{auto['binaryName']} (inside the asset)"),
+            ("repository", auto["repository"]),
+            ("release API", auto["releaseUrl"])]
+    return ["auto-install: on"] + [f"  {label.ljust(13)}{text}" for label, text in rows]
+
+
+def _tag_lines(tags: Sequence[Dict[str, Any]], auto_install: bool, in_use: str) -> List[str]:
+    if not tags:
+        return ["  none"]
+    rows = [(t["tag"], _tag_state(t, auto_install, in_use), t["folder"] or t["error"],
+             ", ".join(t["knownFrom"])) for t in tags]
+    tag_width = max(len(r[0]) for r in rows) + 2
+    state_width = max(len(r[1]) for r in rows) + 2
+    folder_width = max(len(r[2]) for r in rows) + 2
+    return [f"  {tag.ljust(tag_width)}{state.ljust(state_width)}{folder.ljust(folder_width)}"
+            f"from {known}" for tag, state, folder, known in rows]
+
+
+def _tag_state(tag: Dict[str, Any], auto_install: bool, in_use: str) -> str:
+    if tag["error"]:
+        return "no folder"
+    if tag["current"]:
+        return "installed, current"
+    if "current" in tag["knownFrom"]:
+        return f"current, runs from {in_use}"
+    if tag["runConfig"]:
+        return "installed"
+    if tag["exists"]:
+        return f"exists, no {RUN_CONFIG_FILE}"
+    return "missing, auto-install downloads it" if auto_install else "missing, auto-install off"
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    home = resolve_home(args)
+    report = collect_config(home, "--home" if args.home else "VEGAVISOR_HOME",
+                            dict(os.environ), host_platform())
+    print(json.dumps(report, indent=2, default=str) if args.output == "json"
+          else format_config(report))
+    return EXIT_OK
+
+
 # --- commands ---
 
 def resolve_home(args: argparse.Namespace) -> Path:
@@ -4874,6 +5176,8 @@ COMMANDS = {
                                "install a release into its folder now, without a node"),
     "validate": Command(cmd_validate, _add_home,
                         "check config.toml, every run-config, binaries and the admin socket"),
+    "config": Command(cmd_config, _add_status_args,
+                      "show every setting in effect and where it comes from"),
     "version": Command(cmd_version, _add_output, "print vegavisor's version"),
 }
 
