@@ -4913,7 +4913,7 @@ def format_config(report: Dict[str, Any]) -> str:
     the environment, auto-install, the tags' folders and the warnings."""
     config, run, auto = report["config"], report["runConfig"], report["autoInstall"]
     config_rows, run_rows = _setting_rows(config["settings"]), _setting_rows(run["settings"])
-    env = [(e["name"], "environment" if e["set"] else "not set", _env_words(e))
+    env = [(e["name"], "environment" if e["set"] else "unset", _env_words(e))
            for e in report["environment"]]
     width = max(len(key) for key, _, _ in config_rows + run_rows + env) + 2
     lines = [f"home: {report['home']} (from {report['homeSource']})", "",
