@@ -4798,7 +4798,7 @@ def environment_json(env: Dict[str, str], api_url: str) -> List[Dict[str, Any]]:
     found = []
     for variable in ENVIRONMENT:
         value = env.get(variable.name, env.get(variable.name.upper()))
-        shown = None if value is None or variable.secret else (
+        shown = None if value is None or (variable.secret and value) else (
             redact_url(value) if variable.url else printable(value))
         found.append({"name": variable.name, "set": value is not None, "value": shown,
                       "use": variable.use.format(api=api_origin(api_url))})
@@ -4962,6 +4962,8 @@ def _value_words(value: Any) -> str:
 
 
 def _env_words(variable: Dict[str, Any]) -> str:
+    if variable["value"] == "":
+        return f"set but empty, so not used: {variable['use']}"
     if variable["set"] and variable["value"] is None:
         return f"set, value not shown: {variable['use']}"
     if variable["set"]:

@@ -176,6 +176,9 @@ def test_github_token_is_shown_as_set_but_its_value_never_appears(short_tmp):
         "environment", "set, value not shown: sent only to https://ghe.example:8443 "
                        "(Authorization: Bearer), never logged, not passed to the node")
     assert row(text, "VEGAVISOR_HOME") == ("unset", "the home when --home is not given")
+    # an empty token is no token (`run` sends none): said so, not "set"
+    text = config(home, "human", env=clean_env(GITHUB_TOKEN=""))
+    assert row(text, "GITHUB_TOKEN")[1].startswith("set but empty, so not used: sent only to ")
 
 
 @pytest.mark.timeout(30)
