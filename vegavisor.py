@@ -11,6 +11,7 @@ Usage: python3 vegavisor.py run --home HOME   (see `vegavisor.py --help`)
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import datetime
 import enum
@@ -122,6 +123,19 @@ NOT_ANSWERING_REPEAT = 300.0
 PREFETCH_MIN_START_SECONDS = 300.0
 # GitHub's rate limit window is an hour: a reset further away is not believed.
 RATE_LIMIT_WAIT_MAX_SECONDS = 3600.0
+# A preUpgrade hook runs while the node is stopped at the upgrade block and the rest of
+# the network waits for its validators: 5 minutes fits a backup of the node's state or a
+# page to the on-call operator, and a hung hook must not keep the node down for longer.
+HOOK_TIMEOUT_SECONDS = 300.0
+# A hook's output goes to the log line by line: a longer line is logged in pieces, and
+# past this many lines the rest is only counted (a chatty hook cannot flood the log).
+HOOK_LINE_BYTES = 1024
+HOOK_LOG_LINES = 1000
+# After a hook exits, its last lines reach the log within this (a grandchild that keeps
+# its output open does not hold the upgrade).
+HOOK_OUTPUT_DRAIN_SECONDS = 1.0
+# How a hook's progress is recorded in the journal (Journal.pre_upgrade, post_upgrade).
+HOOK_STATES = ("pending", "running", "ok", "failed", "stopped", "skipped")
 
 # Tags name a folder (NAME_MAX is 255 bytes) and a staging folder holds one too.
 MAX_TAG_LENGTH = 128
@@ -219,6 +233,14 @@ class LoggingConfig(NamedTuple):
     level: str
 
 
+class HooksConfig(NamedTuple):
+    """[hooks]: commands (argv, () for none) run around an upgrade, and their time limit."""
+
+    pre_upgrade: Tuple[str, ...] = ()
+    post_upgrade: Tuple[str, ...] = ()
+    timeout: float = HOOK_TIMEOUT_SECONDS
+
+
 class Config(NamedTuple):
     max_first_connection_retries: int
     max_restart_connection_retries: int
@@ -235,6 +257,7 @@ class Config(NamedTuple):
     upgrade_folders: Dict[str, str]
     auto_install: AutoInstallConfig
     logging: LoggingConfig
+    hooks: HooksConfig = HooksConfig()
 
 
 class Binary(NamedTuple):
@@ -957,6 +980,30 @@ def _checksum(value: Any) -> str:
     return value.lower()
 
 
+def _hook_argv(value: Any) -> Tuple[str, ...]:
+    """A hook's command: an argv whose program is an absolute path to an executable file
+    (no shell, no PATH lookup: what runs at the upgrade block is what validate saw)."""
+    argv = _texts(value)
+    if not argv or not argv[0]:
+        raise ValueError('expected a command as an array, e.g. ["/usr/local/bin/backup", '
+                         '"--now"]')
+    program = Path(argv[0])
+    if not program.is_absolute():
+        raise ValueError(f"{argv[0]} is not an absolute path; give the program's full path")
+    try:
+        info = program.stat()
+    except FileNotFoundError:
+        raise ValueError(f"{argv[0]} does not exist") from None
+    except OSError as e:
+        raise ValueError(f"{argv[0]} cannot be examined: {e.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{argv[0]} is not a regular file")
+    if not os.access(program, os.X_OK):
+        raise ValueError(f"{argv[0]} is not executable by uid {os.geteuid()}; "
+                         f"chmod +x {shlex.quote(argv[0])}")
+    return argv
+
+
 def _http_path(value: Any) -> str:
     """Core's admin HTTP path; a missing leading slash is added as the Go Visor does."""
     return value if _nonempty_text(value).startswith("/") else "/" + value
@@ -1002,6 +1049,11 @@ CONFIG_SCHEMA = Table("", "", Config, (
     Table("logging", "logging", LoggingConfig, (
         Key("format", "format", _choice(*LOG_FORMATS), "text"),
         Key("level", "level", _choice(*LOG_LEVELS), "info"),
+    )),
+    Table("hooks", "hooks", HooksConfig, (
+        Key("preUpgrade", "pre_upgrade", _hook_argv, ()),
+        Key("postUpgrade", "post_upgrade", _hook_argv, ()),
+        Key("timeoutSeconds", "timeout", _positive_seconds, HOOK_TIMEOUT_SECONDS),
     )),
 ))
 BINARY_FIELDS = (
