@@ -4645,6 +4645,7 @@ class StatusReport(NamedTuple):
     journal: Optional[Journal]
     problems: List[str]
     current_version: Optional[str] = None  # what current's core binary says it is
+    hooks: HooksConfig = HooksConfig()  # config.toml's [hooks] (defaults if unreadable)
 
     @property
     def running(self) -> bool:
@@ -4709,6 +4710,20 @@ def journal_json(journal: Optional[Journal]) -> Tuple[Optional[dict], Optional[d
         return dict(facts, finished=journal.updated), None
     return None, dict(facts, step=journal.step, started=journal.started,
                       updated=journal.updated, error=journal.error or None)
+
+
+def hooks_json(hooks: HooksConfig, journal: Optional[Journal]) -> Dict[str, Any]:
+    """The hooks configured, and how the last one recorded in the journal went."""
+    last = journal.last_hook() if journal is not None else None
+    return {
+        "preUpgrade": list(hooks.pre_upgrade) or None,
+        "postUpgrade": list(hooks.post_upgrade) or None,
+        "timeoutSeconds": hooks.timeout,
+        "last": None if last is None or journal is None else {
+            "hook": last[0], "tag": journal.tag, "state": last[1].state, "code": last[1].code,
+            "seconds": last[1].seconds, "error": last[1].error or None,
+            "updated": last[1].updated or None},
+    }
 
 
 def ask_node(rpc: Optional[RpcConfig], timeout: float, request_id: int) -> Dict[str, Any]:
@@ -4785,7 +4800,7 @@ def collect_status(home: Path, request_id: int) -> StatusReport:
         except VisorError as e:
             problems.append(f"current: {e}")
     report = StatusReport(home, current, run_config, describe_installed(home), node, holder,
-                          records[0], records[1], records[2], problems, version)
+                          records[0], records[1], records[2], problems, version, config.hooks)
     report.problems.extend(status_problems(report, config))
     return report
 
@@ -4814,6 +4829,13 @@ def status_problems(report: StatusReport, config: Config) -> List[str]:
                         f"(attempt {prefetch.attempts}); fix the cause before the upgrade block")
     problems += _accepted_release_problems(report, config)
     journal = report.journal
+    last_hook = journal.last_hook() if journal is not None else None
+    if last_hook is not None and last_hook[1].state == "failed" and journal is not None:
+        name, record = last_hook
+        todo = (f"fix it, then start `vegavisor run --home {home}`: it runs the hook again"
+                if name == "preUpgrade" else "the node runs on; do by hand what it did not")
+        problems.append(f"hooks: the {name} hook failed for the upgrade to {journal.tag} "
+                        f"({record.error}, {record.updated}); {todo}")
     if journal is not None and journal.unfinished and not run["running"]:
         problems.append(f"upgrade: the upgrade to {journal.tag} stopped at step "
                         f"{journal.step} ({journal.updated}) and no vegavisor is running; "
@@ -4851,6 +4873,7 @@ def status_json(report: StatusReport) -> Dict[str, Any]:
         "prefetch": report.prefetch.to_json() if report.prefetch else None,
         "lastUpgrade": last_upgrade,
         "upgradeInProgress": in_progress,
+        "hooks": hooks_json(report.hooks, report.journal),
         "problems": report.problems,
     }
 
@@ -4875,6 +4898,9 @@ def format_status(report: Dict[str, Any]) -> str:
         last = report["lastUpgrade"]
         rows.append(("last upgrade", f"{last['from']} -> {last['to']} ({last['tag']} at block "
                                      f"{last['height']}), finished {last['finished']}"))
+    rows.append(("hooks", _hooks_words(report["hooks"])))
+    if report["hooks"]["last"]:
+        rows.append(("last hook", _last_hook_words(report["hooks"]["last"])))
     width = max(len(label) for label, _ in rows) + 2
     lines = [label.ljust(width) + text for label, text in rows]
     if not report["problems"]:
@@ -4933,6 +4959,17 @@ def _download_words(download: Dict[str, Any]) -> str:
     words += [f"{download['rate']:.0f} B/s"] if download.get("rate") else []
     words += [f"ETA {download['eta']:.0f}s"] if download.get("eta") is not None else []
     return ", ".join(words)
+
+
+def _hooks_words(hooks: Dict[str, Any]) -> str:
+    words = [f"{name} {shlex.join(hooks[name])}" for name in HOOK_FIELDS if hooks[name]]
+    return "; ".join(words + [f"timeout {hooks['timeoutSeconds']:g}s"]) if words else "none"
+
+
+def _last_hook_words(last: Dict[str, Any]) -> str:
+    why = f" ({last['error']})" if last["error"] else ""
+    return (f"{last['hook']} of {last['tag']} {last['state']}{why} after {last['seconds']:g}s"
+            + (f", {last['updated']}" if last["updated"] else ""))
 
 
 def _prefetch_words(prefetch: dict) -> str:
