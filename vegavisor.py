@@ -3067,7 +3067,8 @@ class HookRecord(NamedTuple):
 
     @property
     def finished(self) -> bool:
-        """Ran to its end (ok or failed) or was not to run: not run again by a restart."""
+        """Ran to its end (ok or failed) or was not to run: a postUpgrade hook in this
+        state is not run again by a restart (a preUpgrade hook is, until it is ok)."""
         return self.state in ("ok", "failed", "skipped")
 
     def to_json(self) -> dict:
@@ -3843,7 +3844,9 @@ class Upgrade:
             return None
         self.log.info("hook started", hook=name, argv=shlex.join(argv), pid=job.pid,
                       tag=self.journal.tag, timeout=self.config.hooks.timeout)
-        self.write_hook(name, HookRecord("running", pid=job.pid, start_time=job.start_time))
+        # the error of an earlier failed run is cleared: this one is under way
+        self.write(self.journal.step, **{HOOK_FIELDS[name]: HookRecord(
+            "running", pid=job.pid, start_time=job.start_time, updated=utc_now())})
         return HookRun(name, argv, job, now, now + self.config.hooks.timeout)
 
     def settle_hook(self, run: HookRun, stopping: bool = False) -> Optional[HookRecord]:
@@ -3867,8 +3870,8 @@ class Upgrade:
     def end_hook(self, run: HookRun, why: str = "") -> HookRecord:
         """Log and record a hook's end: ok (exit status 0), or failed and why."""
         code = run.job.returncode() if run.job is not None else None
+        last = run.job.last_output() if run.job is not None else ""  # its output logged first
         if not why and code != 0:
-            last = run.job.last_output()
             why = describe_exit_status(code) + (f" (last output: {last})" if last else "")
         seconds = round(self.world.now() - run.started, 3)
         facts = dict(hook=run.name, argv=shlex.join(run.argv), code=code, seconds=seconds)

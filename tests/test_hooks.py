@@ -415,12 +415,12 @@ def test_a_real_pre_upgrade_past_its_timeout_loses_its_whole_process_group(home,
     pids = home.root / "pids"
     pre = script(home.root / "pre.sh", f'sleep 300 & echo $$ $! > {pids}.tmp; '
                                        f'mv {pids}.tmp {pids}; wait')
-    set_hooks(home, preUpgrade=[str(pre)], timeoutSeconds=1)
+    set_hooks(home, preUpgrade=[str(pre)], timeoutSeconds=2)
     home.install_version("genesis", "v1", UPGRADE)
     home.install_version("v2", "v2", UPGRADE)
     visor = start_visor()
     assert visor.wait_exit(30) == 1
-    assert "did not finish within 1s ([hooks] timeoutSeconds); its process group was killed " \
+    assert "did not finish within 2s ([hooks] timeoutSeconds); its process group was killed " \
            "([hooks] preUpgrade)" in visor.log().strip().splitlines()[-1]
     for pid in map(int, pids.read_text().split()):
         assert vegavisor.process_start_time(pid) is None, f"pid {pid} of the hook still runs"
