@@ -122,6 +122,19 @@ NOT_ANSWERING_REPEAT = 300.0
 PREFETCH_MIN_START_SECONDS = 300.0
 # GitHub's rate limit window is an hour: a reset further away is not believed.
 RATE_LIMIT_WAIT_MAX_SECONDS = 3600.0
+# A preUpgrade hook runs while the node is stopped at the upgrade block and the rest of
+# the network waits for its validators: 5 minutes fits a backup of the node's state or a
+# page to the on-call operator, and a hung hook must not keep the node down for longer.
+HOOK_TIMEOUT_SECONDS = 300.0
+# A hook's output goes to the log line by line: a longer line is logged in pieces, and
+# past this many lines the rest is only counted (a chatty hook cannot flood the log).
+HOOK_LINE_BYTES = 1024
+HOOK_LOG_LINES = 1000
+# After a hook exits, its last lines reach the log within this (a grandchild that keeps
+# its output open does not hold the upgrade).
+HOOK_OUTPUT_DRAIN_SECONDS = 1.0
+# How a hook's progress is recorded in the journal (Journal.pre_upgrade, post_upgrade).
+HOOK_STATES = ("pending", "running", "ok", "failed", "stopped", "skipped")
 
 # Tags name a folder (NAME_MAX is 255 bytes) and a staging folder holds one too.
 MAX_TAG_LENGTH = 128
@@ -219,6 +232,14 @@ class LoggingConfig(NamedTuple):
     level: str
 
 
+class HooksConfig(NamedTuple):
+    """[hooks]: commands (argv, () for none) run around an upgrade, and their time limit."""
+
+    pre_upgrade: Tuple[str, ...] = ()
+    post_upgrade: Tuple[str, ...] = ()
+    timeout: float = HOOK_TIMEOUT_SECONDS
+
+
 class Config(NamedTuple):
     max_first_connection_retries: int
     max_restart_connection_retries: int
@@ -235,6 +256,7 @@ class Config(NamedTuple):
     upgrade_folders: Dict[str, str]
     auto_install: AutoInstallConfig
     logging: LoggingConfig
+    hooks: HooksConfig = HooksConfig()
 
 
 class Binary(NamedTuple):
@@ -957,6 +979,30 @@ def _checksum(value: Any) -> str:
     return value.lower()
 
 
+def _hook_argv(value: Any) -> Tuple[str, ...]:
+    """A hook's command: an argv whose program is an absolute path to an executable file
+    (no shell, no PATH lookup: what runs at the upgrade block is what validate saw)."""
+    argv = _texts(value)
+    if not argv or not argv[0]:
+        raise ValueError('expected a command as an array, e.g. ["/usr/local/bin/backup", '
+                         '"--now"]')
+    program = Path(argv[0])
+    if not program.is_absolute():
+        raise ValueError(f"{argv[0]} is not an absolute path; give the program's full path")
+    try:
+        info = program.stat()
+    except FileNotFoundError:
+        raise ValueError(f"{argv[0]} does not exist") from None
+    except OSError as e:
+        raise ValueError(f"{argv[0]} cannot be examined: {e.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{argv[0]} is not a regular file")
+    if not os.access(program, os.X_OK):
+        raise ValueError(f"{argv[0]} is not executable by uid {os.geteuid()}; "
+                         f"chmod +x {shlex.quote(argv[0])}")
+    return argv
+
+
 def _http_path(value: Any) -> str:
     """Core's admin HTTP path; a missing leading slash is added as the Go Visor does."""
     return value if _nonempty_text(value).startswith("/") else "/" + value
@@ -1002,6 +1048,11 @@ CONFIG_SCHEMA = Table("", "", Config, (
     Table("logging", "logging", LoggingConfig, (
         Key("format", "format", _choice(*LOG_FORMATS), "text"),
         Key("level", "level", _choice(*LOG_LEVELS), "info"),
+    )),
+    Table("hooks", "hooks", HooksConfig, (
+        Key("preUpgrade", "pre_upgrade", _hook_argv, ()),
+        Key("postUpgrade", "post_upgrade", _hook_argv, ()),
+        Key("timeoutSeconds", "timeout", _positive_seconds, HOOK_TIMEOUT_SECONDS),
     )),
 ))
 BINARY_FIELDS = (
@@ -1941,6 +1992,37 @@ class Proc:
             pass
 
 
+class HookProc(Proc):
+    """A hook's process, in its own session like a child (a timeout kills its whole group).
+    A thread copies its output (stdout and stderr) into the log line by line, in bounded
+    memory: long lines in pieces, at most HOOK_LOG_LINES lines, then only a count."""
+
+    def __init__(self, popen: "subprocess.Popen[bytes]", name: str, log: Log) -> None:
+        super().__init__(popen.pid, process_start_time(popen.pid), popen)
+        self.last_line = ""
+        self.reader = threading.Thread(target=self._copy_output, args=(popen.stdout, name, log),
+                                       name=f"hook-{name}", daemon=True)
+        self.reader.start()
+
+    def _copy_output(self, stream: Any, name: str, log: Log) -> None:
+        lines = 0
+        with stream:
+            for chunk in iter(lambda: stream.readline(HOOK_LINE_BYTES), b""):
+                self.last_line = printable(chunk.decode("utf-8", "replace").rstrip("\r\n"),
+                                           HOOK_LINE_BYTES)
+                lines += 1
+                if lines <= HOOK_LOG_LINES:
+                    log.info("hook output", hook=name, pid=self.pid, line=self.last_line)
+        if lines > HOOK_LOG_LINES:
+            log.warn("hook output not all logged", hook=name, pid=self.pid, lines=lines,
+                     logged=HOOK_LOG_LINES)
+
+    def last_output(self) -> str:
+        """The hook's last line of output (for the error), once its output has ended."""
+        self.reader.join(HOOK_OUTPUT_DRAIN_SECONDS)
+        return self.last_line
+
+
 class World:
     """Everything the supervisor does to the machine and the clock, in one place.
 
@@ -1979,6 +2061,14 @@ class World:
         popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, env=env,
                                  start_new_session=True, preexec_fn=die_with_parent())
         return Proc(popen.pid, process_start_time(popen.pid), popen)
+
+    def run_hook(self, name: str, argv: Sequence[str], env: Dict[str, str]) -> HookProc:
+        """Start a hook ([hooks] preUpgrade or postUpgrade) in its own session, its output
+        copied into the log; the caller waits, times it out and kills its group."""
+        popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                 preexec_fn=die_with_parent())
+        return HookProc(popen, name, self.log)
 
     def leftover(self, pid: int, start_time: Optional[int]) -> Optional[Proc]:
         """A process an earlier visor started, if that very process still runs."""
@@ -2963,8 +3053,47 @@ class PrefetchState(NamedTuple):
                    _typed(data, "lastError", str, "") or "", _typed(data, "updated", str, ""))
 
 
+class HookRecord(NamedTuple):
+    """A hook's progress in the journal: what a restarted visor needs to decide whether to
+    run it again, and the pid of a run a killed visor may have left behind."""
+
+    state: str  # one of HOOK_STATES
+    code: Optional[int] = None  # exit status (negative: the signal); None: none yet
+    seconds: float = 0.0
+    error: str = ""
+    pid: int = 0
+    start_time: Optional[int] = None
+    updated: str = ""
+
+    @property
+    def finished(self) -> bool:
+        """Ran to its end (ok or failed) or was not to run: a postUpgrade hook in this
+        state is not run again by a restart (a preUpgrade hook is, until it is ok)."""
+        return self.state in ("ok", "failed", "skipped")
+
+    def to_json(self) -> dict:
+        return {"state": self.state, "code": self.code, "seconds": self.seconds,
+                "error": self.error or None, "pid": self.pid or None,
+                "startTime": self.start_time, "updated": self.updated}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Optional[HookRecord]":
+        if data is None:
+            return None
+        if not isinstance(data, dict):
+            raise ValueError("a hook is not an object")
+        state = _typed(data, "state", str)
+        if state not in HOOK_STATES:
+            raise ValueError(f"hook state is {state!r}")
+        seconds = _typed(data, "seconds", (int, float), 0.0)
+        return cls(state, _typed(data, "code", int), float(seconds),
+                   _typed(data, "error", str, "") or "", _typed(data, "pid", int, 0) or 0,
+                   _typed(data, "startTime", int), _typed(data, "updated", str, "") or "")
+
+
 class Journal(NamedTuple):
-    """.upgrade-journal.json: the steps of an upgrade, so a restarted visor finishes it."""
+    """.upgrade-journal.json: the steps of an upgrade, so a restarted visor finishes it.
+    A journal written before hooks existed has neither hook record (None)."""
 
     tag: str
     height: int
@@ -2974,11 +3103,15 @@ class Journal(NamedTuple):
     started: str = ""
     updated: str = ""
     error: str = ""
+    pre_upgrade: Optional[HookRecord] = None
+    post_upgrade: Optional[HookRecord] = None
 
     def to_json(self) -> dict:
         return {"tag": self.tag, "height": self.height, "from": self.from_folder,
                 "to": self.to_folder, "step": self.step, "started": self.started,
-                "updated": self.updated, "error": self.error or None}
+                "updated": self.updated, "error": self.error or None,
+                "preUpgrade": self.pre_upgrade.to_json() if self.pre_upgrade else None,
+                "postUpgrade": self.post_upgrade.to_json() if self.post_upgrade else None}
 
     @classmethod
     def from_json(cls, data: dict) -> "Journal":
@@ -2992,11 +3125,27 @@ class Journal(NamedTuple):
             raise ValueError(f"step is {step!r}")
         return cls(tag, height, _typed(data, "from", str, ""), _typed(data, "to", str, ""),
                    step, _typed(data, "started", str, ""), _typed(data, "updated", str, ""),
-                   _typed(data, "error", str, "") or "")
+                   _typed(data, "error", str, "") or "",
+                   HookRecord.from_json(data.get("preUpgrade")),
+                   HookRecord.from_json(data.get("postUpgrade")))
 
     @property
     def unfinished(self) -> bool:
         return self.step != "done"
+
+    @property
+    def post_upgrade_unfinished(self) -> bool:
+        """Done, but the postUpgrade hook did not run to its end: a restart runs it again."""
+        return not self.unfinished and self.post_upgrade is not None \
+            and not self.post_upgrade.finished
+
+    def last_hook(self) -> Optional[Tuple[str, HookRecord]]:
+        """The hook that ran last: postUpgrade once it was recorded, else preUpgrade."""
+        for name, record in (("postUpgrade", self.post_upgrade),
+                             ("preUpgrade", self.pre_upgrade)):
+            if record is not None and record.state != "pending":
+                return name, record
+        return None
 
 
 def read_record(path: Path, kind: Any) -> Tuple[Any, Optional[str]]:
@@ -3458,23 +3607,41 @@ def check_versions(folder: Path, run_config: RunConfig, tag: str,
 
 # --- supervisor: the upgrade ---
 
+# A hook's name in config.toml's [hooks] and the Journal field that records its progress.
+HOOK_FIELDS = {"preUpgrade": "pre_upgrade", "postUpgrade": "post_upgrade"}
+
+
+class HookRun(NamedTuple):
+    """A hook under way: its process and the world's clock when it started and must end."""
+
+    name: str  # preUpgrade or postUpgrade
+    argv: Tuple[str, ...]
+    job: Any  # HookProc, or a test's fake
+    started: float
+    deadline: float
+
+
 class Upgrade:
-    """At the upgrade block: find or install the release, check it, switch current. Each
-    step is journaled, so a visor killed meanwhile finishes the upgrade (SPEC 2.4)."""
+    """At the upgrade block: find or install the release, check it, run the preUpgrade hook,
+    switch current; once the new core answers, run the postUpgrade hook. Each step is
+    journaled, so a visor killed meanwhile finishes the upgrade (SPEC 2.4)."""
 
     def __init__(self, home: Path, config: Config, log: Log, world: Any,
-                 reporter: Reporter) -> None:
+                 reporter: Reporter, env: Optional[Dict[str, str]] = None) -> None:
         self.home, self.config, self.log, self.world = home, config, log, world
         self.reporter = reporter
+        self.env = {k: v for k, v in (env or {}).items() if k != "GITHUB_TOKEN"}
         self.journal: Optional[Journal] = None
         self.checked = False  # this process checked the versions of the journal's folder
+        self.post: Optional[HookRun] = None  # the postUpgrade hook, while it runs
 
-    def write(self, step: str, error: str = "") -> None:
-        """Record a step. Only "installed", written just before `current` is switched, is
-        synced: a power loss that loses another step leaves the old version at the block,
-        which upgrades again, or a journal that makes the next run switch again."""
+    def write(self, step: str, error: str = "", **hooks: Optional[HookRecord]) -> None:
+        """Record a step (and hook records). Only "installed", written just before `current`
+        is switched, is synced (with the preUpgrade hook's outcome): a power loss that loses
+        another step leaves the old version at the block, which upgrades again, or a
+        journal that makes the next run switch again."""
         assert self.journal is not None
-        self.journal = self.journal._replace(step=step, updated=utc_now(), error=error)
+        self.journal = self.journal._replace(step=step, updated=utc_now(), error=error, **hooks)
         path = self.home / JOURNAL_FILE
         try:
             write_record(path, self.journal, durable=step == "installed")
@@ -3484,7 +3651,14 @@ class Upgrade:
                              f"{self.home}, then start vegavisor again: it resumes") from None
         self.log.debug("journal", step=step, tag=self.journal.tag)
 
+    def write_hook(self, name: str, record: HookRecord, error: str = "") -> None:
+        """Record a hook's progress; the step stays."""
+        assert self.journal is not None
+        self.write(self.journal.step, error or self.journal.error,
+                   **{HOOK_FIELDS[name]: record._replace(updated=utc_now())})
+
     def begin(self, tag: str, height: int, current: Path, target: Path) -> None:
+        self.close()  # a postUpgrade hook of the last upgrade still running: stopped
         self.journal = Journal(tag, height, current.name, target.name, "ready", utc_now())
         self.checked = False
         self.write("ready")
@@ -3494,8 +3668,9 @@ class Upgrade:
         return self.journal is not None and self.journal.unfinished
 
     def install(self, current: RunConfig) -> bool:
-        """Find or install the release of the journal's tag, check it, switch current.
-        False when visor was asked to stop meanwhile (the journal resumes it)."""
+        """Find or install the release of the journal's tag, check it, run the preUpgrade
+        hook, switch current. False when visor was asked to stop meanwhile (the journal
+        resumes it)."""
         assert self.journal is not None
         tag = self.journal.tag
         folder = folder_for_tag(self.home, tag, self.config.upgrade_folders)
@@ -3505,6 +3680,8 @@ class Upgrade:
             raise incomplete_folder(folder, tag)
         self.write("installed")
         self.check(folder)
+        if not self.pre_upgrade(folder):
+            return False
         switch_current(self.home, folder, self.log)
         self.write("switched")
         self.log.info("switched", current=str(folder), tag=tag)
@@ -3558,13 +3735,169 @@ class Upgrade:
                           version=self.journal.tag)
         self.checked = True
 
+    def pre_upgrade(self, folder: Path) -> bool:
+        """[hooks] preUpgrade, with the node stopped and `current` not yet switched. It runs
+        until it has once succeeded, and never once `current` names the new folder (a visor
+        killed right after the switch). False when visor was asked to stop meanwhile;
+        VisorError, `current` untouched, when it fails: a restart runs it again."""
+        assert self.journal is not None
+        argv, record = self.config.hooks.pre_upgrade, self.journal.pre_upgrade
+        current = Path(os.path.realpath(self.home / CURRENT_LINK))
+        if not argv or (record is not None and record.state == "ok") \
+                or current == Path(os.path.realpath(folder)):
+            return True
+        self.reporter.status(f"upgrade to {self.journal.tag}: running the preUpgrade hook")
+        run = self.start_hook("preUpgrade", argv, current, folder)
+        if run is not None:
+            while run.job.returncode() is None and not self.world.stop_signal \
+                    and self.world.now() < run.deadline:
+                self.world.wait(min(run.deadline - self.world.now(), 1.0))
+            if self.settle_hook(run) is None:
+                return False
+        record = self.journal.pre_upgrade
+        if record is not None and record.state == "ok":
+            return True
+        why = record.error if record is not None else "did not run"
+        message = (f"the preUpgrade hook {shlex.join(argv)} {why} ([hooks] preUpgrade); the "
+                   f"upgrade to {self.journal.tag} stopped before {self.home / CURRENT_LINK} "
+                   f"was switched, the node is stopped: fix the hook, then start vegavisor "
+                   f"again: it runs the hook again")
+        self.write(self.journal.step, error=message)
+        raise VisorError(message)
+
     def answered(self) -> None:
-        """The new core answered its admin socket: the upgrade is done."""
-        if self.journal is not None and self.journal.step == "started":
-            self.write("done")
+        """The new core answered its admin socket: the upgrade is done, and the postUpgrade
+        hook starts; collect() sees it end, so supervision goes on meanwhile."""
+        journal = self.journal
+        if journal is None or self.post is not None or journal.step not in ("started", "done"):
+            return
+        if journal.step == "started":
+            self.write("done", post_upgrade=HookRecord("pending")
+                       if self.config.hooks.post_upgrade else None)
             self.reporter.upgrades += 1
-            self.log.info("upgrade complete", tag=self.journal.tag)
+            self.log.info("upgrade complete", tag=journal.tag)
+        if self.journal.post_upgrade_unfinished:
+            self.post_upgrade()
+        if self.post is None:
             self.journal = None
+
+    def resume_post_upgrade(self, journal: Journal) -> None:
+        """A visor that died before the postUpgrade hook ended: it runs again once core
+        answers (hooks must be idempotent)."""
+        if journal.post_upgrade_unfinished:
+            self.log.warn("postUpgrade hook did not finish; it runs again once core answers",
+                          tag=journal.tag, was=journal.post_upgrade.state
+                          if journal.post_upgrade else None)
+            self.journal = journal
+
+    def post_upgrade(self) -> None:
+        assert self.journal is not None
+        argv = self.config.hooks.post_upgrade
+        if not argv:
+            self.log.info("postUpgrade hook not configured any more; not run",
+                          tag=self.journal.tag)
+            self.write_hook("postUpgrade", HookRecord("skipped"))
+            return
+        self.post = self.start_hook("postUpgrade", argv, self.home / self.journal.from_folder,
+                                    Path(os.path.realpath(self.home / CURRENT_LINK)))
+
+    def collect(self) -> None:
+        """Called by the watch loop: a postUpgrade hook that ended or ran out of time is
+        logged and recorded (a failure is a warning: the node keeps running)."""
+        run = self.post
+        if run is None or (run.job.returncode() is None and self.world.now() < run.deadline
+                           and not self.world.stop_signal):
+            return
+        self.post = None
+        self.settle_hook(run)
+        if self.journal is not None and not self.journal.unfinished:
+            self.journal = None
+
+    def close(self) -> None:
+        """Visor stops (or the next upgrade begins): a postUpgrade hook still running is
+        stopped and recorded so, and the next run starts it again."""
+        run, self.post = self.post, None
+        if run is None:
+            return
+        try:
+            self.settle_hook(run, stopping=True)
+        except VisorError as e:  # the exit path goes on: the node must still be stopped
+            self.log.error("postUpgrade hook not stopped cleanly", reason=str(e))
+
+    def start_hook(self, name: str, argv: Tuple[str, ...], old: Path, new: Path
+                   ) -> Optional[HookRun]:
+        """Start a hook with the children's environment and the upgrade's facts; None when
+        it cannot be started (recorded as failed). A run of it an earlier visor left (killed
+        with -9) is stopped first."""
+        assert self.journal is not None
+        self.stop_left_hook(name)
+        env = dict(self.env, VEGAVISOR_HOOK=name, VEGAVISOR_HOME=str(self.home),
+                   VEGAVISOR_UPGRADE_TAG=self.journal.tag,
+                   VEGAVISOR_UPGRADE_HEIGHT=str(self.journal.height),
+                   VEGAVISOR_OLD_FOLDER=str(old), VEGAVISOR_NEW_FOLDER=str(new))
+        now = self.world.now()
+        try:
+            job = self.world.run_hook(name, argv, env)
+        except OSError as e:
+            self.end_hook(HookRun(name, argv, None, now, now),
+                          f"cannot be started: {e.strerror or e}")
+            return None
+        self.log.info("hook started", hook=name, argv=shlex.join(argv), pid=job.pid,
+                      tag=self.journal.tag, timeout=self.config.hooks.timeout)
+        # the error of an earlier failed run is cleared: this one is under way
+        self.write(self.journal.step, **{HOOK_FIELDS[name]: HookRecord(
+            "running", pid=job.pid, start_time=job.start_time, updated=utc_now())})
+        return HookRun(name, argv, job, now, now + self.config.hooks.timeout)
+
+    def settle_hook(self, run: HookRun, stopping: bool = False) -> Optional[HookRecord]:
+        """How a hook's wait ended: it exited, it ran out of time (its group is killed), or
+        visor stops (its group is killed, recorded "stopped": None)."""
+        if run.job.returncode() is not None:
+            return self.end_hook(run)
+        stop_processes([(f"{run.name} hook", self.journal.tag if self.journal else "?",
+                         run.job)], self.config.stop_signal_timeout, self.log, self.world)
+        if stopping or self.world.stop_signal:
+            seconds = round(self.world.now() - run.started, 3)
+            self.log.info("hook stopped", hook=run.name, argv=shlex.join(run.argv),
+                          code=run.job.returncode(), seconds=seconds,
+                          signal=self.world.stop_signal or None)
+            self.write_hook(run.name, HookRecord("stopped", run.job.returncode(), seconds,
+                                                 "stopped when vegavisor stopped"))
+            return None
+        return self.end_hook(run, f"did not finish within {self.config.hooks.timeout:g}s "
+                                  f"([hooks] timeoutSeconds); its process group was killed")
+
+    def end_hook(self, run: HookRun, why: str = "") -> HookRecord:
+        """Log and record a hook's end: ok (exit status 0), or failed and why."""
+        code = run.job.returncode() if run.job is not None else None
+        last = run.job.last_output() if run.job is not None else ""  # its output logged first
+        if not why and code != 0:
+            why = describe_exit_status(code) + (f" (last output: {last})" if last else "")
+        seconds = round(self.world.now() - run.started, 3)
+        facts = dict(hook=run.name, argv=shlex.join(run.argv), code=code, seconds=seconds)
+        if why:
+            self.log.emit("error" if run.name == "preUpgrade" else "warn", "hook failed",
+                          **facts, error=why)
+            record = HookRecord("failed", code, seconds, why)
+        else:
+            self.log.info("hook finished", **facts)
+            record = HookRecord("ok", code, seconds)
+        if self.journal is not None:
+            self.write_hook(run.name, record)
+        return record
+
+    def stop_left_hook(self, name: str) -> None:
+        """A hook an earlier visor recorded as running, and that still runs, is stopped."""
+        assert self.journal is not None
+        record = getattr(self.journal, HOOK_FIELDS[name])
+        if record is None or record.state != "running" or not record.pid:
+            return
+        proc = self.world.leftover(record.pid, record.start_time)
+        if proc is not None:
+            self.log.warn("stopping a hook left by an earlier vegavisor", hook=name,
+                          pid=record.pid)
+            stop_processes([(f"{name} hook", self.journal.tag, proc)],
+                           self.config.stop_signal_timeout, self.log, self.world)
 
 
 def rate_limit_wait(retry_after: Optional[float]) -> float:
@@ -3633,7 +3966,7 @@ class Supervisor:
         self.reporter = Reporter(home, config, log, world)
         self.node = Node(home, config, log, world, self.reporter, env)
         self.prefetch = Prefetch(home, config, log, world, self.reporter)
-        self.upgrade = Upgrade(home, config, log, world, self.reporter)
+        self.upgrade = Upgrade(home, config, log, world, self.reporter, self.node.env)
         self.config_stamp = config_stamp(home)
         self.told_ready = False
 
@@ -3657,6 +3990,7 @@ class Supervisor:
             last_words = f"unexpected {type(e).__name__}: {str(e)[:300]} at {_where(e)}"
         try:
             self.prefetch.close()
+            self.upgrade.close()
             if self.reporter.state.phase != Phase.STOPPING.value:
                 self.enter(Phase.STOPPING)
             self.world.notify("STOPPING=1")
@@ -3697,6 +4031,8 @@ class Supervisor:
                 return EXIT_OK
             folder, run_config = self.open_current()
             core_args = with_snapshot_flag(run_config.vega.args, journal.height)
+        elif journal is not None:
+            self.upgrade.resume_post_upgrade(journal)
         limit_key, restarts = "maxNumberOfFirstConnectionRetries", 0
         while not self.world.stop_signal:
             # 3. start every binary of the current version (checked first after an upgrade)
@@ -3826,6 +4162,7 @@ class Supervisor:
                                 else self.config.poll_interval)
                     next_poll = self.world.now() + interval
             self.prefetch.collect()
+            self.upgrade.collect()
             if not answered and now >= next_warning:
                 self.warn_not_answering(rpc, now - started, failures)
                 next_warning = started + next(warnings, now - started + NOT_ANSWERING_REPEAT)
@@ -4311,6 +4648,7 @@ class StatusReport(NamedTuple):
     journal: Optional[Journal]
     problems: List[str]
     current_version: Optional[str] = None  # what current's core binary says it is
+    hooks: HooksConfig = HooksConfig()  # config.toml's [hooks] (defaults if unreadable)
 
     @property
     def running(self) -> bool:
@@ -4375,6 +4713,20 @@ def journal_json(journal: Optional[Journal]) -> Tuple[Optional[dict], Optional[d
         return dict(facts, finished=journal.updated), None
     return None, dict(facts, step=journal.step, started=journal.started,
                       updated=journal.updated, error=journal.error or None)
+
+
+def hooks_json(hooks: HooksConfig, journal: Optional[Journal]) -> Dict[str, Any]:
+    """The hooks configured, and how the last one recorded in the journal went."""
+    last = journal.last_hook() if journal is not None else None
+    return {
+        "preUpgrade": list(hooks.pre_upgrade) or None,
+        "postUpgrade": list(hooks.post_upgrade) or None,
+        "timeoutSeconds": hooks.timeout,
+        "last": None if last is None or journal is None else {
+            "hook": last[0], "tag": journal.tag, "state": last[1].state, "code": last[1].code,
+            "seconds": last[1].seconds, "error": last[1].error or None,
+            "updated": last[1].updated or None},
+    }
 
 
 def ask_node(rpc: Optional[RpcConfig], timeout: float, request_id: int) -> Dict[str, Any]:
@@ -4451,7 +4803,7 @@ def collect_status(home: Path, request_id: int) -> StatusReport:
         except VisorError as e:
             problems.append(f"current: {e}")
     report = StatusReport(home, current, run_config, describe_installed(home), node, holder,
-                          records[0], records[1], records[2], problems, version)
+                          records[0], records[1], records[2], problems, version, config.hooks)
     report.problems.extend(status_problems(report, config))
     return report
 
@@ -4480,6 +4832,13 @@ def status_problems(report: StatusReport, config: Config) -> List[str]:
                         f"(attempt {prefetch.attempts}); fix the cause before the upgrade block")
     problems += _accepted_release_problems(report, config)
     journal = report.journal
+    last_hook = journal.last_hook() if journal is not None else None
+    if last_hook is not None and last_hook[1].state == "failed" and journal is not None:
+        name, record = last_hook
+        todo = (f"fix it, then start `vegavisor run --home {home}`: it runs the hook again"
+                if name == "preUpgrade" else "the node runs on; do by hand what it did not")
+        problems.append(f"hooks: the {name} hook failed for the upgrade to {journal.tag} "
+                        f"({record.error}, {record.updated}); {todo}")
     if journal is not None and journal.unfinished and not run["running"]:
         problems.append(f"upgrade: the upgrade to {journal.tag} stopped at step "
                         f"{journal.step} ({journal.updated}) and no vegavisor is running; "
@@ -4517,6 +4876,7 @@ def status_json(report: StatusReport) -> Dict[str, Any]:
         "prefetch": report.prefetch.to_json() if report.prefetch else None,
         "lastUpgrade": last_upgrade,
         "upgradeInProgress": in_progress,
+        "hooks": hooks_json(report.hooks, report.journal),
         "problems": report.problems,
     }
 
@@ -4541,6 +4901,9 @@ def format_status(report: Dict[str, Any]) -> str:
         last = report["lastUpgrade"]
         rows.append(("last upgrade", f"{last['from']} -> {last['to']} ({last['tag']} at block "
                                      f"{last['height']}), finished {last['finished']}"))
+    rows.append(("hooks", _hooks_words(report["hooks"])))
+    if report["hooks"]["last"]:
+        rows.append(("last hook", _last_hook_words(report["hooks"]["last"])))
     width = max(len(label) for label, _ in rows) + 2
     lines = [label.ljust(width) + text for label, text in rows]
     if not report["problems"]:
@@ -4599,6 +4962,17 @@ def _download_words(download: Dict[str, Any]) -> str:
     words += [f"{download['rate']:.0f} B/s"] if download.get("rate") else []
     words += [f"ETA {download['eta']:.0f}s"] if download.get("eta") is not None else []
     return ", ".join(words)
+
+
+def _hooks_words(hooks: Dict[str, Any]) -> str:
+    words = [f"{name} {shlex.join(hooks[name])}" for name in HOOK_FIELDS if hooks[name]]
+    return "; ".join(words + [f"timeout {hooks['timeoutSeconds']:g}s"]) if words else "none"
+
+
+def _last_hook_words(last: Dict[str, Any]) -> str:
+    why = f" ({last['error']})" if last["error"] else ""
+    return (f"{last['hook']} of {last['tag']} {last['state']}{why} after {last['seconds']:g}s"
+            + (f", {last['updated']}" if last["updated"] else ""))
 
 
 def _prefetch_words(prefetch: dict) -> str:

@@ -462,6 +462,38 @@ class FakeProc:
             self.exit(-sig)
 
 
+class FakeHook:
+    """A hook in the in-process world: exits with `code` `seconds` after it started (None:
+    only when signalled; SIGTERM ignored when `ignores_sigterm`)."""
+
+    def __init__(self, world: "FakeWorld", pid: int, name: str, argv: Sequence[str],
+                 env: Dict[str, str], seconds: Optional[float], code: int,
+                 output: str = "", ignores_sigterm: bool = False) -> None:
+        self.world, self.pid, self.start_time = world, pid, pid * 7
+        self.name, self.role, self.argv, self.env = name, f"{name} hook", tuple(argv), env
+        self.started, self.seconds, self.exit_code = world.clock, seconds, code
+        self.output, self.ignores_sigterm = output, ignores_sigterm
+        self.code: Optional[int] = None
+        self.signals: List[int] = []
+
+    def returncode(self) -> Optional[int]:
+        if self.code is None and self.seconds is not None \
+                and self.world.clock >= self.started + self.seconds:
+            self.code = self.exit_code
+        return self.code
+
+    def gone(self) -> bool:
+        return self.returncode() is not None
+
+    def signal(self, sig: int) -> None:
+        self.signals.append(sig)
+        if self.returncode() is None and (sig == signal.SIGKILL or not self.ignores_sigterm):
+            self.code = -sig
+
+    def last_output(self) -> str:
+        return self.output
+
+
 class FakeJob:
     """An install or check run at once (the in-process world has no threads)."""
 
@@ -541,6 +573,9 @@ class FakeWorld:
         self.timeline: List[Tuple[float, Callable[["FakeWorld"], None]]] = []
         self.on_step: Optional[Callable[["FakeWorld"], None]] = None
         self.next_pid = 1000
+        # hook name -> FakeHook's keyword arguments (seconds, code, ...), or an OSError
+        self.hooks: Dict[str, object] = {}
+        self.hook_runs: List[FakeHook] = []
 
     # the supervisor's side
     def now(self) -> float:
@@ -579,6 +614,17 @@ class FakeWorld:
         self.events.append((self.clock, "spawn", proc.role, proc.pid, version, str(real),
                             tuple(argv)))
         return proc
+
+    def run_hook(self, name: str, argv: Sequence[str], env: Dict[str, str]) -> FakeHook:
+        behaviour = self.hooks.get(name, {})
+        if isinstance(behaviour, OSError):
+            raise behaviour
+        self.next_pid += 1
+        hook = FakeHook(self, self.next_pid, name, argv, env,
+                        **dict({"seconds": 1.0, "code": 0}, **behaviour))
+        self.hook_runs.append(hook)
+        self.events.append((self.clock, "hook", name, hook.pid))
+        return hook
 
     def leftover(self, pid: int, start_time: Optional[int]) -> Optional[FakeProc]:
         return next((p for p in self.leftovers if p.pid == pid and p.start_time == start_time

@@ -21,7 +21,7 @@ from conftest import wait_for
 FAR_UPGRADE = ["--block-interval", "0.05", "--upgrade-tag", "v2", "--accept-height", "2",
                "--upgrade-height", "400"]
 REPORT_KEYS = {"home", "current", "installed", "node", "run", "prefetch", "lastUpgrade",
-               "upgradeInProgress", "problems"}
+               "upgradeInProgress", "hooks", "problems"}
 NODE_KEYS = {"reachable", "readyToUpgrade", "acceptedReleaseTag", "upgradeBlockHeight", "error",
              "socket"}
 
