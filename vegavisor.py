@@ -5591,6 +5591,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except VisorError as e:
         _say(f"vegavisor: error: {e}")
         return e.exit_code
+    except BrokenPipeError:  # `config | head`: the reader has all it wanted
+        return EXIT_FAILURE
     except OSError as e:
         _say(f"vegavisor: error: {describe_os_error(e)}")
         return EXIT_FAILURE

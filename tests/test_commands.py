@@ -5,6 +5,7 @@ import ast
 import json
 import os
 import platform
+import subprocess
 import sys
 
 import pytest
@@ -91,6 +92,25 @@ def test_script_and_console_entry_behave_alike(tmp_path):
     assert (done.returncode, done.stdout) == (0, f"vegavisor {vegavisor.__version__}\n")
     done = run_vegavisor(["run", "--home", str(tmp_path / "missing")])
     assert done.returncode == 2
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("command", [["config"], ["status"], ["validate"], ["version"]],
+                         ids=lambda command: command[0])
+def test_a_reader_that_closed_the_pipe_gets_no_error_line(command, tmp_path):
+    """`vegavisor config | head`: the reader went away; no "Broken pipe" error, no traceback."""
+    home = tmp_path / "home"
+    assert vegavisor.main(["init", "--home", str(home)]) == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before vegavisor writes: its first write meets EPIPE
+    try:
+        home_args = [] if command == ["version"] else ["--home", str(home)]
+        done = subprocess.run([sys.executable, str(VEGAVISOR), *command, *home_args],
+                              stdout=write_end, stderr=subprocess.PIPE, timeout=15)
+    finally:
+        os.close(write_end)
+    assert done.stderr.decode() == ""
+    assert done.returncode == 1
 
 
 def imported_modules(path) -> set:
