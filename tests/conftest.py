@@ -13,11 +13,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from typing import Callable
 from typing import Dict
 from typing import List
+from typing import NamedTuple
 from typing import Optional
 from typing import Sequence
+from typing import Tuple
 
 import pytest
 
@@ -683,3 +686,22 @@ def run_in_process(home: Path, world: FakeWorld, env: Optional[Dict[str, str]] =
                         clock=lambda: 1_800_000_000 + world.clock)
     code = vegavisor.Supervisor(home, config, log, world, env or {}).run()
     return code, out.getvalue()
+
+
+# --- the fault matrices: every row is a parametrized test case and a FAULTS.md line ---
+# Each tests/test_faults_*.py module defines a module-level list FAULTS of Row and
+# parametrizes its matrix test with `rows(FAULTS)`, so a row cannot exist in FAULTS.md
+# without a test that checks it. tests/test_faults_md.py renders FAULTS.md from the
+# rows and fails when the file differs; `python3 tests/test_faults_md.py` rewrites it.
+
+class Row(NamedTuple):
+    area: str       # "crash points", "downloads", "admin socket", "children", "signals"
+    id: str         # the pytest id of the case, e.g. "tag-404"
+    fault: str      # what is injected, in words
+    expected: str   # what the operator sees: exit code, log line, what is on disk
+    case: Tuple[Any, ...] = ()  # the test's own parameters (not rendered)
+
+
+def rows(table: List[Row]) -> List[Any]:
+    """pytest.param per row, id = row.id, values = (row,) + row.case."""
+    return [pytest.param(row, *row.case, id=row.id) for row in table]

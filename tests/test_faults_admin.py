@@ -30,10 +30,10 @@ from typing import Sequence
 import pytest
 
 from conftest import Home
+from conftest import Row
 from conftest import Visor
+from conftest import rows
 from conftest import wait_for
-from faults import Row
-from faults import rows
 
 # v1 accepts v2 at height 2 and is ready to upgrade at height 8 (0.4 s in).
 UPGRADE = ("--block-interval", "0.05", "--upgrade-tag", "v2", "--accept-height", "2",

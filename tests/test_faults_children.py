@@ -12,9 +12,9 @@ from typing import Dict
 
 import pytest
 
+from conftest import Row
+from conftest import rows
 from conftest import wait_for
-from faults import Row
-from faults import rows
 from test_faults_crash import BLOCKS
 from test_faults_crash import UPGRADE
 from test_faults_crash import V2_ARGS

@@ -29,12 +29,12 @@ import pytest
 
 import vegavisor
 from conftest import CoreMonitor
+from conftest import Row
 from conftest import host_asset_name
 from conftest import make_release_zip
+from conftest import rows
 from conftest import set_table
 from conftest import wait_for
-from faults import Row
-from faults import rows
 from fakes.github import FakeGitHub
 
 SNAPSHOT_FLAG = "--snapshot.load-from-block-height"

@@ -37,13 +37,13 @@ from typing import Sequence
 import pytest
 
 from conftest import Home
+from conftest import Row
 from conftest import Visor
 from conftest import host_asset_name
 from conftest import make_release_zip
+from conftest import rows
 from conftest import set_table
 from conftest import wait_for
-from faults import Row
-from faults import rows
 from fakes.github import FakeGitHub
 
 # v1 accepts v2 at height 2 and is ready to upgrade at height 8 (0.4 s in).

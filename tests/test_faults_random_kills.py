@@ -13,9 +13,9 @@ import time
 
 import pytest
 
+from conftest import Row
+from conftest import rows
 from conftest import wait_for
-from faults import Row
-from faults import rows
 from test_faults_crash import BLOCKS
 from test_faults_crash import assert_v2_end_state
 from test_faults_crash import core_starts

@@ -18,9 +18,9 @@ from typing import Optional
 
 import pytest
 
+from conftest import Row
+from conftest import rows
 from conftest import wait_for
-from faults import Row
-from faults import rows
 from test_faults_crash import BLOCKS
 from test_faults_crash import HEIGHT
 from test_faults_crash import LATE_HEIGHT
