@@ -1,4 +1,5 @@
-"""Pure decisions: exit status words, backoff, args, admin answers, log lines."""
+"""Pure decisions: exit status words, backoff, args, history segments, log lines (admin
+answers are in test_admin.py)."""
 from __future__ import annotations
 
 import json
@@ -6,9 +7,6 @@ import signal
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import settings
-from hypothesis import strategies as st
 
 import vegavisor
 
@@ -91,66 +89,6 @@ def test_data_node_args(args, expected):
 ])
 def test_flag_value(args, expected):
     assert vegavisor.flag_value(args, "--home") == expected
-
-
-def answer(result, error=None, id=7) -> bytes:
-    return json.dumps({"result": result, "error": error, "id": id}).encode()
-
-
-@pytest.mark.parametrize(("body", "status"), [
-    pytest.param(answer({"AcceptedReleaseInfo": None, "ReadyToUpgrade": False}),
-                 vegavisor.UpgradeStatus(False, "", 0), id="before-first-block"),
-    pytest.param(answer({"AcceptedReleaseInfo": {"VegaReleaseTag": "", "UpgradeBlockHeight": 0},
-                         "ReadyToUpgrade": False}),
-                 vegavisor.UpgradeStatus(False, "", 0), id="no-proposal"),
-    pytest.param(answer({"AcceptedReleaseInfo": {"VegaReleaseTag": "v0.74.0",
-                                                 "UpgradeBlockHeight": 1034000},
-                         "ReadyToUpgrade": True}),
-                 vegavisor.UpgradeStatus(True, "v0.74.0", 1034000), id="ready"),
-])
-def test_parse_upgrade_status(body, status):
-    assert vegavisor.parse_upgrade_status(body, 7) == status
-
-
-@pytest.mark.parametrize(("body", "problem"), [
-    pytest.param(b"<html>", "answer is not JSON", id="not-json"),
-    pytest.param(b"[]", "not a JSON-RPC object", id="array"),
-    pytest.param(answer(None, error="boom"), "core answered with an error: boom", id="error"),
-    pytest.param(answer({"ReadyToUpgrade": False}, id=8), "request id 8, not 7", id="wrong-id"),
-    pytest.param(answer(None), "result is not an UpgradeStatus: null", id="null-result"),
-    pytest.param(answer({"AcceptedReleaseInfo": None, "ReadyToUpgrade": "yes"}),
-                 "result is not an UpgradeStatus", id="ready-string"),
-    pytest.param(answer({"AcceptedReleaseInfo": "v1", "ReadyToUpgrade": False}),
-                 "AcceptedReleaseInfo is not a release", id="info-string"),
-    pytest.param(answer({"AcceptedReleaseInfo": {"VegaReleaseTag": "v1",
-                                                 "UpgradeBlockHeight": "9"},
-                         "ReadyToUpgrade": False}),
-                 "AcceptedReleaseInfo is not a release", id="height-string"),
-    pytest.param(answer({"AcceptedReleaseInfo": {"VegaReleaseTag": "v1",
-                                                 "UpgradeBlockHeight": -1},
-                         "ReadyToUpgrade": False}),
-                 "AcceptedReleaseInfo is not a release", id="negative-height"),
-])
-def test_parse_upgrade_status_rejects(body, problem):
-    with pytest.raises(vegavisor.AdminError, match=problem):
-        vegavisor.parse_upgrade_status(body, 7)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-        st.sampled_from(["AcceptedReleaseInfo", "ReadyToUpgrade", "VegaReleaseTag",
-                         "UpgradeBlockHeight", "result", "error", "id", "x"]), inner, max_size=4),
-    max_leaves=12))
-def test_any_admin_answer_is_a_status_or_an_admin_error(value):
-    body = json.dumps(value).encode()
-    try:
-        status = vegavisor.parse_upgrade_status(body, 7)
-    except vegavisor.AdminError:
-        return
-    assert isinstance(status.ready, bool) and isinstance(status.tag, str)
-    assert isinstance(status.height, int) and status.height >= 0
 
 
 @pytest.mark.parametrize(("output", "height"), [
