@@ -5582,6 +5582,7 @@ def describe_os_error(e: OSError) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    reopen_closed_standard_streams()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:
@@ -5611,6 +5612,27 @@ def _say(line: str) -> None:
         print(line, file=sys.stderr)
     except (OSError, ValueError):
         pass
+
+
+def reopen_closed_standard_streams() -> None:
+    """Started with stdin, stdout or stderr closed (`run >&- 2>&-`, some init systems),
+    the first file opened would take fd 1 or 2: log lines would land in the lock file and
+    children would inherit it. Each closed one is opened on /dev/null instead, and Python's
+    stream for it, None then, is rebuilt."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            try:
+                opened = os.open(os.devnull, os.O_RDWR)
+            except OSError:
+                continue
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
+            if getattr(sys, name) is None:
+                setattr(sys, name, open(fd, mode, closefd=False,
+                                        errors="backslashreplace"))
 
 
 def _flush_quietly() -> None:

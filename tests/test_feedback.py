@@ -211,3 +211,22 @@ def test_version_flag_and_a_tilde_home(tmp_path):
     done = run_vegavisor(["init", "--home=~/vv"], env=env)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "vv" / "config.toml").is_file() and not Path("~").exists()
+
+
+@pytest.mark.timeout(60)
+def test_run_with_its_standard_streams_closed_supervises_and_stops_cleanly(home):
+    """`vegavisor run >&- 2>&- <&-` (some init systems start it so): the node runs, no log
+    line lands in a file vegavisor opened in their place, and SIGTERM still stops it."""
+    home.install_version("genesis", "v1", BLOCKS)
+    visor = subprocess.Popen(
+        ["bash", "-c", 'exec "$0" "$1" run --home "$2" <&- >&- 2>&-',
+         sys.executable, str(VEGAVISOR), str(home.path)])
+    try:
+        wait_for(lambda: status(home)["node"]["reachable"], 20, "the node to answer")
+        assert status(home)["run"]["running"]
+    finally:
+        visor.send_signal(signal.SIGTERM)
+        code = visor.wait(timeout=30)
+    assert code == 0
+    assert (home.path / ".vegavisor.lock").read_text().strip().isdigit(), "a pid, no log line"
+    assert json.loads((home.path / ".run-state.json").read_text())["children"] == []
