@@ -192,6 +192,10 @@ class AdminError(VisorError):
     """One admin-socket call failed; counted against the retry limits."""
 
 
+class BadAnswer(AdminError):
+    """Something answered on the socket, but not as core's admin server answers."""
+
+
 class InstallError(VisorError):
     """A release could not be installed; nothing was left behind for its tag.
 
@@ -1291,31 +1295,31 @@ def flag_value(args: Sequence[str], flag: str) -> Optional[str]:
 def parse_upgrade_status(body: bytes, request_id: int) -> UpgradeStatus:
     """Core's answer to UpgradeStatus (SPEC 1.4) as a record; AdminError for anything else."""
     if not body.strip():
-        raise AdminError("empty answer (core answers so to a request without an id)")
+        raise BadAnswer("empty answer (core answers so to a request without an id)")
     if len(body) > MAX_ADMIN_RESPONSE_BYTES:
-        raise AdminError(f"answer is larger than {MAX_ADMIN_RESPONSE_BYTES} bytes")
+        raise BadAnswer(f"answer is larger than {MAX_ADMIN_RESPONSE_BYTES} bytes")
     try:
         answer = json.loads(body)
     except RecursionError:
-        raise AdminError(f"answer is nested too deeply to be an UpgradeStatus: "
-                         f"{body[:40]!r}") from None
+        raise BadAnswer(f"answer is nested too deeply to be an UpgradeStatus: "
+                        f"{body[:40]!r}") from None
     except ValueError:
-        raise AdminError(f"answer is not JSON: {body[:80]!r}") from None
+        raise BadAnswer(f"answer is not JSON: {body[:80]!r}") from None
     if not isinstance(answer, dict):
-        raise AdminError(f"answer is not a JSON-RPC object: {body[:80]!r}")
+        raise BadAnswer(f"answer is not a JSON-RPC object: {body[:80]!r}")
     error = answer.get("error")
     if error is not None:
         text = printable(error) if isinstance(error, str) else json_excerpt(error)
-        raise AdminError(f"core answered with an error: {text}")
+        raise BadAnswer(f"core answered with an error: {text}")
     if type(answer.get("id")) is not int or answer["id"] != request_id:
-        raise AdminError(f"answer is for request id {json_excerpt(answer.get('id'))}, "
-                         f"not {request_id}")
+        raise BadAnswer(f"answer is for request id {json_excerpt(answer.get('id'))}, "
+                        f"not {request_id}")
     return _read_status(answer.get("result"))
 
 
 def _read_status(result: Any) -> UpgradeStatus:
     if not isinstance(result, dict) or not isinstance(result.get("ReadyToUpgrade"), bool):
-        raise AdminError(f"result is not an UpgradeStatus: {json_excerpt(result)}")
+        raise BadAnswer(f"result is not an UpgradeStatus: {json_excerpt(result)}")
     ready, info = result["ReadyToUpgrade"], result.get("AcceptedReleaseInfo")
     if info is None:  # before the first block: "not known yet", never "cancelled"
         info = {"VegaReleaseTag": "", "UpgradeBlockHeight": 0}
@@ -1323,13 +1327,13 @@ def _read_status(result: Any) -> UpgradeStatus:
         if isinstance(info, dict) else (None, None)
     if not isinstance(tag, str) or type(height) is not int \
             or not 0 <= height <= MAX_BLOCK_HEIGHT:
-        raise AdminError(f"AcceptedReleaseInfo is not a release: {json_excerpt(info)}")
+        raise BadAnswer(f"AcceptedReleaseInfo is not a release: {json_excerpt(info)}")
     problem = release_tag_problem(tag)
     if problem:
-        raise AdminError(f"AcceptedReleaseInfo names tag {json_excerpt(tag)}, which {problem}")
+        raise BadAnswer(f"AcceptedReleaseInfo names tag {json_excerpt(tag)}, which {problem}")
     if ready and not tag:
-        raise AdminError("ReadyToUpgrade is true but no release is accepted: "
-                         f"{json_excerpt(result)}")
+        raise BadAnswer("ReadyToUpgrade is true but no release is accepted: "
+                        f"{json_excerpt(result)}")
     return UpgradeStatus(ready, tag, height if tag else 0)
 
 
@@ -1617,26 +1621,26 @@ def parse_http_answer(data: bytes, eof: bool) -> Optional[Tuple[int, bytes, bool
     only chunks a body of 2 KiB or more.
     """
     if len(data) > MAX_ADMIN_RESPONSE_BYTES:
-        raise AdminError(f"answer is larger than {MAX_ADMIN_RESPONSE_BYTES} bytes")
+        raise BadAnswer(f"answer is larger than {MAX_ADMIN_RESPONSE_BYTES} bytes")
     status_line = HTTP_STATUS_LINE.match(data)
     if status_line is None:
         if data[:7] == b"HTTP/1."[:len(data)] and b"\n" not in data and not eof:
             return None  # the status line is still arriving
-        raise AdminError(f"answer is not HTTP: {data[:60]!r}")
+        raise BadAnswer(f"answer is not HTTP: {data[:60]!r}")
     status = int(status_line.group(2))
     head_end = data.find(b"\r\n\r\n", status_line.end() - 2)
     headers: Dict[bytes, bytes] = {}
     for line in data[status_line.end():head_end + 2].split(b"\r\n")[:-1]:
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip():
-            raise AdminError(f"answer has a malformed header line: {line[:60]!r}")
+            raise BadAnswer(f"answer has a malformed header line: {line[:60]!r}")
         headers[name.lower()] = value.strip().lower()
     length = headers.get(b"content-length", b"0" if status in (204, 304) else b"")
     if head_end >= 0 and not length.isdigit():
-        raise AdminError(f"answer has no valid Content-Length: {length[:40]!r}")
+        raise BadAnswer(f"answer has no valid Content-Length: {length[:40]!r}")
     if head_end >= 0 and int(length) > MAX_ADMIN_RESPONSE_BYTES:
-        raise AdminError(f"answer is larger than {MAX_ADMIN_RESPONSE_BYTES} bytes "
-                         f"(Content-Length {int(length)})")
+        raise BadAnswer(f"answer is larger than {MAX_ADMIN_RESPONSE_BYTES} bytes "
+                        f"(Content-Length {int(length)})")
     end = head_end + 4 + int(length or 0)
     if head_end < 0 or len(data) < end:
         if eof:
@@ -1655,7 +1659,7 @@ def read_admin_reply(status: int, body: bytes, request_id: int, http_path: str) 
     text = body.decode("utf-8", "replace").strip().split("\n", 1)[0]
     hint = (f" (is httpPath {json_excerpt(http_path)} core's [Admin.Server] HTTPPath?)"
             if status in HTTP_PATH_PROBLEMS else "")
-    raise AdminError(f"HTTP {status}: {printable(text)}{hint}")
+    raise BadAnswer(f"HTTP {status}: {printable(text)}{hint}")
 
 
 def _describe_socket_error(e: Exception) -> str:
@@ -4731,16 +4735,18 @@ def hooks_json(hooks: HooksConfig, journal: Optional[Journal]) -> Dict[str, Any]
 
 def ask_node(rpc: Optional[RpcConfig], timeout: float, request_id: int) -> Dict[str, Any]:
     """The `node` section: one UpgradeStatus call; no accepted release gives null tag and height."""
-    node: Dict[str, Any] = {"reachable": False, "readyToUpgrade": None,
+    node: Dict[str, Any] = {"reachable": False, "answered": False, "readyToUpgrade": None,
                             "acceptedReleaseTag": None, "upgradeBlockHeight": None,
                             "error": None, "socket": rpc.socket_path if rpc else None}
     if rpc is None:
         return dict(node, error="no run-config names core's admin socket")
     try:
         status = call_upgrade_status(rpc, timeout, request_id)
+    except BadAnswer as e:  # something listens there, but not core's admin server as it should
+        return dict(node, answered=True, error=str(e))
     except AdminError as e:
         return dict(node, error=str(e))
-    return dict(node, reachable=True, readyToUpgrade=status.ready,
+    return dict(node, reachable=True, answered=True, readyToUpgrade=status.ready,
                 acceptedReleaseTag=status.tag or None,
                 upgradeBlockHeight=status.height if status.tag else None)
 
@@ -4819,7 +4825,11 @@ def status_problems(report: StatusReport, config: Config) -> List[str]:
                         f"{run['stalePid']} which is gone, still run; the next "
                         f"`vegavisor run --home {home}` stops them first")
     upgrading = run["running"] and run["phase"] in ("upgrading", "stopping", "restarting")
-    if not node["reachable"] and not upgrading:
+    if node["answered"] and not node["reachable"]:
+        problems.append(f"node: {node['socket']} answers, but not as core's admin server "
+                        f"does: {node['error']}; check that socketPath and httpPath name "
+                        f"core's [Admin.Server] SocketPath and HTTPPath")
+    elif not node["reachable"] and not upgrading:
         hint = (f"vegavisor run (pid {run['pid']}) is running: "
                 + (run["waiting"] or "core may still be starting; see its log")
                 if run["running"] else f"is `vegavisor run --home {home}` running?")
@@ -4947,6 +4957,8 @@ def _run_words(run: Dict[str, Any]) -> str:
 
 
 def _node_words(node: Dict[str, Any]) -> str:
+    if node["answered"] and not node["reachable"]:
+        return f"answers at {node['socket']}, but not as core does"
     if not node["reachable"]:
         return f"not reachable at {node['socket']}" if node["socket"] else "not reachable"
     if not node["acceptedReleaseTag"]:

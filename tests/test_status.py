@@ -22,7 +22,7 @@ FAR_UPGRADE = ["--block-interval", "0.05", "--upgrade-tag", "v2", "--accept-heig
                "--upgrade-height", "400"]
 REPORT_KEYS = {"home", "current", "installed", "node", "run", "prefetch", "lastUpgrade",
                "upgradeInProgress", "hooks", "problems"}
-NODE_KEYS = {"reachable", "readyToUpgrade", "acceptedReleaseTag", "upgradeBlockHeight", "error",
+NODE_KEYS = {"reachable", "answered", "readyToUpgrade", "acceptedReleaseTag", "upgradeBlockHeight", "error",
              "socket"}
 
 
@@ -65,7 +65,7 @@ def test_status_while_run_runs_shows_the_node_and_the_run(home, start_visor):
     visor.wait_log("admin socket answering")
     report = wait_for(lambda: (lambda r: r["run"]["phase"] == "running" and r)(status(home)),
                       15, "the run state saying running")
-    assert report["node"] == {"reachable": True, "readyToUpgrade": False,
+    assert report["node"] == {"reachable": True, "answered": True, "readyToUpgrade": False,
                               "acceptedReleaseTag": None, "upgradeBlockHeight": None,
                               "error": None, "socket": home.socket}
     run = report["run"]
@@ -181,6 +181,30 @@ def test_a_node_that_hangs_is_unreachable_after_rpc_timeout(home, short_tmp):
         core.kill()
         core.wait()
     assert (node["reachable"], node["error"]) == (False, "no answer within 0.5s")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("fault, error", [("garbage", "answer is not HTTP"),
+                                          ("wrong-types", "result is not an UpgradeStatus")])
+def test_a_socket_that_answers_unlike_core_is_told_apart_from_one_that_is_down(
+        home, fault, error):
+    binary = home.install_version("genesis", "v1") / "vega"
+    core = subprocess.Popen([str(binary)] + home.core_args(["--rpc-fault", fault]),
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: os.path.exists(home.socket), 10, "the fake core's socket")
+        report, human = status(home), status(home, output="human")
+    finally:
+        core.kill()
+        core.wait()
+    node = report["node"]
+    assert (node["reachable"], node["answered"]) == (False, True)
+    assert node["error"].startswith(error), node["error"]
+    assert f"answers at {home.socket}, but not as core does" in human
+    problem = [p for p in report["problems"] if p.startswith("node: ")]
+    assert len(problem) == 1 and "check that socketPath and httpPath name core's " \
+        "[Admin.Server] SocketPath and HTTPPath" in problem[0], problem
+    assert "running?" not in problem[0]
 
 
 @pytest.mark.timeout(30)
