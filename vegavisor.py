@@ -795,6 +795,8 @@ ABSENT = object()  # a table the file may leave out, its record then None
 # Waits longer than this overflow threading's timeouts (about 9.2e9 s); no pause or
 # timeout of a node supervisor is sanely longer than 31 years.
 MAX_SECONDS = 1e9
+# Polling core faster than this only burns CPU: a block takes about a second.
+MIN_POLL_INTERVAL_SECONDS = 0.05
 
 
 class Report(NamedTuple):
@@ -901,6 +903,13 @@ def _seconds(value: Any) -> float:
         raise ValueError("expected a number of seconds")
     if not 0 <= value <= MAX_SECONDS:  # also false for nan
         raise ValueError(f"expected a number of seconds >= 0 and <= {MAX_SECONDS:.0e}")
+    return float(value)
+
+
+def _poll_interval(value: Any) -> float:
+    if _seconds(value) < MIN_POLL_INTERVAL_SECONDS:
+        raise ValueError(f"expected a number of seconds >= {MIN_POLL_INTERVAL_SECONDS} (a "
+                         f"shorter interval only burns CPU: a block takes about a second)")
     return float(value)
 
 
@@ -1025,8 +1034,8 @@ CONFIG_SCHEMA = Table("", "", Config, (
     Key("restartsDelaySeconds", "restarts_delay", _seconds, 5.0),
     Key("stopDelaySeconds", "stop_delay", _seconds, 0.0),
     Key("stopSignalTimeoutSeconds", "stop_signal_timeout", _seconds, 15.0),
-    Key("pollIntervalSeconds", "poll_interval", _positive_seconds, 2.0),
-    Key("upgradePollIntervalSeconds", "upgrade_poll_interval", _positive_seconds, 0.25),
+    Key("pollIntervalSeconds", "poll_interval", _poll_interval, 2.0),
+    Key("upgradePollIntervalSeconds", "upgrade_poll_interval", _poll_interval, 0.25),
     Key("rpcTimeoutSeconds", "rpc_timeout", _positive_seconds, 5.0),
     Key("restartsBackoffMaxSeconds", "restarts_backoff_max", _seconds, 60.0),
     Key("restartsResetAfterSeconds", "restarts_reset_after", _seconds, 600.0),

@@ -213,7 +213,11 @@ CASES = {
     "string-seconds": ("config", 'restartsDelaySeconds = "5"',
                        'restartsDelaySeconds: expected a number of seconds, got "5"'),
     "zero-poll": ("config", "pollIntervalSeconds = 0",
-                  "pollIntervalSeconds: expected a number of seconds > 0, got 0"),
+                  "pollIntervalSeconds: expected a number of seconds >= 0.05 (a shorter interval "
+                  "only burns CPU: a block takes about a second), got 0"),
+    "spinning-upgrade-poll": ("config", "upgradePollIntervalSeconds = 0.001",
+                              "upgradePollIntervalSeconds: expected a number of seconds >= 0.05"),
+    "shortest-poll": ("config", "upgradePollIntervalSeconds = 0.05", None),
     "inf": ("config", "stopSignalTimeoutSeconds = inf",
             "stopSignalTimeoutSeconds: expected a number of seconds >= 0 and <= 1e+09, got inf"),
     "nan": ("config", "stopDelaySeconds = nan",
