@@ -233,7 +233,8 @@ REHEARSAL_MILESTONES = (
     (r"^vegavisor starting", "vegavisor started"),
     (r"^resuming upgrade tag=(\S+) height=(\d+) step=(\S+)",
      "vegavisor resumes the upgrade to {0} from its journal (step {2})"),
-    (r"^started role=(core|\"data node\") pid=(\d+) version=(\S+)", "node: {0} {2} started"),
+    (r"^started role=(core|\"data node\") pid=(\d+) version=(\S+)",
+     "node: {0} {2} started: {command}"),
     (r"^admin socket answering socket=(\S+)", "core answering on {0}"),
     (r"^upgrade accepted tag=(\S+) height=(\d+)", "upgrade to {0} accepted for block {1}"),
     (r"^downloaded tag=(\S+) .*size=(\d+)", "release {0} downloaded ({1} bytes)"),
@@ -706,7 +707,8 @@ def skip_reason(plan: Plan, name: str) -> Optional[str]:
     return None
 
 
-def slow_core_delay(config: Any, core_start_seconds: float) -> Tuple[float, Optional[str]]:
+def slow_core_delay(config: Any, core_start_seconds: float,
+                    config_path: Path) -> Tuple[float, Optional[str]]:
     """How long the slow core waits before listening, or the key to raise.
 
     vegavisor polls pollIntervalSeconds after a start, then every pollIntervalSeconds
@@ -717,7 +719,7 @@ def slow_core_delay(config: Any, core_start_seconds: float) -> Tuple[float, Opti
     margin = max(poll, SLOW_CORE_MARGIN_SECONDS)
     if window - margin < core_start_seconds:
         need = int(math.ceil((core_start_seconds + margin) / poll)) - 1
-        return 0.0, (f"config.toml: maxNumberOfFirstConnectionRetries = {retries} gives core "
+        return 0.0, (f"{config_path}: maxNumberOfFirstConnectionRetries = {retries} gives core "
                      f"{window:g}s to open its admin socket ({retries + 1} polls, "
                      f"pollIntervalSeconds = {poll:g}); a core loading its snapshot takes "
                      f"longer (--core-start-seconds {core_start_seconds:g}): raise "
@@ -940,7 +942,8 @@ def run_scenario(plan: Plan, name: str, python: str, workdir: Path,
         return Scenario(name, "skipped", skipped, 0.0, ())
     if plan.problems:
         return Scenario(name, "failed", plan.problems[0], 0.0, ())
-    delay, problem = (slow_core_delay(plan.config, core_start_seconds)
+    delay, problem = (slow_core_delay(plan.config, core_start_seconds,
+                                      plan.source / HOME_CONFIG)
                       if name == "slow-core" else (0.0, None))
     if problem:
         return Scenario(name, "failed", problem, 0.0, ())
@@ -1012,7 +1015,8 @@ def read_timeline(stage: Stage, extra: List[Tuple[float, str]]) -> List[str]:
             found = re.search(pattern, message)
             if found:
                 events.append((log_time(match), words.format(
-                    *(g.strip('"') for g in found.groups()))))
+                    *(g.strip('"') for g in found.groups()),
+                    command=log_value(message, "command"))))
                 break
         else:
             if match.group(3) == "ERROR":
@@ -1077,8 +1081,9 @@ def rehearse(home: Path, to: Optional[str], names: Sequence[str], junit: Optiona
         for scenario in scenarios:
             print_scenario(scenario, shown)
     if plan is not None:
-        mode = ("auto-install from a fake GitHub" if plan.config.auto_install.enabled
-                and not plan.preplaced else f"release pre-placed in HOME/{plan.target}")
+        mode = (f"the release pre-placed in HOME/{plan.target}" if plan.preplaced
+                else "auto-install from a fake GitHub" if plan.config.auto_install.enabled
+                else f"auto-install off: the release placed in HOME/{plan.target}")
         print(f"rehearsing {home}: {plan.current} ({plan.old}) -> {plan.tag} ({mode}); "
               f"{len(names)} scenario(s)", flush=True)
         workdir = Path(tempfile.mkdtemp(prefix="vegavisor-rehearse-", dir="/tmp"))
