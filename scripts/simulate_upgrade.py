@@ -275,6 +275,7 @@ class Plan(NamedTuple):
     source: Path
     config: Any  # vegavisor.Config
     config_text: str
+    folders: Tuple[str, ...]  # every folder of the home, relative to it
     run_config_files: Tuple[str, ...]  # relative to the home
     current: str  # the folder `current` names, relative to the home
     old: str  # the version running there (its run-config's name)
@@ -307,15 +308,19 @@ def next_minor(version: str) -> str:
     return f"{match.group(1)}{match.group(2)}.{int(match.group(3) or 0) + 1}.0"
 
 
-def find_run_configs(home: Path) -> List[str]:
-    """Every run-config.toml under the home (not through `current`, not in dot folders)."""
-    found = []
+def walk_home(home: Path) -> Tuple[List[str], List[str]]:
+    """Every folder under the home and every run-config.toml in them, relative to the
+    home (not through `current` or other links, not in dot folders such as staging)."""
+    folders, run_configs = [], []
     for folder, dirs, files in os.walk(home):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
                          and not os.path.islink(os.path.join(folder, d)))
-        if RUN_CONFIG in files and Path(folder) != home:
-            found.append(str(Path(folder, RUN_CONFIG).relative_to(home)))
-    return found
+        if Path(folder) == home:
+            continue
+        folders.append(str(Path(folder).relative_to(home)))
+        if RUN_CONFIG in files:
+            run_configs.append(str(Path(folder, RUN_CONFIG).relative_to(home)))
+    return folders, run_configs
 
 
 def read_current_folder(visor: Any, home: Path) -> Tuple[str, Optional[str], List[str]]:
@@ -400,7 +405,7 @@ def read_plan(source: Path, to: Optional[str]) -> Plan:
         current_run_config, _ = visor.load_run_config(source / current)
     except visor.VisorError as e:
         raise RehearsalError(str(e)) from None
-    files = find_run_configs(source)
+    folders, files = walk_home(source)
     names: Dict[str, str] = {}
     for file in files:
         try:
@@ -421,7 +426,7 @@ def read_plan(source: Path, to: Optional[str]) -> Plan:
         target_run_config, _ = visor.load_run_config(source / target)
         problems += binary_problems(visor, source, target, target_run_config)
     return Plan(source, config, (source / HOME_CONFIG).read_text(encoding="utf-8"),
-                tuple(files), current, current_run_config.name, link, tag, target, preplaced, tuple(notes),
+                tuple(folders), tuple(files), current, current_run_config.name, link, tag, target, preplaced, tuple(notes),
                 tuple(problems))
 
 
@@ -614,6 +619,8 @@ def stage_home(plan: Plan, scenario: str, root: Path, python: str, github_url: O
     setup = FakeSetup(python, root / "fakes", root / "record.jsonl", flags, crash)
     stage = Stage(root, root / "home", setup.record, root / "vegavisor.log", setup, [])
     stage.home.mkdir(parents=True)
+    for folder in plan.folders:  # an [upgradeFolders] subfolder's parent, say
+        (stage.home / folder).mkdir(parents=True, exist_ok=True)
     run_configs = {}
     for file in plan.run_config_files:
         (stage.home / file).parent.mkdir(parents=True, exist_ok=True)
@@ -897,8 +904,17 @@ def drive(plan: Plan, name: str, stage: Stage, python: str, github: Any,
     if problem is None:
         problem, proof = check_outcome(plan, name, stage, status, github)
     else:
-        proof = ""
+        problem, proof = name_folder_key(plan, stage, problem), ""
     return problem, proof, run.events
+
+
+def name_folder_key(plan: Plan, stage: Stage, problem: str) -> str:
+    """A failure in the release's folder names the [upgradeFolders] entry that chose it."""
+    mapped = plan.config.upgrade_folders.get(plan.tag)
+    if mapped is None or str(stage.home / plan.target) not in problem:
+        return problem
+    return (f"{problem} (the folder comes from {plan.source / HOME_CONFIG}: [upgradeFolders] "
+            f"{json.dumps(plan.tag)} = {json.dumps(mapped)})")
 
 
 def check_outcome(plan: Plan, name: str, stage: Stage, status: Optional[int],
