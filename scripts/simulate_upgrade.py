@@ -247,6 +247,9 @@ REHEARSAL_MILESTONES = (
     (r"^switched current=(\S+)", "current switched to {0}"),
     (r"^upgrade complete tag=(\S+)", "upgrade to {0} complete: the new core answers"),
     (r"^restarting delay=(\S+)", "node restarts in {0}s"),
+    (r"^hook started hook=(\S+)", "{0} hook started: {argv}"),
+    (r"^hook finished hook=(\S+)", "{0} hook finished after {seconds}s"),
+    (r"^hook failed hook=(\S+)", "{0} hook failed: {error}"),
     (r"^vegavisor stopped", "vegavisor stopped"),
 )
 # What the fake cores record (--record), in the words shown for them.
@@ -1030,9 +1033,10 @@ def read_timeline(stage: Stage, extra: List[Tuple[float, str]]) -> List[str]:
         for pattern, words in REHEARSAL_MILESTONES:
             found = re.search(pattern, message)
             if found:
+                facts = {key: log_value(message, key)
+                         for key in ("command", "argv", "seconds", "error")}
                 events.append((log_time(match), words.format(
-                    *(g.strip('"') for g in found.groups()),
-                    command=log_value(message, "command"))))
+                    *(g.strip('"') for g in found.groups()), **facts)))
                 break
         else:
             if match.group(3) == "ERROR":
