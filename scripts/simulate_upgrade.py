@@ -856,8 +856,15 @@ def refused_at_block(log: str) -> bool:
 
 
 def upgraded(plan: Plan, run: Run, data_node: bool) -> Callable[[], bool]:
+    """The new core answered (and a postUpgrade hook, when there is one, has ended)."""
+    hooks = getattr(plan.config, "hooks", None)  # [hooks], in vegavisor versions that have it
+    post_hook = bool(getattr(hooks, "post_upgrade", ()))
+
     def done() -> bool:
-        if f"upgrade complete tag={plan.tag}" not in run.log():
+        log = run.log()
+        if f"upgrade complete tag={plan.tag}" not in log:
+            return False
+        if post_hook and not re.search(r"hook (finished|failed) hook=postUpgrade", log):
             return False
         started = {r.get("role") for r in read_record(run.stage.record)
                    if r.get("event") == "start" and r.get("version") == plan.tag}
