@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Simulate a Vega protocol upgrade end to end, with no Vega and no internet.
 
-Without --home, the built-in simulation: builds a release zip whose `vega` is the fake core reporting v2, serves it from
-the fake GitHub on 127.0.0.1, makes a temporary home running fake core v1 with a
-data node and an upgrade to v2 scheduled a few seconds ahead, runs
-`vegavisor.py run` on it, and prints the timeline of the upgrade. Exits 0 once
-core and data node are back on v2 and visor stopped cleanly, 1 otherwise.
+Without --home, the built-in simulation: builds a release zip whose `vega` is
+the fake core reporting v2, serves it from the fake GitHub on 127.0.0.1, makes a
+temporary home running fake core v1 with a data node and an upgrade to v2
+scheduled a few seconds ahead, runs `vegavisor.py run` on it, and prints the
+timeline of the upgrade. Exits 0 once core and data node are back on v2 and
+visor stopped cleanly, 1 otherwise.
 
     python3 scripts/simulate_upgrade.py [--keep] [--python PYTHON]
 
@@ -225,7 +226,7 @@ HOME_CONFIG = "config.toml"
 RUN_CONFIG = "run-config.toml"
 # vegavisor's text log: `2026-01-02T03:04:05.678Z INFO  message key=value ...`.
 LOG_LINE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.(\d{3})Z (\w+)\s+(.*)")
-# A TOML table header (not an array of tables), and a `key = value` line.
+# A TOML table header (not an array of tables).
 TABLE_HEADER = re.compile(r"\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
 
 # vegavisor's log messages that make the timeline, in the words shown for them.
@@ -343,8 +344,9 @@ def read_current_folder(visor: Any, home: Path) -> Tuple[str, Optional[str], Lis
                                   f"copy of the home; the rehearsal uses {name}"]
     if not (home / "genesis" / RUN_CONFIG).is_file():
         raise RehearsalError(current.problem)
-    note = [f"{current.problem}"] if current.kind != "missing" else []
-    return "genesis", None, note + ["current is missing: vegavisor starts genesis"]
+    note = current.problem if current.kind != "missing" else \
+        "current is missing: vegavisor starts genesis"
+    return "genesis", None, [note]
 
 
 def binary_problems(visor: Any, home: Path, folder: str, run_config: Any) -> List[str]:
@@ -385,15 +387,19 @@ def folder_mapping_problems(home: Path, tag: str, target: str, current: str,
     return problems
 
 
-def choose_tag(names: Dict[str, str], current: str, auto_install: bool) -> str:
-    """The release the operator pre-placed when there is exactly one, else a made-up next one."""
+def version_key(name: str) -> Tuple[int, ...]:
+    """v0.78.7 -> (0, 78, 7): enough to tell a newer release from an older one."""
+    return tuple(int(n) for n in re.findall(r"\d+", name)[:3])
+
+
+def choose_tag(names: Dict[str, str], current: str) -> str:
+    """The newer release the operator pre-placed when there is exactly one, else a
+    made-up next one."""
     old = names[current]
-    candidates = sorted({name for folder, name in names.items()
-                         if folder not in (current, "genesis") and name != old
-                         and re.fullmatch(r"v\d[\w.+-]*", name)})
-    if len(candidates) == 1 and not auto_install:
-        return candidates[0]
-    return next_minor(old)
+    candidates = sorted({name for name in names.values()
+                         if re.fullmatch(r"v\d[\w.+-]*", name)
+                         and version_key(name) > version_key(old)})
+    return candidates[0] if len(candidates) == 1 else next_minor(old)
 
 
 def read_plan(source: Path, to: Optional[str]) -> Plan:
@@ -412,11 +418,12 @@ def read_plan(source: Path, to: Optional[str]) -> Plan:
     names: Dict[str, str] = {}
     for file in files:
         try:
-            names[str(Path(file).parent)] = visor.load_run_config(source / Path(file).parent)[0].name
+            run_config, _ = visor.load_run_config(source / Path(file).parent)
         except visor.VisorError:
             continue  # a folder no upgrade uses; vegavisor reports it if it does
+        names[str(Path(file).parent)] = run_config.name
     names[current] = current_run_config.name
-    tag = to or choose_tag(names, current, config.auto_install.enabled)
+    tag = to or choose_tag(names, current)
     try:
         target_path = visor.folder_for_tag(source, tag, config.upgrade_folders)
     except visor.VisorError as e:
@@ -429,8 +436,8 @@ def read_plan(source: Path, to: Optional[str]) -> Plan:
         target_run_config, _ = visor.load_run_config(source / target)
         problems += binary_problems(visor, source, target, target_run_config)
     return Plan(source, config, (source / HOME_CONFIG).read_text(encoding="utf-8"),
-                tuple(folders), tuple(files), current, current_run_config.name, link, tag, target, preplaced, tuple(notes),
-                tuple(problems))
+                tuple(folders), tuple(files), current, current_run_config.name, link, tag,
+                target, preplaced, tuple(notes), tuple(problems))
 
 
 # --- rehearsal: the temporary home ---
@@ -598,7 +605,8 @@ def map_sockets(plan: Plan, run_configs: Dict[str, Any], stage: Stage) -> Dict[s
         else:
             sockets[path] = str(stage.root / f"admin-{len(sockets) + 1}.sock")
             stage.notes.append(f"vega.rpc.socketPath {path} is outside the home: the rehearsal's "
-                               f"core listens on {Path(sockets[path]).name} in its temporary folder instead")
+                               f"core listens on {Path(sockets[path]).name} in its temporary "
+                               f"folder instead")
     return sockets
 
 
@@ -803,11 +811,12 @@ class Run:
     def wait(self, condition: Callable[[], Any], deadline: float, what: str) -> Optional[str]:
         """None once condition() holds; else why not (vegavisor exited, or the deadline)."""
         while not condition():
+            said = last_error(self.log()) or "no error logged"
             if self.proc.poll() is not None:
                 return (f"vegavisor exited with status {self.proc.returncode} while waiting "
-                        f"for {what}: {last_error(self.log()) or 'no error logged'}")
+                        f"for {what}: {said}")
             if time.monotonic() > deadline:
-                return f"timed out waiting for {what}: {last_error(self.log()) or 'no error logged'}"
+                return f"timed out waiting for {what}: {said}"
             time.sleep(0.02)
         return None
 
@@ -1021,7 +1030,8 @@ def format_seconds(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds:g}s"
     days, rest = divmod(int(seconds), 86400)
-    return f"{seconds:.0f}s ({days}d {rest // 3600}h)" if days else f"{seconds:.0f}s ({rest // 3600}h)"
+    return f"{seconds:.0f}s ({days}d {rest // 3600}h)" if days else \
+        f"{seconds:.0f}s ({rest // 3600}h)"
 
 
 def log_time(match: "re.Match[str]") -> float:
