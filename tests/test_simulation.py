@@ -297,3 +297,63 @@ def test_a_folder_that_is_no_home_fails_every_scenario_in_one_line(tmp_path):
     assert result.code == 1
     assert f"{tmp_path / 'config.toml'} does not exist" in result.line("FAIL", "plain")
     assert "Traceback" not in result.err
+
+
+# --- the rehearsal's decisions, in-process ---
+
+def load_script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("simulate_upgrade", str(SCRIPT))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Limits(NamedTuple):
+    max_first_connection_retries: int
+    poll_interval: float
+
+
+@pytest.mark.parametrize("retries, poll, start, waits, key_says", [
+    pytest.param(175000, 2.0, 60, 2.0, None, id="go-visor-defaults-wait-capped"),
+    pytest.param(30, 2.0, 60, 2.0, None, id="62s-window-minus-a-poll-is-enough"),
+    pytest.param(29, 2.0, 60, 0.0, "at least 30", id="60s-window-minus-a-poll-is-not"),
+    pytest.param(0, 0.5, 0.1, 0.0, "at least 2", id="one-poll-minus-the-1s-margin"),
+    pytest.param(3, 0.5, 1.0, 1.0, None, id="short-limits-short-core-waits-what-they-allow"),
+])
+def test_slow_core_waits_what_the_limits_allow_or_names_the_key(retries, poll, start, waits,
+                                                                  key_says):
+    script = load_script()
+    delay, problem = script.slow_core_delay(Limits(retries, poll), start, Path("H/config.toml"))
+    assert delay == waits
+    if key_says is None:
+        assert problem is None
+    else:
+        assert problem.startswith(f"H/config.toml: maxNumberOfFirstConnectionRetries = {retries}")
+        assert problem.endswith(f"raise maxNumberOfFirstConnectionRetries to {key_says}")
+
+
+@pytest.mark.parametrize("text, table, expected", [
+    pytest.param('[autoInstall]\n  enabled = true\n  [autoInstall.asset]\n    name = "x"\n',
+                  "autoInstall",
+                  '[autoInstall]\ngithubApiUrl = "U"\n  enabled = true\n'
+                  '  [autoInstall.asset]\n    name = "x"\n', id="added-under-its-table"),
+    pytest.param('[autoInstall]\nGithubApiURL = "https://api.github.com" # mirror\n',
+                 "autoInstall", '[autoInstall]\ngithubApiUrl = "U"\n', id="replaced-any-case"),
+    pytest.param('maxNumberOfRestarts = 3\n', "autoInstall",
+                 'maxNumberOfRestarts = 3\n\n[autoInstall]\ngithubApiUrl = "U"\n',
+                 id="table-appended"),
+])
+def test_config_copy_points_github_api_url_at_the_fake(text, table, expected):
+    assert load_script().set_toml_key(text, table, "githubApiUrl", '"U"') == expected
+
+
+@pytest.mark.parametrize("old, names, expected", [
+    pytest.param("v0.78.7", {}, "v0.79.0", id="made-up-next-minor"),
+    pytest.param("v1", {}, "v1.1.0", id="major-only"),
+    pytest.param("genesis", {}, "v0.1.0", id="no-number"),
+    pytest.param("v0.78.7", {"v0.79.1": "v0.79.1", "old": "v0.77.0", "vX.X.X": "vX.X.X"},
+                 "v0.79.1", id="the-newer-pre-placed-release"),
+])
+def test_default_tag(old, names, expected):
+    assert load_script().choose_tag(dict(names, genesis=old), "genesis") == expected
