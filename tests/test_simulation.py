@@ -357,3 +357,61 @@ def test_config_copy_points_github_api_url_at_the_fake(text, table, expected):
 ])
 def test_default_tag(old, names, expected):
     assert load_script().choose_tag(dict(names, genesis=old), "genesis") == expected
+
+
+# --- a home off the beaten track ---
+
+UNUSUAL_CONFIG = """\
+maxNumberOfFirstConnectionRetries = 100
+maxNumberOfRestarts = 2
+restartsDelaySeconds = 1
+pollIntervalSeconds = 1
+metricsFile = "/var/lib/node_exporter/textfile/vegavisor.prom"
+
+[upgradeFolders]
+  "v0.74.0" = "releases/v0.74.0"
+
+[autoInstall]
+  enabled = true
+  githubApiUrl = "https://github-mirror.example.com/api"
+  [autoInstall.asset]
+    name = "vega-{os}-{arch}.zip"
+    binaryName = "vega"
+
+[logging]
+  format = "json"
+  level = "warn"
+"""
+
+
+@pytest.mark.timeout(120)
+def test_unusual_home_is_rehearsed_as_it_is(short_tmp):
+    """A binary at an absolute path outside the home, a standalone data-node binary, the
+    admin socket inside the home, a release folder mapped into a subfolder, JSON logs at
+    warn level and a metrics file elsewhere: all rehearsed, none of it written."""
+    home = short_tmp / "home"
+    (home / "genesis").mkdir(parents=True)
+    (home / "releases").mkdir()
+    (short_tmp / "bin").mkdir()
+    (short_tmp / "bin" / "vega").write_text("placeholder\n")
+    (home / "genesis" / "data-node").write_text("placeholder\n")
+    (home / "config.toml").write_text(UNUSUAL_CONFIG)
+    (home / "genesis" / "run-config.toml").write_text(
+        f'name = "v0.73.4"\n[vega.binary]\npath = "{short_tmp / "bin" / "vega"}"\n'
+        f'args = ["node", "--home=/home/vega/.vega"]\n[vega.rpc]\n'
+        f'socketPath = "{home / "vega.sock"}"\nhttpPath = "rpc"\n'
+        f'[data_node.binary]\npath = "data-node"\nargs = ["node", "--home", "/home/vega/.dn"]\n')
+    os.symlink("genesis", home / "current")
+    before, binary_before = snapshot(home), snapshot(short_tmp / "bin")
+    result = rehearse(home, "--to", "v0.74.0", *scenario_args("plain", "crash-before-block"))
+    assert result.code == 0, result.out + result.err
+    assert "upgraded to v0.74.0; current -> HOME/releases/v0.74.0" in result.line("PASS", "plain")
+    assert result.line("PASS", "crash-before-block")
+    timeline = result.cases["plain"].find("system-out").text
+    assert f"vega.binary.path {short_tmp / 'bin' / 'vega'} is outside the home" in timeline
+    assert "metricsFile /var/lib/node_exporter/textfile/vegavisor.prom is written in the " \
+           "rehearsal's folder instead" in timeline
+    assert "socketPath" not in timeline  # inside the home: the copy's own
+    assert "/current/data-node node --home /home/vega/.dn" in timeline
+    assert "node: data node v0.74.0 started: " in timeline
+    assert snapshot(home) == before and snapshot(short_tmp / "bin") == binary_before
