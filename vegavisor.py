@@ -2912,6 +2912,9 @@ def move_into_place(staged: Path, folder: Path) -> None:
     if os.path.lexists(folder):
         raise InstallError(f"{folder} appeared while {folder.name} was being installed; "
                            f"it was left as it is and nothing was installed")
+    # [upgradeFolders] may map a tag into a subfolder ("releases/v0.74.0", SPEC 1.7) that
+    # does not exist yet; config checks keep it inside HOME.
+    folder.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.rename(staged, folder)
     except OSError as e:
