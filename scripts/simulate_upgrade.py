@@ -349,19 +349,28 @@ def read_current_folder(visor: Any, home: Path) -> Tuple[str, Optional[str], Lis
     return "genesis", None, [note]
 
 
-def binary_problems(visor: Any, home: Path, folder: str, run_config: Any) -> List[str]:
-    """Each binary the run-config names that is not in the home (relative paths only)."""
-    problems = []
+def binary_problems(visor: Any, home: Path, folder: str,
+                    run_config: Any) -> Tuple[List[str], List[str]]:
+    """(problems, notes) for the binaries the run-config names that are not in the home
+    (relative paths only). A CI copy of a home rarely holds the binaries: one missing is
+    a note, as the fake core takes its place; a path with a space in it is a mistake (the
+    Go Visor's `init --with-data-node` template writes "vega data-node")."""
+    problems, notes = [], []
     for key, binary in (("vega.binary.path", run_config.vega),
                         ("data_node.binary.path", run_config.data_node)):
         if binary is None or Path(binary.path).is_absolute():
             continue
         path = visor.resolve_binary(home / folder, binary)
-        if not path.is_file():
-            problems.append(f"{home / folder / RUN_CONFIG}: {key} = {json.dumps(binary.path)} "
-                            f"names {path}, which does not exist (copy the binary there, or "
-                            f"fix the path; any file will do: the fake core takes its place)")
-    return problems
+        if path.is_file():
+            continue
+        where = f"{home / folder / RUN_CONFIG}: {key} = {json.dumps(binary.path)}"
+        if any(c.isspace() for c in binary.path):
+            problems.append(f"{where} names {path}, which does not exist: a program and its "
+                            f"arguments? put the program in path and the rest in args")
+        else:
+            notes.append(f"{where}: {path} is not in this copy of the home; the fake core "
+                         f"takes its place (on the validator, `vegavisor validate` checks it)")
+    return problems, notes
 
 
 def folder_mapping_problems(home: Path, tag: str, target: str, current: str,
@@ -429,12 +438,15 @@ def read_plan(source: Path, to: Optional[str]) -> Plan:
     except visor.VisorError as e:
         raise RehearsalError(str(e)) from None
     target = str(target_path.relative_to(source))
-    problems = binary_problems(visor, source, current, current_run_config)
+    problems, missing = binary_problems(visor, source, current, current_run_config)
+    notes += missing
     problems += folder_mapping_problems(source, tag, target, current, names)
     preplaced = names.get(target) == tag
     if preplaced and not problems:
         target_run_config, _ = visor.load_run_config(source / target)
-        problems += binary_problems(visor, source, target, target_run_config)
+        more, missing = binary_problems(visor, source, target, target_run_config)
+        problems += more
+        notes += missing
     return Plan(source, config, (source / HOME_CONFIG).read_text(encoding="utf-8"),
                 tuple(folders), tuple(files), current, current_run_config.name, link, tag,
                 target, preplaced, tuple(notes), tuple(problems))
@@ -915,7 +927,7 @@ def drive(plan: Plan, name: str, stage: Stage, python: str, github: Any,
             problem = run.wait(upgraded(plan, run, data_node), deadline,
                                f"the node to run {plan.tag}")
         status = run.stop()
-        run.events.append((time.time(), f"vegavisor stopped by the rehearsal (SIGTERM)"))
+        run.events.append((time.time(), "vegavisor stopped by the rehearsal (SIGTERM)"))
     finally:
         if run.proc.poll() is None:
             run.proc.kill()

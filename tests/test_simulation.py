@@ -247,6 +247,18 @@ def test_wrong_folder_mapping_fails_naming_the_key(tmp_path, case):
     assert snapshot(home) == before
 
 
+@pytest.mark.timeout(60)
+def test_a_copy_without_the_binaries_is_rehearsed_with_a_note(tmp_path):
+    """An operator's CI repository holds the config files, not the 100 MB binary."""
+    home = write_operator_home(tmp_path, GO_VISOR_CONFIG)
+    (home / "genesis" / "vega").unlink()
+    result = rehearse(home, *scenario_args("plain"))
+    assert result.code == 0, result.out + result.err
+    assert f'{home}/genesis/run-config.toml: vega.binary.path = "vega": {home}/genesis/vega ' \
+        f"is not in this copy of the home; the fake core takes its place" in result.out
+    assert "PASS plain" in result.out
+
+
 @pytest.mark.timeout(90)
 def test_a_limit_vegavisor_gives_up_on_fails_the_scenario_with_its_words(tmp_path):
     """No retry of a failed install: GitHub down at the block is the end of the upgrade."""
