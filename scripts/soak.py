@@ -64,8 +64,10 @@ BLOCK_SECONDS = 0.05
 UPGRADE_EVERY = 40
 # An upgrade that has not finished in this long has lost the node.
 UPGRADE_DEADLINE_SECONDS = 60.0
-# Faults land within this many seconds of an upgrade's start (a bit past its blocks).
-FAULT_WINDOW_SECONDS = 2.5
+# A fault lands this many seconds (at most) after its anchor: the upgrade's start (a
+# bit past its blocks), the old core's ready-to-upgrade (the stop, install, switch and
+# start), the new core's first start (before it answers: the snapshot flag must repeat).
+ANCHOR_WINDOW_SECONDS = {"upgrade": 3.0, "block": 0.6, "new-core": 0.1}
 SPELL_SECONDS = (0.3, 2.5)
 SPELL_KINDS = ("5xx", "reset", "slow", "rate-limit")
 CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGKILL)
@@ -76,7 +78,7 @@ RESTART_SECONDS = 0.1
 STOP_TIMEOUT_SECONDS = 30.0
 TOKEN = "ghp_soakDummyToken0123456789"
 PLACED_SHARE = 0.3
-DEFAULT_RATES = {"kill": 0.35, "crash": 0.35, "github": 0.5}
+DEFAULT_RATES = {"kill": 0.5, "crash": 0.5, "github": 0.6}
 # config.toml keys (all unique names in init's file): fast polls, and restart limits
 # that a soak's crashes (seconds apart, not hours) and GitHub spells do not exhaust.
 CONFIG = {
@@ -106,27 +108,50 @@ def tag_number(version: str) -> int:
 
 # --- the plan: every random choice, made up front from the seed ---
 
+class Fault(NamedTuple):
+    kind: str  # "kill" (kill -9 of vegavisor), "crash" (of core), "github" (a spell)
+    anchor: str  # what `delay` counts from: the upgrade's start ("upgrade"), the old
+    #             core's ready-to-upgrade ("block") or the new core's first start ("new-core")
+    delay: float  # seconds after the anchor
+    signal: int = 0  # crash: the signal core dies of
+    spell: str = ""  # github: 5xx, reset, slow or rate-limit
+    seconds: float = 0.0  # github: how long the spell lasts
+
+    def describe(self) -> str:
+        what = {"kill": "kill -9 visor",
+                "crash": f"core crash {signal.Signals(self.signal).name if self.signal else ''}",
+                "github": f"github {self.spell} {self.seconds:.1f}s"}[self.kind]
+        return f"{what} @{self.anchor}+{self.delay:.2f}s"
+
+
 class Plan(NamedTuple):
     number: int  # upgrade from tag(number) to tag(number + 1)
     source: str  # "github" or "placed"
-    kill_at: Optional[float]  # seconds into the upgrade
-    crash_at: Optional[float]
-    crash_signal: int
-    spell_at: Optional[float]
-    spell_seconds: float
-    spell_kind: str
+    faults: Tuple[Fault, ...]
 
 
 def make_plans(rng: random.Random, upgrades: int, rates: Dict[str, float]) -> List[Plan]:
+    """Every random choice of the soak, made up front: a seed replays them all."""
     plans = []
     for number in range(1, upgrades + 1):
         source = "placed" if rng.random() < PLACED_SHARE else "github"
-        kill = rng.uniform(0, FAULT_WINDOW_SECONDS) if rng.random() < rates["kill"] else None
-        crash = rng.uniform(0, FAULT_WINDOW_SECONDS) if rng.random() < rates["crash"] else None
-        spell = rng.uniform(0, FAULT_WINDOW_SECONDS) if rng.random() < rates["github"] else None
-        plans.append(Plan(number, source, kill, crash, int(rng.choice(CRASH_SIGNALS)), spell,
-                          rng.uniform(*SPELL_SECONDS), rng.choice(SPELL_KINDS)))
+        faults = []
+        if rng.random() < rates["kill"]:
+            faults.append(Fault("kill", *anchored(rng, ("upgrade", "block"))))
+        if rng.random() < rates["crash"]:
+            faults.append(Fault("crash", *anchored(rng, ("upgrade", "block", "new-core")),
+                                signal=int(rng.choice(CRASH_SIGNALS))))
+        if rng.random() < rates["github"]:
+            faults.append(Fault("github", *anchored(rng, ("upgrade", "block")),
+                                spell=rng.choice(SPELL_KINDS),
+                                seconds=rng.uniform(*SPELL_SECONDS)))
+        plans.append(Plan(number, source, tuple(faults)))
     return plans
+
+
+def anchored(rng: random.Random, anchors: Sequence[str]) -> Tuple[str, float]:
+    anchor = rng.choice(anchors)
+    return anchor, rng.uniform(0, ANCHOR_WINDOW_SECONDS[anchor])
 
 
 # --- the record checks (pure: they also run on a given file) ---
@@ -138,6 +163,7 @@ class Life(NamedTuple):
     last_seen: float  # its latest event's time: it was still alive then
     snapshot_height: Optional[int]
     upgrade_height: Optional[int]  # the upgrade block it scheduled, if any
+    answered: bool  # it wrote an admin answer (HTTP 200)
 
 
 def core_lives(events: Sequence[Dict[str, Any]],
@@ -154,10 +180,13 @@ def core_lives(events: Sequence[Dict[str, Any]],
             upgrade = event.get("upgrade") or {}
             current[pid] = len(lives)
             lives.append(Life(pid, str(event.get("version")), when, when,
-                              event.get("snapshot_height"), upgrade.get("upgrade_height")))
+                              event.get("snapshot_height"), upgrade.get("upgrade_height"),
+                              False))
         elif pid in current:
             i = current[pid]
-            lives[i] = lives[i]._replace(last_seen=max(lives[i].last_seen, when))
+            answered = event.get("event") == "rpc" and event.get("status") == 200
+            lives[i] = lives[i]._replace(last_seen=max(lives[i].last_seen, when),
+                                         answered=lives[i].answered or answered)
     for pid, when in (seen_alive or {}).items():
         if pid in current:
             i = current[pid]
@@ -181,20 +210,27 @@ def overlaps(lives: Sequence[Life]) -> List[str]:
 
 
 def version_steps(lives: Sequence[Life]) -> List[str]:
-    """Core versions only step up, one at a time, and each new version's first start
-    loads the snapshot of the upgrade block the version before scheduled."""
+    """Core versions only step up, one at a time; until an upgraded version has answered,
+    each of its starts loads the snapshot of the upgrade block (SPEC 1.6.4, 3.1.10)."""
     found = []
     previous: Optional[Life] = None
+    block: Dict[str, Optional[int]] = {}  # upgraded version -> its upgrade block
+    answered: Set[str] = set()
     for life in sorted(lives, key=lambda life: life.started):
         if previous is not None:
             was, now = tag_number(previous.version), tag_number(life.version)
             if now < was or now > was + 1:
                 found.append(f"core {life.version} (pid {life.pid}) started after "
                              f"{previous.version}: versions must step up by one")
-            elif now == was + 1 and life.snapshot_height != previous.upgrade_height:
-                found.append(f"core {life.version} (pid {life.pid}) first started with "
-                             f"snapshot height {life.snapshot_height}, not the upgrade block "
-                             f"{previous.upgrade_height}")
+            elif now == was + 1:
+                block[life.version] = previous.upgrade_height
+        if (life.version in block and life.version not in answered
+                and life.snapshot_height != block[life.version]):
+            found.append(f"core {life.version} (pid {life.pid}) started with snapshot height "
+                         f"{life.snapshot_height} before {life.version} ever answered, not the "
+                         f"upgrade block {block[life.version]}")
+        if life.answered:
+            answered.add(life.version)
         previous = life
     return found
 
@@ -521,10 +557,9 @@ class Soak:
 
     def upgrade(self, plan: Plan) -> Outcome:
         """Wait for tag(n+1) to answer while the plan's faults happen; then check."""
-        target = tag(plan.number + 1)
-        start = time.monotonic()
-        faults: List[str] = []
-        kill_at, crash_at, spell_at = plan.kill_at, plan.crash_at, plan.spell_at
+        old, target = tag(plan.number), tag(plan.number + 1)
+        start, wall_start = time.monotonic(), time.time()
+        pending, done = list(plan.faults), []
         spell_ends: Optional[float] = None
         result = "ok"
         while not self.answered(target):
@@ -534,26 +569,20 @@ class Soak:
                 break
             said = self.visor.restart_if_exited()
             if said:
-                faults.append(f"visor {said}")
-            if kill_at is not None and now >= kill_at:
-                step = journal_step(self.home)
-                self.visor.kill()
-                self.kills += 1
-                faults.append(f"kill -9 visor @{now:.2f}s (journal {step})")
-                kill_at = None
-            if crash_at is not None and now >= crash_at:
-                cores = live_cores(self.sampler.marker)
-                if len(cores) == 1:  # none: between lives, tried again in a moment
-                    [pid] = cores
-                    os.kill(pid, plan.crash_signal)
-                    self.crashes += 1
-                    faults.append(f"core crash {signal.Signals(plan.crash_signal).name} "
-                                  f"@{now:.2f}s")
-                    crash_at = None
-            if spell_at is not None and now >= spell_at:
-                self.githubs.begin_spell(plan.spell_kind, plan.spell_seconds)
-                faults.append(f"github {plan.spell_kind} {plan.spell_seconds:.1f}s @{now:.2f}s")
-                spell_at, spell_ends = None, now + plan.spell_seconds
+                done.append(f"visor {said}")
+            anchors = {"upgrade": 0.0, "block": self.first("ready", old, wall_start),
+                       "new-core": self.first("start", target, wall_start)}
+            for fault in list(pending):
+                at = anchors[fault.anchor]
+                if at is None or time.time() - wall_start < at + fault.delay:
+                    continue
+                happened = self.inject(fault, target)
+                if happened is None:
+                    continue  # no core alive to crash: tried again in a moment
+                pending.remove(fault)
+                done.append(f"{fault.describe()} ({happened})")
+                if fault.kind == "github":
+                    spell_ends = now + fault.seconds
             if spell_ends is not None and now >= spell_ends:
                 self.githubs.end_spell()
                 spell_ends = None
@@ -564,7 +593,34 @@ class Soak:
         violations = self.new_violations(self.check(target))
         if violations and result == "ok":
             result = "VIOLATION"
-        return Outcome(plan.number, plan.source, seconds, faults, result, violations)
+        return Outcome(plan.number, plan.source, seconds, done, result, violations)
+
+    def first(self, name: str, version: str, since: float) -> Optional[float]:
+        """Seconds from `since` to the first core event `name` of `version` after it."""
+        for e in self.record.read():
+            if (e.get("event") == name and e.get("role") == "core"
+                    and e.get("version") == version and e.get("time", 0) >= since):
+                return e["time"] - since
+        return None
+
+    def inject(self, fault: Fault, target: str) -> Optional[str]:
+        """Act a fault out; say what it hit (None: nothing to hit now)."""
+        if fault.kind == "kill":
+            step = journal_step(self.home)
+            self.visor.kill()
+            self.kills += 1
+            return f"journal {step}"
+        if fault.kind == "crash":
+            cores = live_cores(self.sampler.marker)
+            if len(cores) != 1:
+                return None
+            [(pid, cmdline)] = cores.items()
+            os.kill(pid, fault.signal)
+            self.crashes += 1
+            return f"pid {pid}" + (" with snapshot flag" if b"--snapshot" in cmdline else "")
+        self.githubs.begin_spell(fault.spell, fault.seconds)
+        return f"{target} already installed" if (self.home / target).is_dir() \
+            else f"{target} not installed yet"
 
     def check(self, version: str) -> List[str]:
         """The invariants after an upgrade to `version`."""
