@@ -67,7 +67,7 @@ UPGRADE_DEADLINE_SECONDS = 60.0
 # A fault lands this many seconds (at most) after its anchor: the upgrade's start (a
 # bit past its blocks), the old core's ready-to-upgrade (the stop, install, switch and
 # start), the new core's first start (before it answers: the snapshot flag must repeat).
-ANCHOR_WINDOW_SECONDS = {"upgrade": 3.0, "block": 0.6, "new-core": 0.1}
+ANCHOR_WINDOW_SECONDS = {"upgrade": 2.2, "block": 0.3, "new-core": 0.1}
 SPELL_SECONDS = (0.3, 2.5)
 SPELL_KINDS = ("5xx", "reset", "slow", "rate-limit")
 CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGKILL)
@@ -548,6 +548,7 @@ class Soak:
         self.visor, self.sampler = visor, sampler
         self.record = RecordReader(workdir / "record.jsonl")
         self.kills, self.crashes = 0, 0
+        self.missed = 0  # faults planned but not reached: the upgrade was over first
         self.reported: Set[str] = set()  # violations already shown with an upgrade
 
     def answered(self, version: str) -> bool:
@@ -589,6 +590,7 @@ class Soak:
             time.sleep(0.02)
         if spell_ends is not None:
             self.githubs.end_spell()
+        self.missed += len(pending)
         seconds = time.monotonic() - start
         violations = self.new_violations(self.check(target))
         if violations and result == "ok":
@@ -676,7 +678,7 @@ def soak(workdir: Path, upgrades: int, seed: int, rates: Dict[str, float]) -> Di
             kill_everything_under(sampler.marker)
         final = final_violations(run, outcomes, upgrades, stop_code, left, placed)
         violations = [v for o in outcomes for v in o.violations] + run.new_violations(final)
-        return report(seed, upgrades, outcomes, run, githubs, sampler, visor,
+        return report(seed, upgrades, rates, outcomes, run, githubs, sampler, visor,
                       time.monotonic() - began, violations)
 
 
@@ -715,8 +717,8 @@ def upgrade_line(o: Outcome) -> str:
     return "\n".join([line] + [f"    violation: {v}" for v in o.violations])
 
 
-def report(seed: int, upgrades: int, outcomes: List[Outcome], run: Soak, githubs: GitHubs,
-           sampler: Sampler, visor: Visor, total: float,
+def report(seed: int, upgrades: int, rates: Dict[str, float], outcomes: List[Outcome],
+           run: Soak, githubs: GitHubs, sampler: Sampler, visor: Visor, total: float,
            violations: List[str]) -> Dict[str, Any]:
     done = [o for o in outcomes if o.result in ("ok", "VIOLATION")]
     return {
@@ -730,6 +732,7 @@ def report(seed: int, upgrades: int, outcomes: List[Outcome], run: Soak, githubs
         "github_spells": githubs.spells,
         "github_failed_requests": githubs.failed_requests(),
         "github_api_requests": githubs.api_requests(),
+        "faults_missed": run.missed,
         "visor_exits": len(visor.own_exits),
         "core_starts": sum(1 for e in run.record.read()
                            if e.get("event") == "start" and e.get("role") == "core"),
@@ -737,6 +740,7 @@ def report(seed: int, upgrades: int, outcomes: List[Outcome], run: Soak, githubs
         "proc_scans": sampler.scans,
         "max_upgrade_seconds": round(max((o.seconds for o in done), default=0.0), 2),
         "total_seconds": round(total, 1),
+        "rates": rates,
         "invariant_violations": len(violations),
         "violations": violations,
         "per_upgrade": [{"from": tag(o.number), "to": tag(o.number + 1), "source": o.source,
@@ -750,7 +754,8 @@ def summary(figures: Dict[str, Any]) -> str:
     return (f"summary: upgrades done {figures['upgrades_done']}/{figures['upgrades']} "
             f"({figures['from']} -> {figures['to']}), kills {figures['kills']}, "
             f"crashes {figures['crashes']}, GitHub faults {figures['github_spells']} spells "
-            f"({figures['github_failed_requests']} failed requests), visor exits "
+            f"({figures['github_failed_requests']} failed requests), faults not reached "
+            f"{figures['faults_missed']}, visor exits "
             f"{figures['visor_exits']}, core starts {figures['core_starts']}, max cores "
             f"alive {figures['max_cores_alive']} in {figures['proc_scans']} scans, max upgrade "
             f"{figures['max_upgrade_seconds']}s, total {figures['total_seconds']}s, "
