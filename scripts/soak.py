@@ -65,9 +65,12 @@ UPGRADE_EVERY = 40
 # An upgrade that has not finished in this long has lost the node.
 UPGRADE_DEADLINE_SECONDS = 60.0
 # A fault lands this many seconds (at most) after its anchor: the upgrade's start (a
-# bit past its blocks), the old core's ready-to-upgrade (the stop, install, switch and
-# start), the new core's first start (before it answers: the snapshot flag must repeat).
-ANCHOR_WINDOW_SECONDS = {"upgrade": 2.2, "block": 0.3, "new-core": 0.1}
+# bit past its blocks), the old core's acceptance of the release (the prefetch starts),
+# the old core's ready-to-upgrade (the stop, install, switch and start), the new core's
+# first start (before it answers: the snapshot flag must repeat); or before "near-block",
+# the upgrade block as the old core's start height, socket and block interval foretell.
+ANCHOR_WINDOW_SECONDS = {"upgrade": 2.2, "accepted": 0.1, "near-block": 0.5, "block": 0.3,
+                         "new-core": 0.1}
 SPELL_SECONDS = (0.3, 2.5)
 SPELL_KINDS = ("5xx", "reset", "slow", "rate-limit")
 CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGKILL)
@@ -78,6 +81,8 @@ RESTART_SECONDS = 0.1
 STOP_TIMEOUT_SECONDS = 30.0
 TOKEN = "ghp_soakDummyToken0123456789"
 PLACED_SHARE = 0.3
+# Of the faults that end vegavisor, this share is a clean `systemctl restart` (SIGTERM).
+RESTART_SHARE = 0.25
 DEFAULT_RATES = {"kill": 0.5, "crash": 0.5, "github": 0.6}
 # config.toml keys (all unique names in init's file): fast polls, and restart limits
 # that a soak's crashes (seconds apart, not hours) and GitHub spells do not exhaust.
@@ -109,19 +114,20 @@ def tag_number(version: str) -> int:
 # --- the plan: every random choice, made up front from the seed ---
 
 class Fault(NamedTuple):
-    kind: str  # "kill" (kill -9 of vegavisor), "crash" (of core), "github" (a spell)
-    anchor: str  # what `delay` counts from: the upgrade's start ("upgrade"), the old
-    #             core's ready-to-upgrade ("block") or the new core's first start ("new-core")
-    delay: float  # seconds after the anchor
+    kind: str  # "kill" (kill -9 of vegavisor), "restart" (systemctl restart: SIGTERM,
+    #           then started again), "crash" (of core), "github" (a spell)
+    anchor: str  # what `delay` counts from (see ANCHOR_WINDOW_SECONDS)
+    delay: float  # seconds after the anchor (before it, for "near-block")
     signal: int = 0  # crash: the signal core dies of
     spell: str = ""  # github: 5xx, reset, slow or rate-limit
     seconds: float = 0.0  # github: how long the spell lasts
 
     def describe(self) -> str:
-        what = {"kill": "kill -9 visor",
+        what = {"kill": "kill -9 visor", "restart": "restart visor (SIGTERM)",
                 "crash": f"core crash {signal.Signals(self.signal).name if self.signal else ''}",
                 "github": f"github {self.spell} {self.seconds:.1f}s"}[self.kind]
-        return f"{what} @{self.anchor}+{self.delay:.2f}s"
+        sign = "-" if self.anchor == "near-block" else "+"
+        return f"{what} @{self.anchor}{sign}{self.delay:.2f}s"
 
 
 class Plan(NamedTuple):
@@ -137,12 +143,13 @@ def make_plans(rng: random.Random, upgrades: int, rates: Dict[str, float]) -> Li
         source = "placed" if rng.random() < PLACED_SHARE else "github"
         faults = []
         if rng.random() < rates["kill"]:
-            faults.append(Fault("kill", *anchored(rng, ("upgrade", "block"))))
+            kind = "restart" if rng.random() < RESTART_SHARE else "kill"
+            faults.append(Fault(kind, *anchored(rng, ("upgrade", "near-block", "block"))))
         if rng.random() < rates["crash"]:
             faults.append(Fault("crash", *anchored(rng, ("upgrade", "block", "new-core")),
                                 signal=int(rng.choice(CRASH_SIGNALS))))
         if rng.random() < rates["github"]:
-            faults.append(Fault("github", *anchored(rng, ("upgrade", "block")),
+            faults.append(Fault("github", *anchored(rng, ("upgrade", "accepted", "near-block")),
                                 spell=rng.choice(SPELL_KINDS),
                                 seconds=rng.uniform(*SPELL_SECONDS)))
         plans.append(Plan(number, source, tuple(faults)))
@@ -402,6 +409,7 @@ class GitHubs:
         self.cdn = FakeGitHub(unauthenticated_limit=100000, authenticated_limit=100000)
         self.api.asset_base = self.cdn.url
         self.spells = 0
+        self.hit, self.answered_before = 0, 0  # requests answered during spells
 
     def __enter__(self) -> GitHubs:
         self.api.start()
@@ -418,6 +426,7 @@ class GitHubs:
 
     def begin_spell(self, kind: str, seconds: float) -> None:
         self.spells += 1
+        self.answered_before = self.answered()
         for server in (self.api, self.cdn):
             if kind == "5xx":
                 server.fail(r"^/objects/", 503)
@@ -432,6 +441,10 @@ class GitHubs:
     def end_spell(self) -> None:
         for server in (self.api, self.cdn):
             server.clear_faults()
+        self.hit += self.answered() - self.answered_before
+
+    def answered(self) -> int:
+        return len(self.api.requests) + len(self.cdn.requests)
 
     def failed_requests(self) -> int:
         return sum(1 for server in (self.api, self.cdn) for r in server.requests
@@ -482,6 +495,13 @@ class Visor:
         self.proc.wait()
         time.sleep(RESTART_SECONDS)
         self.start()
+
+    def restart(self) -> Optional[int]:
+        """systemctl restart: SIGTERM, wait for the exit, start again; the exit code."""
+        code = self.stop()
+        time.sleep(RESTART_SECONDS)
+        self.start()
+        return code
 
     def restart_if_exited(self) -> Optional[str]:
         """vegavisor ended by itself (gave up): note why and start it again."""
@@ -547,7 +567,8 @@ class Soak:
         self.workdir, self.home, self.githubs = workdir, home, githubs
         self.visor, self.sampler = visor, sampler
         self.record = RecordReader(workdir / "record.jsonl")
-        self.kills, self.crashes = 0, 0
+        self.kills, self.crashes, self.restarts = 0, 0, 0
+        self.bad_stops: List[str] = []  # a SIGTERM that did not end in exit 0
         self.missed = 0  # faults planned but not reached: the upgrade was over first
         self.reported: Set[str] = set()  # violations already shown with an upgrade
 
@@ -571,11 +592,14 @@ class Soak:
             said = self.visor.restart_if_exited()
             if said:
                 done.append(f"visor {said}")
-            anchors = {"upgrade": 0.0, "block": self.first("ready", old, wall_start),
-                       "new-core": self.first("start", target, wall_start)}
+            anchors = {"upgrade": wall_start, "accepted": self.latest("accepted", old),
+                       "near-block": self.foretold_block(old),
+                       "block": self.latest("ready", old),
+                       "new-core": self.latest("start", target)}
             for fault in list(pending):
                 at = anchors[fault.anchor]
-                if at is None or time.time() - wall_start < at + fault.delay:
+                delay = -fault.delay if fault.anchor == "near-block" else fault.delay
+                if at is None or time.time() < at + delay:
                     continue
                 happened = self.inject(fault, target)
                 if happened is None:
@@ -597,13 +621,30 @@ class Soak:
             result = "VIOLATION"
         return Outcome(plan.number, plan.source, seconds, done, result, violations)
 
-    def first(self, name: str, version: str, since: float) -> Optional[float]:
-        """Seconds from `since` to the first core event `name` of `version` after it."""
+    def latest(self, name: str, version: str) -> Optional[float]:
+        """When the latest core event `name` of `version` happened (time.time())."""
+        found = None
         for e in self.record.read():
-            if (e.get("event") == name and e.get("role") == "core"
-                    and e.get("version") == version and e.get("time", 0) >= since):
-                return e["time"] - since
-        return None
+            if e.get("event") == name and e.get("role") == "core" and e.get("version") == version:
+                found = e["time"]
+        return found
+
+    def foretold_block(self, version: str) -> Optional[float]:
+        """When the latest core of `version` reaches its upgrade block: its blocks start
+        when its socket listens, one every BLOCK_SECONDS from its start height."""
+        start: Optional[Dict[str, Any]] = None
+        block = None
+        for e in self.record.read():
+            if e.get("role") != "core" or e.get("version") != version:
+                continue
+            if e.get("event") == "start":
+                start, block = e, None
+            elif e.get("event") == "socket-listening" and start and e["pid"] == start["pid"]:
+                upgrade = start.get("upgrade") or {}
+                if upgrade.get("upgrade_height") is not None:
+                    blocks = upgrade["upgrade_height"] - start["start_height"]
+                    block = e["time"] + blocks * BLOCK_SECONDS
+        return block
 
     def inject(self, fault: Fault, target: str) -> Optional[str]:
         """Act a fault out; say what it hit (None: nothing to hit now)."""
@@ -612,6 +653,14 @@ class Soak:
             self.visor.kill()
             self.kills += 1
             return f"journal {step}"
+        if fault.kind == "restart":
+            step = journal_step(self.home)
+            code = self.visor.restart()
+            self.restarts += 1
+            if code != 0:
+                self.bad_stops.append(f"vegavisor exited {code} on SIGTERM (journal {step}), "
+                                      f"not 0")
+            return f"journal {step}, exit {code}"
         if fault.kind == "crash":
             cores = live_cores(self.sampler.marker)
             if len(cores) != 1:
@@ -626,7 +675,7 @@ class Soak:
 
     def check(self, version: str) -> List[str]:
         """The invariants after an upgrade to `version`."""
-        found = list(self.sampler.violations)
+        found = list(self.sampler.violations) + self.bad_stops
         found += check_record(self.record.read(), self.sampler.last_seen)
         current = os.path.realpath(self.home / "current")
         if Path(current).name != version:
@@ -728,9 +777,11 @@ def report(seed: int, upgrades: int, rates: Dict[str, float], outcomes: List[Out
         "from": tag(1),
         "to": tag(upgrades + 1),
         "kills": run.kills,
+        "restarts": run.restarts,
         "crashes": run.crashes,
         "github_spells": githubs.spells,
         "github_failed_requests": githubs.failed_requests(),
+        "github_requests_in_spells": githubs.hit,
         "github_api_requests": githubs.api_requests(),
         "faults_missed": run.missed,
         "visor_exits": len(visor.own_exits),
@@ -753,8 +804,10 @@ def report(seed: int, upgrades: int, rates: Dict[str, float], outcomes: List[Out
 def summary(figures: Dict[str, Any]) -> str:
     return (f"summary: upgrades done {figures['upgrades_done']}/{figures['upgrades']} "
             f"({figures['from']} -> {figures['to']}), kills {figures['kills']}, "
+            f"restarts {figures['restarts']}, "
             f"crashes {figures['crashes']}, GitHub faults {figures['github_spells']} spells "
-            f"({figures['github_failed_requests']} failed requests), faults not reached "
+            f"({figures['github_requests_in_spells']} requests in them, "
+            f"{figures['github_failed_requests']} failed), faults not reached "
             f"{figures['faults_missed']}, visor exits "
             f"{figures['visor_exits']}, core starts {figures['core_starts']}, max cores "
             f"alive {figures['max_cores_alive']} in {figures['proc_scans']} scans, max upgrade "
@@ -790,11 +843,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "a fresh one, printed)")
     parser.add_argument("--report", type=Path, help="write the figures to this JSON file")
     parser.add_argument("--kill-rate", type=rate, default=DEFAULT_RATES["kill"],
-                        help="chance of a kill -9 of vegavisor in each upgrade (0.35)")
+                        help="chance of a kill -9 (or, one time in 4, a SIGTERM) of "
+                             "vegavisor in each upgrade (0.5)")
     parser.add_argument("--crash-rate", type=rate, default=DEFAULT_RATES["crash"],
-                        help="chance of a core crash in each upgrade (0.35)")
+                        help="chance of a core crash in each upgrade (0.5)")
     parser.add_argument("--github-fault-rate", type=rate, default=DEFAULT_RATES["github"],
-                        help="chance of a spell of GitHub failures in each upgrade (0.5)")
+                        help="chance of a spell of GitHub failures in each upgrade (0.6)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder "
                         "(kept anyway when an invariant broke)")
     parser.add_argument("--check-record", type=Path, metavar="FILE",

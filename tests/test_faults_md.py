@@ -111,24 +111,27 @@ def render_soak(figures: Dict[str, Any]) -> List[str]:
         f"{figures['upgrades']} upgrades in a row, {figures['from']} to {figures['to']}, each "
         f"scheduled by the running fake core; each release served by the fake GitHub "
         f"(auto-install, prefetch) or pre-placed. Seeded faults: kill -9 of vegavisor (then "
-        f"started again, as systemd would), core crashes (SIGSEGV, SIGKILL), spells of "
-        f"GitHub failures (5xx, connection resets, slow answers, rate limit), each at a random "
-        f"moment after the upgrade's start, the old core's ready-to-upgrade or the new core's "
-        f"first start. Checked after each upgrade and at the end: never two cores alive at "
-        f"once (the fake cores' record and /proc scans every 20 ms), the expected version "
-        f"answering, versions stepping up by one with the upgrade block's snapshot until the "
-        f"new one answered, no core left after vegavisor stopped (exit 0 on SIGTERM), no "
-        f"traceback, no release folder deleted (pre-placed ones unchanged), no staging left, "
-        f"the token only on the API host's API paths and never in a log, file or core's "
-        f"environment.",
+        f"started again, as systemd would) or a `systemctl restart` (SIGTERM), core crashes "
+        f"(SIGSEGV, SIGKILL), spells of GitHub failures (5xx, connection resets, slow "
+        f"answers, rate limit), each at a random moment after the upgrade's start, the old "
+        f"core's acceptance of the release, its ready-to-upgrade or the new core's first "
+        f"start, or just before the upgrade block. Checked after each upgrade and at the "
+        f"end: never two cores alive at once (the fake cores' record and /proc scans every "
+        f"20 ms), the expected version answering, versions stepping up by one with the "
+        f"upgrade block's snapshot until the new one answered, no core left after vegavisor "
+        f"stopped (exit 0 on SIGTERM), no traceback, no release folder deleted (pre-placed "
+        f"ones unchanged), no staging left, the token only on the API host's API paths and "
+        f"never in a log, file or core's environment.",
         "", "| figure | value |", "|---|---|",
     ]
     rows = (
         ("upgrades done", f"{figures['upgrades_done']} of {figures['upgrades']}"),
         ("kill -9 of vegavisor", figures["kills"]),
+        ("restarts of vegavisor (SIGTERM, exit 0 expected)", figures["restarts"]),
         ("core crashes", figures["crashes"]),
         ("GitHub fault spells", f"{figures['github_spells']} "
-                                f"({figures['github_failed_requests']} failed requests)"),
+                                f"({figures['github_requests_in_spells']} requests answered "
+                                f"during them, {figures['github_failed_requests']} failed)"),
         ("faults planned but not reached (the upgrade was over first)",
          figures["faults_missed"]),
         ("GitHub API requests", figures["github_api_requests"]),
