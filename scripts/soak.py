@@ -6,16 +6,19 @@ A temporary home runs fake core v1 (fakes/core.py) whose args play a chain of up
 either served by a fake GitHub on 127.0.0.1 (auto-install and prefetch on; the asset
 `url`s name a second fake server, as a CDN) or pre-placed in HOME/<tag> by the
 "operator". A seeded random generator picks, for each upgrade, the faults: kill -9 of
-vegavisor at a random moment (then it is started again, as systemd would), a core
-crash (SIGSEGV or SIGKILL) at a random moment, and a spell of GitHub failures (5xx,
-connection resets, slow answers, rate limit). After each upgrade and at the end it
-checks:
+vegavisor (then it is started again, as systemd would) or, one time in four, a
+`systemctl restart` (SIGTERM, then started again); a core crash (SIGSEGV or SIGKILL);
+a spell of GitHub failures (5xx, connection resets, slow answers, rate limit). Each
+lands a random moment after an anchor: the upgrade's start, the old core's acceptance
+of the release, its ready-to-upgrade, the new core's first start, or just before the
+upgrade block. After each upgrade and at the end it checks:
 
 - never two cores alive at once: from the fake cores' record (a start event and any
   later event of the same pid prove it alive then) and from /proc scans every 20 ms;
-- each upgrade ends with the expected version answering; core versions only ever step
-  up by one, and each new version's first start loads the snapshot of its upgrade block;
-- no core left running once vegavisor has stopped; vegavisor exits 0 on SIGTERM;
+- each upgrade ends with the expected version answering and `current` naming it; core
+  versions only ever step up by one, and until a new version has answered, each of its
+  starts loads the snapshot of its upgrade block;
+- no core left running once vegavisor has stopped; vegavisor exits 0 on each SIGTERM;
 - no traceback in vegavisor's output;
 - no release folder deleted (pre-placed ones unchanged, byte for byte), no staging left;
 - GITHUB_TOKEN (a dummy) sent only to the API server's API paths, never to the CDN or
@@ -24,6 +27,7 @@ checks:
 Prints a line per upgrade and a summary; exits 0 only when every invariant held.
 
     python3 scripts/soak.py [--upgrades 20] [--seed S] [--report FILE] [--keep]
+                            [--kill-rate P] [--crash-rate P] [--github-fault-rate P]
     python3 scripts/soak.py --check-record FILE   # only the record checks, on a file
 """
 from __future__ import annotations
@@ -144,7 +148,8 @@ def make_plans(rng: random.Random, upgrades: int, rates: Dict[str, float]) -> Li
         faults = []
         if rng.random() < rates["kill"]:
             kind = "restart" if rng.random() < RESTART_SHARE else "kill"
-            faults.append(Fault(kind, *anchored(rng, ("upgrade", "near-block", "block"))))
+            faults.append(Fault(kind, *anchored(rng, ("upgrade", "accepted", "near-block",
+                                                      "block"))))
         if rng.random() < rates["crash"]:
             faults.append(Fault("crash", *anchored(rng, ("upgrade", "block", "new-core")),
                                 signal=int(rng.choice(CRASH_SIGNALS))))
