@@ -129,9 +129,9 @@ def render_soak(figures: Dict[str, Any]) -> List[str]:
         ("kill -9 of vegavisor", figures["kills"]),
         ("restarts of vegavisor (SIGTERM, exit 0 expected)", figures["restarts"]),
         ("core crashes", figures["crashes"]),
-        ("GitHub fault spells", f"{figures['github_spells']} "
-                                f"({figures['github_requests_in_spells']} requests answered "
-                                f"during them, {figures['github_failed_requests']} failed)"),
+        ("GitHub fault spells",
+         f"{figures['github_spells']} ({figures['github_requests_in_spells']} requests answered "
+         f"during them, {figures['github_failed_requests']} with an error status)"),
         ("faults planned but not reached (the upgrade was over first)",
          figures["faults_missed"]),
         ("GitHub API requests", figures["github_api_requests"]),

@@ -189,3 +189,13 @@ def test_the_chain_does_not_mix_with_a_scripted_tag(tmp_path):
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1] == ("core.py: error: --upgrade-every plays a chain: no "
                                             "--upgrade-tag or --upgrade-height")
+
+
+@pytest.mark.timeout(30)
+def test_the_committed_soak_report_is_a_default_run_that_held_every_invariant():
+    figures = json.loads((ROOT / "scripts" / "soak-report.json").read_text())
+    assert (figures["upgrades"], figures["upgrades_done"]) == (20, 20)
+    assert (figures["invariant_violations"], figures["violations"]) == (0, [])
+    assert figures["max_cores_alive"] == 1
+    assert figures["kills"] > 0 and figures["crashes"] > 0 and figures["github_spells"] > 0
+    assert [u["result"] for u in figures["per_upgrade"]] == ["ok"] * 20
