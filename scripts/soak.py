@@ -88,6 +88,9 @@ PLACED_SHARE = 0.3
 # Of the faults that end vegavisor, this share is a clean `systemctl restart` (SIGTERM).
 RESTART_SHARE = 0.25
 DEFAULT_RATES = {"kill": 0.5, "crash": 0.5, "github": 0.6}
+# A core stopping on SIGTERM (not at its upgrade block: there it dies at once) takes
+# this long, as a real one flushing its state does: a restarted vegavisor meets it.
+DEFAULT_STOP_DELAY = 0.5
 # config.toml keys (all unique names in init's file): fast polls, and restart limits
 # that a soak's crashes (seconds apart, not hours) and GitHub spells do not exhaust.
 CONFIG = {
@@ -368,23 +371,24 @@ def release_zip(dest: Path, version: str) -> Path:
     return dest
 
 
-def core_args(workdir: Path) -> List[str]:
+def core_args(workdir: Path, stop_delay: float) -> List[str]:
     return ["node", "--admin-socket", str(workdir / "admin.sock"), "--record",
             str(workdir / "record.jsonl"), "--block-interval", str(BLOCK_SECONDS),
-            "--upgrade-every", str(UPGRADE_EVERY)]
+            "--upgrade-every", str(UPGRADE_EVERY), "--stop-delay", str(stop_delay)]
 
 
-def place_version(home: Path, workdir: Path, version: str, folder: str) -> Path:
+def place_version(home: Path, workdir: Path, version: str, folder: str,
+                  stop_delay: float) -> Path:
     target = home / folder
     make_binary(target / "vega", version)
     (target / "run-config.toml").write_text(
         f'name = "{version}"\n[vega.binary]\npath = "vega"\n'
-        f"args = {json.dumps(core_args(workdir))}\n"
+        f"args = {json.dumps(core_args(workdir, stop_delay))}\n"
         f'[vega.rpc]\nsocketPath = "{workdir / "admin.sock"}"\nhttpPath = "/rpc"\n')
     return target
 
 
-def make_home(workdir: Path, api_url: str) -> Path:
+def make_home(workdir: Path, api_url: str, stop_delay: float) -> Path:
     home = workdir / "home"
     done = subprocess.run([sys.executable, str(VEGAVISOR), "init", "--home", str(home)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -396,7 +400,7 @@ def make_home(workdir: Path, api_url: str) -> Path:
         if n != 1:
             raise RuntimeError(f"config.toml written by init has no single {key} line")
     (home / "config.toml").write_text(config)
-    place_version(home, workdir, tag(1), "genesis")
+    place_version(home, workdir, tag(1), "genesis", stop_delay)
     return home
 
 
@@ -501,12 +505,14 @@ class Visor:
         time.sleep(RESTART_SECONDS)
         self.start()
 
-    def restart(self) -> Optional[int]:
-        """systemctl restart: SIGTERM, wait for the exit, start again; the exit code."""
+    def restart(self, marker: bytes) -> Tuple[Optional[int], List[int]]:
+        """systemctl restart: SIGTERM, wait for the exit, start again; the exit code and
+        the cores alive once vegavisor had exited."""
         code = self.stop()
+        left = sorted(live_cores(marker))
         time.sleep(RESTART_SECONDS)
         self.start()
-        return code
+        return code, left
 
     def restart_if_exited(self) -> Optional[str]:
         """vegavisor ended by itself (gave up): note why and start it again."""
@@ -660,11 +666,13 @@ class Soak:
             return f"journal {step}"
         if fault.kind == "restart":
             step = journal_step(self.home)
-            code = self.visor.restart()
+            code, left = self.visor.restart(self.sampler.marker)
             self.restarts += 1
             if code != 0:
                 self.bad_stops.append(f"vegavisor exited {code} on SIGTERM (journal {step}), "
                                       f"not 0")
+            self.bad_stops += [f"core pid {pid} still running after vegavisor exited on "
+                               f"SIGTERM (journal {step})" for pid in left]
             return f"journal {step}, exit {code}"
         if fault.kind == "crash":
             cores = live_cores(self.sampler.marker)
@@ -697,22 +705,31 @@ class Soak:
 
 # --- the whole run ---
 
-def soak(workdir: Path, upgrades: int, seed: int, rates: Dict[str, float]) -> Dict[str, Any]:
-    plans = make_plans(random.Random(seed), upgrades, rates)
+class Settings(NamedTuple):
+    upgrades: int
+    seed: int
+    rates: Dict[str, float]  # chance of each fault kind in an upgrade
+    stop_delay: float  # the fake cores' --stop-delay
+
+
+def soak(workdir: Path, settings: Settings) -> Dict[str, Any]:
+    upgrades, seed, stop_delay = settings.upgrades, settings.seed, settings.stop_delay
+    plans = make_plans(random.Random(seed), upgrades, settings.rates)
     asset = vegavisor.asset_name("vega-{os}-{arch}.zip", vegavisor.host_platform())
     began = time.monotonic()
     with GitHubs() as githubs:
-        home = make_home(workdir, githubs.api.url)
+        home = make_home(workdir, githubs.api.url, stop_delay)
         placed: Dict[str, Dict[str, Tuple[bytes, int]]] = {}
         for plan in plans:
             version = tag(plan.number + 1)
             if plan.source == "placed":
-                placed[version] = folder_snapshot(place_version(home, workdir, version, version))
+                placed[version] = folder_snapshot(
+                    place_version(home, workdir, version, version, stop_delay))
             else:
                 archive = release_zip(workdir / f"release-{version}.zip", version)
                 githubs.add_release(version, archive, asset)
         decoy = home / "v1-operator-backup"
-        place_version(home, workdir, tag(1), decoy.name)
+        place_version(home, workdir, tag(1), decoy.name, stop_delay)
         placed[decoy.name] = folder_snapshot(decoy)
         print(f"soak: {upgrades} upgrades {tag(1)} -> {tag(upgrades + 1)}, seed {seed} "
               f"(--seed {seed} replays the choices), home {home}", flush=True)
@@ -732,8 +749,7 @@ def soak(workdir: Path, upgrades: int, seed: int, rates: Dict[str, float]) -> Di
             kill_everything_under(sampler.marker)
         final = final_violations(run, outcomes, upgrades, stop_code, left, placed)
         violations = [v for o in outcomes for v in o.violations] + run.new_violations(final)
-        return report(seed, upgrades, rates, outcomes, run, githubs, sampler, visor,
-                      time.monotonic() - began, violations)
+        return report(settings, outcomes, run, time.monotonic() - began, violations)
 
 
 def final_violations(run: Soak, outcomes: List[Outcome], upgrades: int,
@@ -771,16 +787,16 @@ def upgrade_line(o: Outcome) -> str:
     return "\n".join([line] + [f"    violation: {v}" for v in o.violations])
 
 
-def report(seed: int, upgrades: int, rates: Dict[str, float], outcomes: List[Outcome],
-           run: Soak, githubs: GitHubs, sampler: Sampler, visor: Visor, total: float,
+def report(settings: Settings, outcomes: List[Outcome], run: Soak, total: float,
            violations: List[str]) -> Dict[str, Any]:
     done = [o for o in outcomes if o.result in ("ok", "VIOLATION")]
+    githubs, sampler = run.githubs, run.sampler
     return {
-        "seed": seed,
-        "upgrades": upgrades,
+        "seed": settings.seed,
+        "upgrades": settings.upgrades,
         "upgrades_done": len(done),
         "from": tag(1),
-        "to": tag(upgrades + 1),
+        "to": tag(settings.upgrades + 1),
         "kills": run.kills,
         "restarts": run.restarts,
         "crashes": run.crashes,
@@ -789,14 +805,15 @@ def report(seed: int, upgrades: int, rates: Dict[str, float], outcomes: List[Out
         "github_requests_in_spells": githubs.hit,
         "github_api_requests": githubs.api_requests(),
         "faults_missed": run.missed,
-        "visor_exits": len(visor.own_exits),
+        "visor_exits": len(run.visor.own_exits),
         "core_starts": sum(1 for e in run.record.read()
                            if e.get("event") == "start" and e.get("role") == "core"),
         "max_cores_alive": sampler.max_cores,
         "proc_scans": sampler.scans,
         "max_upgrade_seconds": round(max((o.seconds for o in done), default=0.0), 2),
         "total_seconds": round(total, 1),
-        "rates": rates,
+        "rates": settings.rates,
+        "core_stop_delay": settings.stop_delay,
         "invariant_violations": len(violations),
         "violations": violations,
         "per_upgrade": [{"from": tag(o.number), "to": tag(o.number + 1), "source": o.source,
@@ -854,6 +871,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="chance of a core crash in each upgrade (0.5)")
     parser.add_argument("--github-fault-rate", type=rate, default=DEFAULT_RATES["github"],
                         help="chance of a spell of GitHub failures in each upgrade (0.6)")
+    parser.add_argument("--core-stop-delay", type=float, default=DEFAULT_STOP_DELAY,
+                        metavar="SECONDS", help="the fake cores take this long to stop "
+                        f"on SIGTERM ({DEFAULT_STOP_DELAY:g})")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder "
                         "(kept anyway when an invariant broke)")
     parser.add_argument("--check-record", type=Path, metavar="FILE",
@@ -869,7 +889,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="vv-soak-", dir="/tmp"))
     figures: Dict[str, Any] = {}
     try:
-        figures = soak(workdir, args.upgrades, seed, rates)
+        figures = soak(workdir, Settings(args.upgrades, seed, rates, args.core_stop_delay))
     finally:
         kill_everything_under(str(workdir).encode())
         if args.keep or not figures or figures["invariant_violations"]:
