@@ -371,24 +371,24 @@ def release_zip(dest: Path, version: str) -> Path:
     return dest
 
 
-def core_args(workdir: Path, stop_delay: float) -> List[str]:
+def core_args(workdir: Path, flags: Sequence[str]) -> List[str]:
     return ["node", "--admin-socket", str(workdir / "admin.sock"), "--record",
             str(workdir / "record.jsonl"), "--block-interval", str(BLOCK_SECONDS),
-            "--upgrade-every", str(UPGRADE_EVERY), "--stop-delay", str(stop_delay)]
+            "--upgrade-every", str(UPGRADE_EVERY)] + list(flags)
 
 
 def place_version(home: Path, workdir: Path, version: str, folder: str,
-                  stop_delay: float) -> Path:
+                  flags: Sequence[str]) -> Path:
     target = home / folder
     make_binary(target / "vega", version)
     (target / "run-config.toml").write_text(
         f'name = "{version}"\n[vega.binary]\npath = "vega"\n'
-        f"args = {json.dumps(core_args(workdir, stop_delay))}\n"
+        f"args = {json.dumps(core_args(workdir, flags))}\n"
         f'[vega.rpc]\nsocketPath = "{workdir / "admin.sock"}"\nhttpPath = "/rpc"\n')
     return target
 
 
-def make_home(workdir: Path, api_url: str, stop_delay: float) -> Path:
+def make_home(workdir: Path, api_url: str, flags: Sequence[str]) -> Path:
     home = workdir / "home"
     done = subprocess.run([sys.executable, str(VEGAVISOR), "init", "--home", str(home)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -400,7 +400,7 @@ def make_home(workdir: Path, api_url: str, stop_delay: float) -> Path:
         if n != 1:
             raise RuntimeError(f"config.toml written by init has no single {key} line")
     (home / "config.toml").write_text(config)
-    place_version(home, workdir, tag(1), "genesis", stop_delay)
+    place_version(home, workdir, tag(1), "genesis", flags)
     return home
 
 
@@ -710,29 +710,45 @@ class Settings(NamedTuple):
     seed: int
     rates: Dict[str, float]  # chance of each fault kind in an upgrade
     stop_delay: float  # the fake cores' --stop-delay
+    ignore_sigterm: bool  # the fake cores ignore SIGTERM: only SIGKILL stops them
+
+    @property
+    def core_flags(self) -> List[str]:
+        return ["--stop-delay", f"{self.stop_delay:g}"] + (
+            ["--ignore-sigterm"] if self.ignore_sigterm else [])
+
+    @property
+    def command(self) -> str:
+        """The command line that replays this soak."""
+        rates = self.rates
+        return (f"python3 scripts/soak.py --upgrades {self.upgrades} --seed {self.seed} "
+                f"--kill-rate {rates['kill']:g} --crash-rate {rates['crash']:g} "
+                f"--github-fault-rate {rates['github']:g} --core-stop-delay "
+                f"{self.stop_delay:g}" + (" --core-ignores-sigterm" if self.ignore_sigterm
+                                          else ""))
 
 
 def soak(workdir: Path, settings: Settings) -> Dict[str, Any]:
-    upgrades, seed, stop_delay = settings.upgrades, settings.seed, settings.stop_delay
+    upgrades, seed, flags = settings.upgrades, settings.seed, settings.core_flags
     plans = make_plans(random.Random(seed), upgrades, settings.rates)
     asset = vegavisor.asset_name("vega-{os}-{arch}.zip", vegavisor.host_platform())
     began = time.monotonic()
     with GitHubs() as githubs:
-        home = make_home(workdir, githubs.api.url, stop_delay)
+        home = make_home(workdir, githubs.api.url, flags)
         placed: Dict[str, Dict[str, Tuple[bytes, int]]] = {}
         for plan in plans:
             version = tag(plan.number + 1)
             if plan.source == "placed":
                 placed[version] = folder_snapshot(
-                    place_version(home, workdir, version, version, stop_delay))
+                    place_version(home, workdir, version, version, flags))
             else:
                 archive = release_zip(workdir / f"release-{version}.zip", version)
                 githubs.add_release(version, archive, asset)
         decoy = home / "v1-operator-backup"
-        place_version(home, workdir, tag(1), decoy.name, stop_delay)
+        place_version(home, workdir, tag(1), decoy.name, flags)
         placed[decoy.name] = folder_snapshot(decoy)
         print(f"soak: {upgrades} upgrades {tag(1)} -> {tag(upgrades + 1)}, seed {seed} "
-              f"(--seed {seed} replays the choices), home {home}", flush=True)
+              f"(`{settings.command}` replays the choices), home {home}", flush=True)
         visor = Visor(workdir, home)
         outcomes: List[Outcome] = []
         with Sampler(workdir, home) as sampler:
@@ -813,7 +829,8 @@ def report(settings: Settings, outcomes: List[Outcome], run: Soak, total: float,
         "max_upgrade_seconds": round(max((o.seconds for o in done), default=0.0), 2),
         "total_seconds": round(total, 1),
         "rates": settings.rates,
-        "core_stop_delay": settings.stop_delay,
+        "core_flags": settings.core_flags,
+        "command": settings.command,
         "invariant_violations": len(violations),
         "violations": violations,
         "per_upgrade": [{"from": tag(o.number), "to": tag(o.number + 1), "source": o.source,
@@ -874,6 +891,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--core-stop-delay", type=float, default=DEFAULT_STOP_DELAY,
                         metavar="SECONDS", help="the fake cores take this long to stop "
                         f"on SIGTERM ({DEFAULT_STOP_DELAY:g})")
+    parser.add_argument("--core-ignores-sigterm", action="store_true",
+                        help="the fake cores ignore SIGTERM (and the parent-death signal): "
+                        "vegavisor must SIGKILL them after stopSignalTimeoutSeconds")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder "
                         "(kept anyway when an invariant broke)")
     parser.add_argument("--check-record", type=Path, metavar="FILE",
@@ -889,7 +909,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="vv-soak-", dir="/tmp"))
     figures: Dict[str, Any] = {}
     try:
-        figures = soak(workdir, Settings(args.upgrades, seed, rates, args.core_stop_delay))
+        figures = soak(workdir, Settings(args.upgrades, seed, rates, args.core_stop_delay,
+                                         args.core_ignores_sigterm))
     finally:
         kill_everything_under(str(workdir).encode())
         if args.keep or not figures or figures["invariant_violations"]:

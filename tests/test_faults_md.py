@@ -101,11 +101,7 @@ def soak_report() -> Optional[Dict[str, Any]]:
 
 
 def render_soak(figures: Dict[str, Any]) -> List[str]:
-    rates = figures["rates"]
-    command = (f"python3 scripts/soak.py --upgrades {figures['upgrades']} --seed "
-               f"{figures['seed']} --kill-rate {rates['kill']} --crash-rate {rates['crash']} "
-               f"--github-fault-rate {rates['github']} --core-stop-delay {figures['core_stop_delay']} "
-               f"--report scripts/soak-report.json")
+    command = figures["command"] + " --report scripts/soak-report.json"
     lines = [
         "", "## Soak", "",
         f"`{command}` (Python {figures['python']}; `tests/test_soak.py` runs a short one): "

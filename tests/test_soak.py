@@ -55,7 +55,10 @@ def test_a_short_soak_with_kills_crashes_and_github_faults_holds_every_invariant
                     "--github-fault-rate", "1", "--report", str(report))
     assert done.returncode == 0, done.stdout
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("soak: 3 upgrades v1 -> v4, seed 7 ")
+    assert lines[0].startswith(
+        "soak: 3 upgrades v1 -> v4, seed 7 (`python3 scripts/soak.py --upgrades 3 --seed 7 "
+        "--kill-rate 1 --crash-rate 1 --github-fault-rate 1 --core-stop-delay 0.5` replays "
+        "the choices), home /tmp/vv-soak-")
     upgrades = [line for line in lines if line.startswith("upgrade ")]
     assert [line.split()[1:5] for line in upgrades] == [
         ["1", "v1", "->", "v2"], ["2", "v2", "->", "v3"], ["3", "v3", "->", "v4"]]
