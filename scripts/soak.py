@@ -19,7 +19,7 @@ upgrade block. After each upgrade and at the end it checks:
   versions only ever step up by one, and until a new version has answered, each of its
   starts loads the snapshot of its upgrade block;
 - no core left running once vegavisor has stopped; vegavisor exits 0 on each SIGTERM;
-- no traceback in vegavisor's output;
+- no traceback in vegavisor's output, no exception its guards call unexpected;
 - no release folder deleted (pre-placed ones unchanged, byte for byte), no staging left;
 - GITHUB_TOKEN (a dummy) sent only to the API server's API paths, never to the CDN or
   a download, never written to a log or file under HOME, never in a core's environment.
@@ -84,6 +84,8 @@ SAMPLE_SECONDS = 0.02
 RESTART_SECONDS = 0.1
 STOP_TIMEOUT_SECONDS = 30.0
 TOKEN = "ghp_soakDummyToken0123456789"
+# How vegavisor's outer guard and install threads name an exception nobody expected.
+UNEXPECTED = re.compile(r"unexpected [A-Z][A-Za-z]*(?:Error|Exception)\b")
 PLACED_SHARE = 0.3
 # Of the faults that end vegavisor, this share is a clean `systemctl restart` (SIGTERM).
 RESTART_SHARE = 0.25
@@ -693,8 +695,12 @@ class Soak:
         current = os.path.realpath(self.home / "current")
         if Path(current).name != version:
             found.append(f"current -> {current}, not {version}")
-        if "Traceback" in self.visor.output():
+        output = self.visor.output()
+        if "Traceback" in output:
             found.append("a traceback in vegavisor's output")
+        found += [f"vegavisor met an unexpected exception (a bug its guard caught): "
+                  f"{line.strip()[:300]}" for line in output.splitlines()
+                  if UNEXPECTED.search(line)]
         return found
 
     def new_violations(self, found: List[str]) -> List[str]:

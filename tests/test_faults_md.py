@@ -116,8 +116,9 @@ def render_soak(figures: Dict[str, Any]) -> List[str]:
         f"end: never two cores alive at once (the fake cores' record and /proc scans every "
         f"20 ms), the expected version answering, versions stepping up by one with the "
         f"upgrade block's snapshot until the new one answered, no core left after vegavisor "
-        f"stopped (exit 0 on SIGTERM), no traceback, no release folder deleted (pre-placed "
-        f"ones unchanged), no staging left, the token only on the API host's API paths and "
+        f"stopped (exit 0 on SIGTERM), no traceback nor unexpected exception, no release "
+        f"folder deleted (pre-placed ones unchanged), no staging left, the token only on "
+        f"the API host's API paths and "
         f"never in a log, file or core's environment.",
         "", "| figure | value |", "|---|---|",
     ]
