@@ -321,6 +321,7 @@ class Sampler:
         self.violations: List[str] = []
         self.folders: Set[str] = set()
         self.scans, self.max_cores = 0, 0
+        self.together: Set[Tuple[int, ...]] = set()  # pids seen alive at once, reported
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
 
@@ -350,7 +351,8 @@ class Sampler:
             again = live_cores(self.marker)
             cores = {pid: c for pid, c in cores.items() if again.get(pid) == c}
         self.max_cores = max(self.max_cores, len(cores))
-        if len(cores) > 1:
+        if len(cores) > 1 and tuple(sorted(cores)) not in self.together:
+            self.together.add(tuple(sorted(cores)))
             shown = "; ".join(f"{pid}: {shown_argv(c)}" for pid, c in sorted(cores.items()))
             self.violations.append(f"/proc scan saw {len(cores)} cores alive at once: {shown}")
         try:
@@ -704,7 +706,7 @@ class Soak:
         return found
 
     def new_violations(self, found: List[str]) -> List[str]:
-        fresh = [v for v in found if v not in self.reported]
+        fresh = list(dict.fromkeys(v for v in found if v not in self.reported))
         self.reported.update(fresh)
         return fresh
 
