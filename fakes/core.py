@@ -160,6 +160,13 @@ scripted upgrade (--upgrade-tag T --upgrade-height U [--accept-height A]):
   own version, or when the start height is already >= U: that is the new
   version restarted from the upgrade snapshot.
 
+chain of upgrades (--upgrade-every N, instead of --upgrade-tag/--upgrade-height):
+  the same args serve every version, as a visor copies them into each release
+  it installs: the next version (this one with its last number plus one, v1 ->
+  v2, v0.73.0 -> v0.73.1) is accepted at --accept-height blocks after the start
+  height (default 0: the first block) and the upgrade block is the first
+  multiple of N above the start height.
+
 signals:
   SIGTERM, SIGINT  print "stopping", wait --stop-delay, remove the socket file,
                    exit 0. When ReadyToUpgrade is true it SIGKILLs itself at
@@ -368,6 +375,22 @@ def choose_upgrade_script(
     if start_height >= script.upgrade_height:
         return None, "the start height is at or past the upgrade height"
     return script, None
+
+
+def next_version(version: str) -> str:
+    """This version with its last number plus one: v1 -> v2, v0.73.9 -> v0.73.10."""
+    match = re.search(r"(\d+)(\D*)$", version)
+    if match is None:
+        raise FakeError("version %r has no number to count up from" % version)
+    return version[:match.start()] + str(int(match[1]) + 1) + match[2]
+
+
+def chain_upgrade_script(every: int, start_height: int, accept_after: int,
+                         ready_delay: float) -> UpgradeScript:
+    """--upgrade-every: the next version, at the first multiple of `every` above the start."""
+    upgrade_height = (start_height // every + 1) * every
+    accept_height = min(start_height + accept_after, upgrade_height)
+    return UpgradeScript(next_version(VERSION), accept_height, upgrade_height, ready_delay)
 
 
 def count_blocks(elapsed: float, interval: float) -> int:
@@ -1543,7 +1566,13 @@ def build_node_config(args: argparse.Namespace) -> NodeConfig:
         start_height = args.snapshot_height
         if args.snapshot_socket_delay is not None:
             socket_delay = args.snapshot_socket_delay
-    script = read_upgrade_script(args)
+    if args.upgrade_every is None:
+        script = read_upgrade_script(args)
+    elif args.upgrade_tag is not None or args.upgrade_height is not None:
+        raise UsageError("--upgrade-every plays a chain: no --upgrade-tag or --upgrade-height")
+    else:
+        script = chain_upgrade_script(args.upgrade_every, start_height, args.accept_height,
+                                      args.ready_delay)
     script, skipped = choose_upgrade_script(script, start_height, VERSION)
     fault = args.rpc_fault
     if fault is not None:
@@ -1668,6 +1697,9 @@ def add_node_command(commands: Any) -> None:
                               "at the first block)")
     upgrade.add_argument("--upgrade-height", type=parse_height, metavar="U",
                          help="the upgrade block: blocks stop there")
+    upgrade.add_argument("--upgrade-every", type=parse_block, metavar="N",
+                         help="a chain of upgrades: to the next version at every multiple "
+                              "of N (see below)")
     upgrade.add_argument("--ready-delay", type=parse_seconds, default=0.0, metavar="SECONDS",
                          help="ReadyToUpgrade turns true this long after reaching U (default: 0)")
     stop = node.add_argument_group("stopping")

@@ -1,4 +1,5 @@
-"""FAULTS.md is rendered from the FAULTS rows of every tests/test_faults_*.py module.
+"""FAULTS.md is rendered from the FAULTS rows of every tests/test_faults_*.py module, and
+its Soak section from the committed report of scripts/soak.py (scripts/soak-report.json).
 
 `python3 tests/test_faults_md.py` rewrites FAULTS.md; the tests here fail when the file
 differs from the rendering, when a row id repeats within its file, or when a row is
@@ -7,9 +8,11 @@ not a case of a test function of its module.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
+from typing import Dict
 from typing import List
 from typing import NamedTuple
 from typing import Optional
@@ -21,6 +24,7 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 FAULTS_MD = ROOT / "FAULTS.md"
 REGENERATE = "python3 tests/test_faults_md.py"
+SOAK_REPORT = ROOT / "scripts" / "soak-report.json"
 # The issue's order; an area not listed here comes after them, alphabetically.
 AREAS = ("crash points", "downloads", "admin socket", "children", "signals")
 KNOWN_BUG = " (strict xfail: a known bug, the expected outcome does not happen yet)"
@@ -91,7 +95,64 @@ def area_order(area: str) -> tuple:
     return (AREAS.index(area), "") if area in AREAS else (len(AREAS), area)
 
 
-def render(located: List[Located]) -> str:
+def soak_report() -> Optional[Dict[str, Any]]:
+    """The figures of the last soak committed (`scripts/soak.py --report`), if any."""
+    return json.loads(SOAK_REPORT.read_text()) if SOAK_REPORT.exists() else None
+
+
+def render_soak(figures: Dict[str, Any]) -> List[str]:
+    command = figures["command"] + " --report scripts/soak-report.json"
+    lines = [
+        "", "## Soak", "",
+        f"`{command}` (Python {figures['python']}; `tests/test_soak.py` runs a short one): "
+        f"{figures['upgrades']} upgrades in a row, {figures['from']} to {figures['to']}, each "
+        f"scheduled by the running fake core; each release served by the fake GitHub "
+        f"(auto-install, prefetch) or pre-placed. Seeded faults: kill -9 of vegavisor (then "
+        f"started again, as systemd would) or a `systemctl restart` (SIGTERM), core crashes "
+        f"(SIGSEGV, SIGKILL), spells of GitHub failures (5xx, connection resets, slow "
+        f"answers, rate limit), each at a random moment after the upgrade's start, the old "
+        f"core's acceptance of the release, its ready-to-upgrade or the new core's first "
+        f"start, or just before the upgrade block. Checked after each upgrade and at the "
+        f"end: never two cores alive at once (the fake cores' record and /proc scans every "
+        f"20 ms), the expected version answering, versions stepping up by one with the "
+        f"upgrade block's snapshot until the new one answered, no core left after vegavisor "
+        f"stopped (exit 0 on SIGTERM), no traceback nor unexpected exception, no release "
+        f"folder deleted (pre-placed ones unchanged), no staging left, the token only on "
+        f"the API host's API paths and "
+        f"never in a log, file or core's environment.",
+        "", "| figure | value |", "|---|---|",
+    ]
+    rows = (
+        ("upgrades done", f"{figures['upgrades_done']} of {figures['upgrades']}"),
+        ("kill -9 of vegavisor", figures["kills"]),
+        ("restarts of vegavisor (SIGTERM, exit 0 expected)", figures["restarts"]),
+        ("core crashes", figures["crashes"]),
+        ("GitHub fault spells",
+         f"{figures['github_spells']} ({figures['github_requests_in_spells']} requests answered "
+         f"during them, {figures['github_failed_requests']} with an error status)"),
+        ("faults planned but not reached (the upgrade was over first)",
+         figures["faults_missed"]),
+        ("GitHub API requests", figures["github_api_requests"]),
+        ("vegavisor exits on its own", figures["visor_exits"]),
+        ("core starts", figures["core_starts"]),
+        ("most cores alive at once", f"{figures['max_cores_alive']} "
+                                     f"(in {figures['proc_scans']} /proc scans)"),
+        ("longest upgrade", f"{figures['max_upgrade_seconds']} s"),
+        ("total time", f"{figures['total_seconds']} s"),
+        ("invariant violations", figures["invariant_violations"]),
+    )
+    lines += [f"| {name} | {cell(value)} |" for name, value in rows]
+    lines += ["", "| upgrade | release | seconds | faults injected | result |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {u['from']} → {u['to']} | {u['source']} | {u['seconds']} | "
+              f"{cell('; '.join(u['faults']) or 'none')} | {u['result']} |"
+              for u in figures["per_upgrade"]]
+    if figures["violations"]:
+        lines += [""] + [f"- violation: {cell(v)}" for v in figures["violations"]]
+    return lines
+
+
+def render(located: List[Located], soak: Optional[Dict[str, Any]] = None) -> str:
     lines = [
         "# Fault matrix",
         "",
@@ -107,17 +168,19 @@ def render(located: List[Located]) -> str:
         bugs = sum(item.xfail for item in items)
         lines += ["", f"{len(items)} cases in {area}"
                   + (f", {bugs} of them strict xfail (known bugs)." if bugs else ".")]
+    if soak is not None:
+        lines += render_soak(soak)
     return "\n".join(lines) + "\n"
 
 
 def write() -> Path:
-    FAULTS_MD.write_text(render(collect()))
+    FAULTS_MD.write_text(render(collect(), soak_report()))
     return FAULTS_MD
 
 
 @pytest.mark.timeout(60)
 def test_faults_md_is_the_rendering_of_the_rows():
-    expected = render(collect())
+    expected = render(collect(), soak_report())
     actual = FAULTS_MD.read_text() if FAULTS_MD.exists() else ""
     assert actual == expected, f"{FAULTS_MD} is out of date; regenerate it with `{REGENERATE}`"
 
