@@ -705,3 +705,177 @@ class Row(NamedTuple):
 def rows(table: List[Row]) -> List[Any]:
     """pytest.param per row, id = row.id, values = (row,) + row.case."""
     return [pytest.param(row, *row.case, id=row.id) for row in table]
+
+
+# --- the upgrade fault matrices (test_faults_*.py): a v1 -> v2 chain, its end state ---
+# The /proc checks below and CoreMonitor are shared by the crash, signal, children and
+# random-kill matrices.
+
+SNAPSHOT_FLAG = "--snapshot.load-from-block-height"
+BLOCKS = ["--block-interval", "0.05"]
+# v1 accepts v2 at height 2 and is ready to upgrade at height 8 (0.4 s after it starts).
+HEIGHT = 8
+UPGRADE = BLOCKS + ["--upgrade-tag", "v2", "--accept-height", "2", "--upgrade-height",
+                    str(HEIGHT)]
+# The upgrade block 1.5 s after v1 starts: time to kill visor before it, or to prefetch.
+LATE_HEIGHT = 30
+LATE_UPGRADE = BLOCKS + ["--upgrade-tag", "v2", "--accept-height", "2", "--upgrade-height",
+                         str(LATE_HEIGHT)]
+# A v2 core sees its own tag in the script, which is then off: blocks keep coming.
+V2_ARGS = UPGRADE
+# ~17 KB zip in 1 KB pieces 0.2 s apart: a download that lasts about 3.5 s.
+SLOW = dict(delay_per_chunk=0.2, chunk_size=1024, times=1)
+
+
+def serve_v2(gh: Any, tmp: Path) -> bytes:
+    data = make_release_zip(tmp / "v2.zip", "v2").read_bytes()
+    gh.add_release("v2", {host_asset_name(): data})
+    return data
+
+
+def use_github(home, gh: Any, **keys: object) -> None:
+    set_table(home, "autoInstall", githubApiUrl=gh.url, **keys)
+
+
+def read_json(path: Path) -> Dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def journal(home) -> Dict[str, Any]:
+    return read_json(home.path / ".upgrade-journal.json")
+
+
+def write_journal(home, step: str, height: int = HEIGHT) -> None:
+    """The journal as a visor killed after writing `step` leaves it."""
+    record = {"tag": "v2", "height": height, "from": "genesis", "to": "v2",
+              "started": "2026-01-01T00:00:00Z", "step": step, "updated": "2026-01-01T00:00:01Z"}
+    (home.path / ".upgrade-journal.json").write_text(json.dumps(record) + "\n")
+
+
+def install_elf_version(home, folder: str, version: str, core_args: List[str]) -> Path:
+    """A version folder whose run-config starts core through the python ELF binary, so
+    /proc/<pid>/cmdline is exactly the argv visor started (as for a real, compiled vega;
+    a #! script's cmdline starts with its interpreter instead)."""
+    target = home.install_version(folder, version, core_args)
+    python = os.path.realpath(sys.executable)
+    args = [str(target / "vega")] + home.core_args(core_args)
+    (target / "run-config.toml").write_text("\n".join([
+        f"name = {json.dumps(version)}", "[vega.binary]", f"path = {json.dumps(python)}",
+        f"args = {json.dumps(args)}", "[vega.rpc]", f"socketPath = {json.dumps(home.socket)}",
+        'httpPath = "/rpc"']) + "\n")
+    return target
+
+
+def point_current(home, folder: str) -> None:
+    link = home.path / "current"
+    if os.path.lexists(link):  # init makes none; a run before this test may have
+        os.remove(link)
+    os.symlink(folder, link)
+
+
+def staging(home) -> List[str]:
+    return sorted(p.name for p in home.path.iterdir() if p.name.startswith(".staging"))
+
+
+def dead_pid() -> int:
+    """A pid that was a process a moment ago and is not one now (as a killed visor's)."""
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
+
+
+def alive(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+def live_processes(root: Path) -> List[str]:
+    """Processes (not zombies) whose command line names the test's folder."""
+    marker, found = str(root).encode(), []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline and alive(int(proc.name)):
+            shown = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{proc.name}: {shown}")
+    return found
+
+
+def core_starts(home, version: Optional[str] = None, role: str = "core") -> List[dict]:
+    return [r for r in home.records("start", role=role)
+            if version is None or r["version"] == version]
+
+
+def kill_visor(visor) -> None:
+    """SIGKILL, then reap it: its pid is dead, as a killed visor's is after a reboot."""
+    assert visor.proc.poll() is None, f"visor exited before it was killed:\n{visor.log()}"
+    visor.close()
+
+
+def assert_complete_folder(folder: Path, version: str) -> None:
+    assert (folder / "run-config.toml").is_file(), f"{folder} has no run-config.toml"
+    assert f'name = "{version}"' in (folder / "run-config.toml").read_text()
+    binary = folder / "vega"
+    assert binary.is_file() and os.access(binary, os.X_OK), f"{binary} is not runnable"
+    out = subprocess.run([str(binary), "version", "--output", "json"], stdout=subprocess.PIPE,
+                         timeout=30, check=True).stdout
+    assert json.loads(out)["version"] == version
+
+
+def assert_v2_end_state(home, visor, monitor: CoreMonitor, height: int = HEIGHT,
+                        data_node: bool = False, every_start_resumes: bool = True,
+                        timeout: float = 30) -> None:
+    """v2 runs from the upgrade snapshot, current -> v2, complete folder, journal done."""
+    started = visor.wait_log(r"INFO  started role=core pid=(\d+) version=v2 ", timeout)
+    wait_for(lambda: "admin socket answering" in visor.log()[started.end():]
+             or visor.proc.poll() is not None, timeout, f"v2's answer; log:\n{visor.log()}")
+    wait_for(lambda: journal(home).get("step") == "done" or visor.proc.poll() is not None,
+             timeout, f"the journal's step 'done'; log:\n{visor.log()}")
+    assert visor.proc.poll() is None, f"visor exited:\n{visor.log()}"
+    assert journal(home)["tag"] == "v2" and journal(home)["height"] == height
+    assert os.readlink(home.path / "current") == "v2"
+    assert_complete_folder(home.path / "v2", "v2")
+    assert staging(home) == []
+    starts = core_starts(home, "v2")
+    assert starts, "no v2 core started"
+    resumed = starts if every_start_resumes else starts[:1]
+    assert all(s["argv"][-2:] == [SNAPSHOT_FLAG, str(height)] for s in resumed), \
+        [s["argv"] for s in starts]
+    pid = int(started.group(1))
+    assert starts[-1]["pid"] == pid and alive(pid), "the v2 core this visor started runs"
+    assert not [s for s in core_starts(home) if s["version"] not in ("v1", "v2")]
+    if data_node:
+        dn = visor.wait_log(r"INFO  started role=\"?data node\"? pid=(\d+) version=v2 ")
+        assert alive(int(dn.group(1))), "the v2 data node runs"
+    monitor.assert_never_two(visor.log())
+
+
+def stop_visor(visor, timeout: float = 15) -> None:
+    """SIGTERM: exit 0 and nothing of the test's left running."""
+    visor.signal(signal.SIGTERM)
+    assert visor.wait_exit(timeout) == 0, visor.log()
+    wait_for(lambda: not live_processes(visor.home.root), 10,
+             f"no process left; still: {live_processes(visor.home.root)}")
+
+
+# --- the crash points ---
+
+class Ctx:
+    """What a row's first life arranges and what its check after the restart needs."""
+
+    def __init__(self, home, start_visor, github, tmp, monitor) -> None:
+        self.home, self.start_visor, self.github, self.tmp = home, start_visor, github, tmp
+        self.monitor = monitor
+        self.height, self.data_node = HEIGHT, False
+        self.facts: Dict[str, Any] = {}
+        self.own: List[subprocess.Popen] = []  # processes the test started itself

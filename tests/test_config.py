@@ -441,7 +441,7 @@ def test_run_warns_of_run_config_typos_with_validates_did_you_mean(home, start_v
     home.install_version("genesis", "v1")
     path = home.path / "genesis" / "run-config.toml"
     path.write_text(path.read_text().replace("args = ", "arg = []\nargs = "))
-    expected = (f"unknown key vega.binary.arg is ignored (did you mean vega.binary.args?)")
+    expected = "unknown key vega.binary.arg is ignored (did you mean vega.binary.args?)"
     visor = start_visor()
     visor.wait_log("run-config warning")
     visor.signal(signal.SIGTERM)

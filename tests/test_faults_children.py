@@ -12,19 +12,19 @@ from typing import Dict
 
 import pytest
 
+from conftest import BLOCKS
 from conftest import Row
+from conftest import UPGRADE
+from conftest import V2_ARGS
+from conftest import alive
+from conftest import assert_v2_end_state
+from conftest import core_starts
+from conftest import journal
+from conftest import live_processes
 from conftest import rows
+from conftest import staging
+from conftest import stop_visor
 from conftest import wait_for
-from test_faults_crash import BLOCKS
-from test_faults_crash import UPGRADE
-from test_faults_crash import V2_ARGS
-from test_faults_crash import alive
-from test_faults_crash import assert_v2_end_state
-from test_faults_crash import core_starts
-from test_faults_crash import journal
-from test_faults_crash import live_processes
-from test_faults_crash import staging
-from test_faults_crash import stop_visor
 
 
 def binary_missing(home) -> Dict[str, Any]:

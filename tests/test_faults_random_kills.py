@@ -13,18 +13,18 @@ import time
 
 import pytest
 
+from conftest import BLOCKS
 from conftest import Row
+from conftest import assert_v2_end_state
+from conftest import core_starts
+from conftest import journal
+from conftest import kill_visor
 from conftest import rows
+from conftest import serve_v2
+from conftest import staging
+from conftest import stop_visor
+from conftest import use_github
 from conftest import wait_for
-from test_faults_crash import BLOCKS
-from test_faults_crash import assert_v2_end_state
-from test_faults_crash import core_starts
-from test_faults_crash import journal
-from test_faults_crash import kill_visor
-from test_faults_crash import serve_v2
-from test_faults_crash import staging
-from test_faults_crash import stop_visor
-from test_faults_crash import use_github
 
 ROUNDS = 6
 MAX_KILL_DELAY_SECONDS = 2.5

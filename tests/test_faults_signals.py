@@ -18,26 +18,26 @@ from typing import Optional
 
 import pytest
 
+from conftest import BLOCKS
+from conftest import Ctx
+from conftest import HEIGHT
+from conftest import LATE_HEIGHT
+from conftest import LATE_UPGRADE
 from conftest import Row
+from conftest import SLOW
+from conftest import UPGRADE
+from conftest import V2_ARGS
+from conftest import assert_complete_folder
+from conftest import assert_v2_end_state
+from conftest import core_starts
+from conftest import journal
+from conftest import live_processes
 from conftest import rows
+from conftest import serve_v2
+from conftest import staging
+from conftest import stop_visor
+from conftest import use_github
 from conftest import wait_for
-from test_faults_crash import BLOCKS
-from test_faults_crash import HEIGHT
-from test_faults_crash import LATE_HEIGHT
-from test_faults_crash import LATE_UPGRADE
-from test_faults_crash import SLOW
-from test_faults_crash import UPGRADE
-from test_faults_crash import V2_ARGS
-from test_faults_crash import Ctx
-from test_faults_crash import assert_complete_folder
-from test_faults_crash import assert_v2_end_state
-from test_faults_crash import core_starts
-from test_faults_crash import journal
-from test_faults_crash import live_processes
-from test_faults_crash import serve_v2
-from test_faults_crash import staging
-from test_faults_crash import stop_visor
-from test_faults_crash import use_github
 
 
 def running(ctx: Ctx) -> Any:

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from conftest import FakeWorld
 from conftest import make_fake_home
 from conftest import run_in_process
 from conftest import run_vegavisor
-from conftest import wait_for
 from conftest import write_fake_binary
 from conftest import write_run_config
 

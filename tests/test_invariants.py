@@ -5,7 +5,6 @@ signals, and checks the invariants after every step the supervisor takes."""
 from __future__ import annotations
 
 import shutil
-import signal
 import tempfile
 import threading
 from pathlib import Path

@@ -26,8 +26,8 @@ from typing import Optional
 
 import pytest
 
-from conftest import GO_VISOR_CONFIG
 from conftest import CoreMonitor
+from conftest import GO_VISOR_CONFIG
 from conftest import Home
 from conftest import Visor
 from conftest import wait_for

@@ -9,7 +9,6 @@ naming the key to fix, the timeline, the JUnit report, and a home left as it was
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -169,7 +168,7 @@ def test_rehearsal_timeline_shows_each_step_of_the_upgrade_in_order(full_rehears
     assert "answered HTTP 503" in down and "fake GitHub up again" in down
     wrong = result.cases["wrong-version-asset"].find("system-out").text
     assert "reports version v0.0.0-wrong-asset" in wrong
-    assert f"node: core v0.0.0-wrong-asset" not in wrong
+    assert "node: core v0.0.0-wrong-asset" not in wrong
 
 
 @pytest.mark.timeout(200)
