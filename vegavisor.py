@@ -4143,6 +4143,7 @@ class Supervisor:
         core answers."""
         rpc, limit = run_config.rpc, self.limit(limit_key)
         failures, answered, started = 0, False, self.world.now()
+        last_error: Optional[AdminError] = None
         next_poll = started + self.config.poll_interval
         next_config_check = started + self.config.poll_interval
         warnings = iter(NOT_ANSWERING_WARNINGS)
@@ -4160,7 +4161,7 @@ class Supervisor:
                 try:
                     status = self.world.poll_admin(rpc, self.config.rpc_timeout)
                 except AdminError as e:
-                    failures += 1
+                    failures, last_error = failures + 1, e
                     self.log_poll_failure(rpc, e, failures, limit, answered)
                     if failures > limit:
                         return Unreachable(failures, str(e))
@@ -4180,7 +4181,7 @@ class Supervisor:
             self.prefetch.collect()
             self.upgrade.collect()
             if not answered and now >= next_warning:
-                self.warn_not_answering(rpc, now - started, failures)
+                self.warn_not_answering(rpc, now - started, failures, last_error)
                 next_warning = started + next(warnings, now - started + NOT_ANSWERING_REPEAT)
             self.world.wait(max(0.0, min(next_poll, next_config_check) - self.world.now()))
         return Stopped(self.world.stop_signal)
@@ -4233,15 +4234,23 @@ class Supervisor:
         else:
             self.log.debug("admin poll failed", **facts)
 
-    def warn_not_answering(self, rpc: RpcConfig, waited: float, failures: int) -> None:
+    def warn_not_answering(self, rpc: RpcConfig, waited: float, failures: int,
+                           last_error: Optional[AdminError]) -> None:
         """While core has never answered: at 10 s, 30 s, 1 min, then every 5 min (SPEC 3.2.1)."""
         text = (f"core's admin socket {rpc.socket_path} has not answered for {waited:.0f}s "
                 f"({failures} failed polls)")
+        if isinstance(last_error, BadAnswer):
+            likely = ("something answers on socketPath, but not as core's admin server does: "
+                      "check socketPath/httpPath against core's [Admin.Server] SocketPath/"
+                      "HTTPPath, and that core is a Vega version vegavisor knows")
+        else:
+            likely = ("core still loading its snapshot or replaying blocks; or socketPath/"
+                      "httpPath differ from core's [Admin.Server] SocketPath/HTTPPath; or "
+                      "core exits at once (see its output)")
         self.log.warn("core has not answered yet", socket=rpc.socket_path,
                       waited=round(waited), failures=failures,
-                      likely="core still loading its snapshot or replaying blocks; or "
-                      "socketPath/httpPath differ from core's [Admin.Server] SocketPath/"
-                      "HTTPPath; or core exits at once (see its output)")
+                      **({"last_error": str(last_error)} if last_error else {}),
+                      likely=likely)
         self.reporter.update(waiting=text)
         self.reporter.status(text)
 

@@ -647,8 +647,17 @@ class FakeWorld:
         return json.dumps({"version": text[len(FAKE_BINARY_PREFIX):].strip(), "hash": "0"})
 
     def poll_admin(self, rpc: object, timeout: float) -> object:
+        """The answer as core's admin server sends it, read by vegavisor's own parser:
+        an UpgradeStatus the parser would refuse never reaches the supervisor."""
+        import vegavisor
         self.polls.append(self.clock)
-        return self.answer(self)
+        status = self.answer(self)
+        info = {"VegaReleaseTag": status.tag, "UpgradeBlockHeight": status.height} \
+            if status.tag or status.height else None
+        body = json.dumps({"result": {"AcceptedReleaseInfo": info,
+                                      "ReadyToUpgrade": status.ready},
+                           "error": None, "id": len(self.polls)}).encode()
+        return vegavisor.parse_upgrade_status(body, len(self.polls))
 
     def install(self, home: Path, config: object, tag: str, folder: Path, current: object,
                 cancel: object, on_progress: Optional[Callable[[object], None]] = None) -> None:
