@@ -345,6 +345,14 @@ class _Doc(NamedTuple):
 
 def read_toml_text(text: str) -> dict:
     try:
+        return _read_toml_text(text)
+    except RecursionError:  # both readers recurse into nested arrays and inline tables
+        raise _error(text, _deep_nesting_at(text), "arrays or inline tables nested too "
+                     "deeply to read") from None
+
+
+def _read_toml_text(text: str) -> dict:
+    try:
         import tomllib
     except ImportError:
         return _parse_toml(text)
@@ -354,6 +362,16 @@ def read_toml_text(text: str) -> dict:
         raise _from_tomllib_error(e, text) from None
     except ValueError:  # tomllib lets int()'s digit limit through: say where it is
         return _parse_toml(text)
+
+
+def _deep_nesting_at(text: str, limit: int = 100) -> int:
+    """Where brackets first nest `limit` deep (strings not skipped: only for a message)."""
+    depth = 0
+    for pos, c in enumerate(text):
+        depth += (c in "[{") - (c in "]}")
+        if depth >= limit:
+            return pos
+    return 0
 
 
 def _from_tomllib_error(e: ValueError, text: str) -> TomlError:

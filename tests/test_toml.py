@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import sys
 import re
 import types
 
@@ -190,6 +191,23 @@ def test_error_message_names_line_and_column(read):
     assert (error.line, error.col) == (3, 7)
     assert str(error) == f"{error.msg} (line 3, column 7)"
     assert "line" not in error.msg and error.msg
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("tomllib", ["if-present", "absent"])
+@pytest.mark.parametrize("opening", ["[", "{a="], ids=["arrays", "inline-tables"])
+def test_nesting_too_deep_to_read_is_a_toml_error_with_a_position(tomllib, opening,
+                                                                   monkeypatch):
+    """Both readers recurse: 5,000 levels are a TomlError (a line for the operator), not a
+    RecursionError escaping to the caller."""
+    if tomllib == "absent":
+        monkeypatch.setitem(sys.modules, "tomllib", None)  # import tomllib fails: own reader
+    closing = "]" if opening == "[" else "}"
+    text = "a = 1\nx = " + opening * 5000 + closing * 5000 + "\n"
+    with pytest.raises(vegavisor.TomlError) as info:
+        vegavisor.read_toml_text(text)
+    assert info.value.msg == "arrays or inline tables nested too deeply to read"
+    assert info.value.line == 2
 
 
 @pytest.mark.timeout(60)
