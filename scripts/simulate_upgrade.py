@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -289,6 +290,7 @@ class Plan(NamedTuple):
     preplaced: bool  # the home holds the release already (a run-config named tag)
     notes: Tuple[str, ...]
     problems: Tuple[str, ...]  # mistakes every scenario fails on
+    stand_in_hooks: Dict[str, List[str]]  # [hooks] key -> the operator's argv, not run
 
 
 def load_visor() -> Any:
@@ -411,14 +413,53 @@ def choose_tag(names: Dict[str, str], current: str) -> str:
     return candidates[0] if len(candidates) == 1 else next_minor(old)
 
 
-def read_plan(source: Path, to: Optional[str]) -> Plan:
+HOOK_KEYS = ("preUpgrade", "postUpgrade")
+
+
+def hooks_to_stand_in(visor: Any, text: str) -> Dict[str, List[str]]:
+    """The [hooks] argv lists of config.toml: they name programs of the validator host
+    (a backup, a pager) that a CI machine lacks and a rehearsal must not run."""
+    try:
+        hooks = visor.read_toml_text(text).get("hooks")
+    except (ValueError, RecursionError):
+        return {}  # load_config says what is wrong with the file
+    if not isinstance(hooks, dict):
+        return {}
+    return {key: hooks[key] for key in HOOK_KEYS
+            if isinstance(hooks.get(key), list) and hooks[key]}
+
+
+def with_stand_in_hooks(text: str, stand_ins: Dict[str, Path]) -> str:
+    for key, program in stand_ins.items():
+        text = set_toml_key(text, "hooks", key, json.dumps([str(program)]))
+    return text
+
+
+def write_stand_in_hook(folder: Path, key: str, argv: List[str]) -> Path:
+    """A program in the hook's place that says what would have run, and succeeds."""
+    path = folder / f"hook-{key}"
+    said = f"stand-in for [hooks] {key}, not run: " + " ".join(str(a) for a in argv)
+    path.write_text(f'#!/bin/sh\necho {shlex.quote(said)} "(tag $VEGAVISOR_UPGRADE_TAG)"\n')
+    path.chmod(0o755)
+    return path
+
+
+def read_plan(source: Path, to: Optional[str], run_hooks: bool = False) -> Plan:
     """Read the operator's home; RehearsalError when it cannot be rehearsed at all."""
     visor = load_visor()
     if not (source / HOME_CONFIG).is_file():
         raise RehearsalError(f"{source / HOME_CONFIG} does not exist: --home must be a "
                              f"vegavisor (or Vega Visor) home")
+    config_text = (source / HOME_CONFIG).read_text(encoding="utf-8")
+    stand_in = {} if run_hooks else hooks_to_stand_in(visor, config_text)
     try:
-        config, _ = visor.load_config(source)
+        if stand_in:  # read with a program that exists in each hook's place
+            with tempfile.TemporaryDirectory(prefix="vegavisor-plan-") as probe:
+                Path(probe, HOME_CONFIG).write_text(with_stand_in_hooks(
+                    config_text, {key: Path(sys.executable) for key in stand_in}))
+                config, _ = visor.load_config(Path(probe))
+        else:
+            config, _ = visor.load_config(source)
         current, link, notes = read_current_folder(visor, source)
         current_run_config, _ = visor.load_run_config(source / current)
     except visor.VisorError as e:
@@ -447,9 +488,11 @@ def read_plan(source: Path, to: Optional[str]) -> Plan:
         more, missing = binary_problems(visor, source, target, target_run_config)
         problems += more
         notes += missing
-    return Plan(source, config, (source / HOME_CONFIG).read_text(encoding="utf-8"),
+    notes += [f"[hooks] {key} = {json.dumps(argv)} is not run: a stand-in runs in its place "
+              f"and says so (--run-hooks runs it)" for key, argv in stand_in.items()]
+    return Plan(source, config, config_text,
                 tuple(folders), tuple(files), current, current_run_config.name, link, tag,
-                target, preplaced, tuple(notes), tuple(problems))
+                target, preplaced, tuple(notes), tuple(problems), stand_in)
 
 
 # --- rehearsal: the temporary home ---
@@ -685,7 +728,9 @@ def preplace_release(visor: Any, plan: Plan, stage: Stage, setup: FakeSetup, ver
 def write_config(plan: Plan, stage: Stage, github_url: Optional[str]) -> None:
     """config.toml as the operator wrote it, but nothing outside the stage is written or
     fetched, and vegavisor's log is the text the timeline is read from."""
-    text = plan.config_text
+    text = with_stand_in_hooks(plan.config_text, {
+        key: write_stand_in_hook(stage.root, key, argv)
+        for key, argv in plan.stand_in_hooks.items()})
     if github_url is not None:
         text = set_toml_key(text, "autoInstall", "githubApiUrl", toml_string(github_url))
     if plan.config.metrics_file:
@@ -1118,12 +1163,13 @@ def print_scenario(scenario: Scenario, shown: set) -> None:
 
 
 def rehearse(home: Path, to: Optional[str], names: Sequence[str], junit: Optional[Path],
-             python: str, keep: bool, core_start_seconds: float) -> int:
+             python: str, keep: bool, core_start_seconds: float,
+             run_hooks: bool = False) -> int:
     began = time.monotonic()
     scenarios: List[Scenario] = []
     shown: set = set()
     try:
-        plan: Optional[Plan] = read_plan(home, to)
+        plan: Optional[Plan] = read_plan(home, to, run_hooks)
     except RehearsalError as e:
         plan = None
         scenarios = [Scenario(name, "failed", str(e), 0.0, ()) for name in names]
@@ -1172,6 +1218,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         metavar="S", help="how long your core may take to open its admin "
                         "socket; slow-core fails when the retry limits allow less "
                         f"(default: {DEFAULT_CORE_START_SECONDS:g})")
+    parser.add_argument("--run-hooks", action="store_true",
+                        help="run H's [hooks] programs (default: a stand-in for each says "
+                        "it would have run; they are the validator host's, not CI's)")
     args = parser.parse_args(argv)
     if args.home is None:
         for flag in ("to", "scenario", "junit"):
@@ -1179,7 +1228,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 parser.error(f"--{flag} needs --home")
     else:
         return rehearse(args.home.resolve(), args.to, args.scenario or SCENARIOS, args.junit,
-                        args.python, args.keep, args.core_start_seconds)
+                        args.python, args.keep, args.core_start_seconds, args.run_hooks)
     # Unix socket paths are short: the folder lives directly under /tmp.
     workdir = Path(tempfile.mkdtemp(prefix="vegavisor-sim-", dir="/tmp"))
     try:

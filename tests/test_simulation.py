@@ -258,6 +258,25 @@ def test_a_copy_without_the_binaries_is_rehearsed_with_a_note(tmp_path):
     assert "PASS plain" in result.out
 
 
+@pytest.mark.timeout(60)
+def test_hooks_of_the_validator_host_are_not_run_but_stood_in_for(tmp_path):
+    """[hooks] name programs of the validator host (a backup, a pager): not on a CI
+    machine, and not to be run by a rehearsal unless asked."""
+    config = GO_VISOR_CONFIG + ('\n[hooks]\npreUpgrade = ["/nonexistent/backup", "--fast"]\n'
+                                'postUpgrade = ["/nonexistent/page-me"]\n')
+    home = write_operator_home(tmp_path, config)
+    result = rehearse(home, *scenario_args("plain"))
+    assert result.code == 0, result.out + result.err
+    assert '[hooks] preUpgrade = ["/nonexistent/backup", "--fast"] is not run: a stand-in ' \
+        'runs in its place' in result.out
+    out = result.out
+    assert out.index("preUpgrade hook finished") < out.index("current switched") \
+        < out.index("postUpgrade hook finished")
+    refused = rehearse(home, "--run-hooks", *scenario_args("plain"))
+    assert refused.code == 1
+    assert "hooks.preUpgrade" in refused.line("FAIL", "plain")
+
+
 @pytest.mark.timeout(90)
 def test_a_limit_vegavisor_gives_up_on_fails_the_scenario_with_its_words(tmp_path):
     """No retry of a failed install: GitHub down at the block is the end of the upgrade."""
