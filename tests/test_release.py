@@ -703,9 +703,10 @@ def test_an_os_error_while_installing_is_one_line_naming_the_folder(installer, g
     github.add_release("v2", {host_asset_name(): release_zip(short_tmp)})
     config = load_config(installer.home, github.url)
     current, _ = vegavisor.load_run_config(installer.home.path / "genesis")
-    folder = installer.home.path / "missing" / "v2"
+    (installer.home.path / "a-file").write_text("not a folder\n")
+    folder = installer.home.path / "a-file" / "v2"  # a subfolder of a file
     with pytest.raises(vegavisor.InstallError, match=(
-            rf"^cannot install v2 into {folder}: \[Errno 2\] No such file or directory: ")):
+            rf"^cannot install v2 into {folder}: \[Errno \d+\] File exists: ")):
         vegavisor.install_release(installer.home.path, config, "v2", folder, current, None,
                                   installer.log)
-    assert leftovers(installer.home) == []
+    assert leftovers(installer.home) == ["a-file"]
