@@ -5127,11 +5127,11 @@ level = "info"
 # preUpgrade: after the node stopped at the block, before current is switched; if it
 # fails or times out the upgrade stops there. postUpgrade: once the new core answers;
 # a failure is a warning. Environment: VEGAVISOR_UPGRADE_TAG, VEGAVISOR_UPGRADE_HEIGHT,
-# VEGAVISOR_OLD_FOLDER, VEGAVISOR_NEW_FOLDER, VEGAVISOR_HOME.
-[hooks]
+# VEGAVISOR_OLD_FOLDER, VEGAVISOR_NEW_FOLDER, VEGAVISOR_HOME. Uncomment to use.
+# [hooks]
 # preUpgrade = ["/usr/local/bin/backup-vega-state", "--quick"]
 # postUpgrade = ["/usr/local/bin/notify", "upgraded"]
-timeoutSeconds = 300
+# timeoutSeconds = 300
 """
 
 RUN_CONFIG_TEMPLATE = """\
