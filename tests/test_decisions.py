@@ -146,11 +146,12 @@ def test_format_log_line_text_and_json():
 
 
 def test_log_lines_carry_the_wall_clock_in_utc():
+    import calendar
     import io
-    from freezegun import freeze_time
+    import re
     stream = io.StringIO()
-    with freeze_time("2026-11-27 03:00:00.250"):
-        vegavisor.Log(stream).info("ready to upgrade", tag="v2")
-        vegavisor.Log(stream, level="warn").info("filtered out")
-        assert vegavisor.utc_now() == "2026-11-27T03:00:00Z"
+    at = calendar.timegm((2026, 11, 27, 3, 0, 0)) + 0.25  # the clock is passed, not patched
+    vegavisor.Log(stream, clock=lambda: at).info("ready to upgrade", tag="v2")
+    vegavisor.Log(stream, level="warn", clock=lambda: at).info("filtered out")
     assert stream.getvalue() == "2026-11-27T03:00:00.250Z INFO  ready to upgrade tag=v2\n"
+    assert re.fullmatch(r"20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ", vegavisor.utc_now())
