@@ -97,6 +97,11 @@ def wait_for(condition: Callable[[], object], timeout: float,
         time.sleep(0.02)
 
 
+def lines(log: str, text: str) -> List[str]:
+    """The lines of a log that hold `text`."""
+    return [line for line in log.splitlines() if text in line]
+
+
 def snapshot(root: Path) -> dict:
     """Every entry under root (and root): a link's target, a file's bytes, mode and mtime."""
     import stat
@@ -680,6 +685,10 @@ class FakeWorld:
 
     def at(self, when: float, action: Callable[["FakeWorld"], None]) -> None:
         self.timeline.append((when, action))
+
+    def stop_at(self, when: float) -> None:
+        """SIGTERM reaches the supervisor at fake time `when`."""
+        self.at(when, lambda w: setattr(w, "stop_signal", "SIGTERM"))
 
     def started(self, role: str = "core") -> List[FakeProc]:
         return [p for p in self.procs if p.role == role]

@@ -22,6 +22,7 @@ from conftest import FakeChain
 from conftest import FakeProc
 from conftest import FakeWorld
 from conftest import Row
+from conftest import lines
 from conftest import make_fake_home
 from conftest import rows
 from conftest import run_in_process
@@ -29,14 +30,6 @@ from conftest import write_fake_binary
 from conftest import write_run_config
 
 AUTO = "[autoInstall]\nenabled = true\n"
-
-
-def stop_at(world: FakeWorld, when: float) -> None:
-    world.at(when, lambda w: setattr(w, "stop_signal", "SIGTERM"))
-
-
-def lines(log: str, text: str) -> list:
-    return [line for line in log.splitlines() if text in line]
 
 
 def journal(home: Path) -> dict:
@@ -61,7 +54,7 @@ def null_answer_after_a_crash(tmp_path: Path) -> None:
     world.releases["v2"] = "v2"
     world.at(20, lambda w: w.live("core").exit(1))
     world.at(21, lambda w: w.releases.pop("v2"))  # GitHub goes down
-    stop_at(world, 300)
+    world.stop_at(300)
     code, log = run_in_process(home, world)
     assert code == 0, log
     assert (home / "v2" / "run-config.toml").is_file()
@@ -75,7 +68,7 @@ def withdrawn_release(tmp_path: Path) -> None:
     world = FakeWorld(home, lambda w: vegavisor.UpgradeStatus(False, answers["tag"], 50))
     world.releases.update(v2="v2", v3="v3")
     world.at(10, lambda w: answers.update(tag="v3"))
-    stop_at(world, 400)
+    world.stop_at(400)
     code, _ = run_in_process(home, world)
     assert code == 0
     assert (home / "v2" / "vega").is_file() and (home / "v3" / "vega").is_file()
@@ -93,7 +86,7 @@ def stale_prefetch_record_names_an_operators_folder(tmp_path: Path) -> None:
     (home / ".prefetch.json").write_text(json.dumps(vegavisor.PrefetchState(
         "v2", str(home / "v2"), "staged", 1).to_json()))
     world = FakeWorld(home, lambda w: vegavisor.UpgradeStatus(False, "v3", 10**6))
-    stop_at(world, 900)
+    world.stop_at(900)
     code, _ = run_in_process(home, world)
     assert code == 0
     assert sorted(p.name for p in (home / "v2").iterdir()) == ["notes.txt", "run-config.toml",
@@ -104,7 +97,7 @@ def flapping_tag(tmp_path: Path) -> None:
     home = make_fake_home(tmp_path, AUTO + "prefetchRetryDelaySeconds = 1\n")
     world = FakeWorld(home, lambda w: vegavisor.UpgradeStatus(
         False, "v2" if int(w.clock / 0.25) % 2 else "v3", 10**6), max_seconds=3700)
-    stop_at(world, 3600)
+    world.stop_at(3600)
     code, _ = run_in_process(home, world)
     assert code == 0
     assert len(world.installs) <= 20, world.installs
@@ -115,7 +108,7 @@ def flapping_tag(tmp_path: Path) -> None:
 def ready_naming_no_other_release(status: vegavisor.UpgradeStatus, tmp_path: Path) -> None:
     home = make_fake_home(tmp_path)
     world = FakeWorld(home, lambda w: status)
-    stop_at(world, 900)
+    world.stop_at(900)
     code, log = run_in_process(home, world)
     assert code == 0
     assert len(world.started()) == 1, "no restart loop"
@@ -129,7 +122,7 @@ def unusable_answer(status: vegavisor.UpgradeStatus, error: str, tmp_path: Path)
     the growing warnings: nothing is installed, followed out of HOME or restarted."""
     home = make_fake_home(tmp_path, AUTO)
     world = FakeWorld(home, lambda w: status)
-    stop_at(world, 900)
+    world.stop_at(900)
     code, log = run_in_process(home, world)
     assert code == 0, log
     assert world.installs == [] and len(world.started()) == 1, "no install, no restart"
@@ -180,7 +173,7 @@ def crash_before_the_upgraded_core_answered(tmp_path: Path) -> None:
     world = FakeWorld(home, chain.answer)
     world.releases["v2"] = "v2"
     world.at(25, lambda w: w.live("core").exit(1))
-    stop_at(world, 200)
+    world.stop_at(200)
     code, log = run_in_process(home, world)
     assert code == 0
     v1, v2, v2_again = world.started()
@@ -193,7 +186,7 @@ def empty_prepared_folder(tmp_path: Path) -> None:
     home = make_fake_home(tmp_path)
     (home / "v2").mkdir()
     world = FakeWorld(home, FakeChain("v2", upgrade_height=10**6).answer)
-    stop_at(world, 60)
+    world.stop_at(60)
     code, log = run_in_process(home, world)
     assert code == 0
     failed = lines(log, "prefetch failed")[0]
@@ -250,7 +243,7 @@ def truncated_journal(tmp_path: Path) -> None:
     home = make_fake_home(tmp_path)
     (home / ".upgrade-journal.json").write_text('{"tag": "v2", "hei')
     world = FakeWorld(home)
-    stop_at(world, 3)
+    world.stop_at(3)
     code, log = run_in_process(home, world)
     assert code == 0
     [warned] = lines(log, "upgrade journal unreadable")
@@ -269,7 +262,7 @@ def leftover_children(kind: str, tmp_path: Path) -> None:
         children=(vegavisor.ChildRecord("core", 42, leftover.start_time, ("/old/vega",)),)
         if kind == "recorded" else (), starting=("m-1",) if kind == "being-started" else ())
     (home / ".run-state.json").write_text(json.dumps(record.to_json()))
-    stop_at(world, 5)
+    world.stop_at(5)
     code, log = run_in_process(home, world)
     assert code == 0
     assert leftover.signals == [signal.SIGTERM]
@@ -285,7 +278,7 @@ def grandchild_outlives_core(tmp_path: Path) -> None:
     def wrapper_stays(w):
         w.live("core").lingering = 10**9  # its group keeps a process until SIGKILL
     world.at(1, wrapper_stays)
-    stop_at(world, 5)
+    world.stop_at(5)
     code, log = run_in_process(home, world)
     assert code == 0
     [core] = world.started()

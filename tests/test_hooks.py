@@ -17,6 +17,7 @@ import vegavisor
 from conftest import FakeChain
 from conftest import FakeHook
 from conftest import FakeWorld
+from conftest import lines
 from conftest import make_fake_home
 from conftest import run_in_process
 from conftest import run_vegavisor
@@ -52,10 +53,6 @@ def upgrade_world(home: Path, stop: float = 120, **chain: object) -> FakeWorld:
     world.releases["v2"] = "v2"
     world.at(stop, lambda w: setattr(w, "stop_signal", "SIGTERM"))
     return world
-
-
-def lines(log: str, text: str) -> list:
-    return [line for line in log.splitlines() if text in line]
 
 
 def journal(home: Path) -> dict:

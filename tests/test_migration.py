@@ -28,6 +28,7 @@ import pytest
 
 from conftest import CoreMonitor
 from conftest import GO_VISOR_CONFIG
+from conftest import GO_VISOR_EXAMPLE_RUN_CONFIG
 from conftest import Home
 from conftest import Visor
 from conftest import wait_for
@@ -54,19 +55,10 @@ UPGRADE_DEADLINE_SECONDS = 60
 # `visor init --home HOME` of vega v0.79: conftest.GO_VISOR_CONFIG (SPEC 1.2).
 GO_INIT_CONFIG = GO_VISOR_CONFIG
 
-# visor/config/run_config.go ExampleRunConfig, as init writes it in genesis/ and vX.X.X/
-# (with --with-data-node, the [data_node] table follows, its path "vega data-node").
-GO_INIT_RUN_CONFIG = """\
-name = "{name}"
-
-[vega]
-  [vega.binary]
-    path = "vega"
-    args = ["arg1", "arg2", "..."]
-  [vega.rpc]
-    socketPath = ""
-    httpPath = ""
-"""
+# visor/config/run_config.go ExampleRunConfig, as init writes it in genesis/ and vX.X.X/:
+# conftest.GO_VISOR_EXAMPLE_RUN_CONFIG (with --with-data-node, the [data_node] table
+# below follows, its path "vega data-node").
+GO_INIT_RUN_CONFIG = GO_VISOR_EXAMPLE_RUN_CONFIG
 GO_INIT_DATA_NODE = """
 [data_node]
   [data_node.binary]

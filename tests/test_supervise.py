@@ -13,20 +13,13 @@ import pytest
 import vegavisor
 from conftest import FakeChain
 from conftest import FakeWorld
+from conftest import lines
 from conftest import make_fake_home
 from conftest import run_in_process
 from conftest import write_fake_binary
 from conftest import write_run_config
 
 AUTO = "[autoInstall]\nenabled = true\n"
-
-
-def stop_at(world: FakeWorld, when: float) -> None:
-    world.at(when, lambda w: setattr(w, "stop_signal", "SIGTERM"))
-
-
-def lines(log: str, text: str) -> list:
-    return [line for line in log.splitlines() if text in line]
 
 
 def state(home: Path) -> dict:
@@ -41,7 +34,7 @@ def test_an_upgrade_stops_switches_and_starts_the_new_core_from_the_snapshot(tmp
     home = make_fake_home(tmp_path, AUTO)
     world = FakeWorld(home, FakeChain("v2", upgrade_height=20).answer)
     world.releases["v2"] = "v2"
-    stop_at(world, 60)
+    world.stop_at(60)
     code, log = run_in_process(home, world)
     assert code == 0
     v1, v2 = world.started()
@@ -85,7 +78,7 @@ def test_a_restarted_core_has_restart_retries_times_the_poll_interval_to_listen(
     world = FakeWorld(home, chain.answer)
     world.at(30, lambda w: w.live("core").exit(1))
     world.at(30, lambda w: setattr(chain, "listen_after", listen_after))
-    stop_at(world, 120)
+    world.stop_at(120)
     code, log = run_in_process(home, world)
     assert len(world.started()) == 2
     if survives:
@@ -105,7 +98,7 @@ def test_the_upgraded_core_has_first_retries_times_the_poll_interval_to_listen(t
     chain = FakeChain("v2", upgrade_height=10, snapshot_listen_after=38)
     world = FakeWorld(home, chain.answer)
     world.releases["v2"] = "v2"
-    stop_at(world, 200)
+    world.stop_at(200)
     code, log = run_in_process(home, world)
     assert code == 0, log
     assert lines(log, "upgrade complete tag=v2")
@@ -114,7 +107,7 @@ def test_the_upgraded_core_has_first_retries_times_the_poll_interval_to_listen(t
 def test_a_core_that_never_answers_is_named_at_growing_intervals(tmp_path):
     home = make_fake_home(tmp_path)
     world = FakeWorld(home, FakeChain(listen_after=10**9).answer)
-    stop_at(world, 700)
+    world.stop_at(700)
     code, log = run_in_process(home, world)
     assert code == 0
     warned = [round(float(line.split("waited=")[1].split()[0]))
@@ -129,7 +122,7 @@ def test_a_core_that_never_answers_is_named_at_growing_intervals(tmp_path):
 def test_systemd_hears_ready_once_the_node_is_started_not_when_core_answers(tmp_path):
     home = make_fake_home(tmp_path)
     world = FakeWorld(home, FakeChain(listen_after=10**9).answer)
-    stop_at(world, 5)
+    world.stop_at(5)
     run_in_process(home, world)
     ready = [t for t, n in world.notes if n == "READY=1"]
     assert ready == [0.0]
@@ -139,7 +132,7 @@ def test_systemd_hears_ready_once_the_node_is_started_not_when_core_answers(tmp_
 def test_children_do_not_inherit_the_github_token_but_carry_a_marker(tmp_path):
     home = make_fake_home(tmp_path)
     world = FakeWorld(home)
-    stop_at(world, 5)
+    world.stop_at(5)
     run_in_process(home, world, env={"GITHUB_TOKEN": "ghp_secret", "PATH": "/bin"})
     [core] = world.started()
     assert "GITHUB_TOKEN" not in core.env and core.env["PATH"] == "/bin"
@@ -163,7 +156,7 @@ def test_a_journal_left_at_stopped_is_finished_before_anything_runs(tmp_path):
     (home / ".upgrade-journal.json").write_text(json.dumps(
         {"tag": "v2", "height": 77, "from": "genesis", "to": "v2", "step": "stopped"}))
     world = FakeWorld(home, FakeChain().answer)
-    stop_at(world, 10)
+    world.stop_at(10)
     code, log = run_in_process(home, world)
     assert code == 0
     [core] = world.started()
@@ -193,7 +186,7 @@ def test_a_broken_config_edit_keeps_the_old_settings(tmp_path):
     home = make_fake_home(tmp_path, "maxNumberOfRestarts = 3\n")
     world = FakeWorld(home)
     world.at(10, lambda w: (home / "config.toml").write_text("maxNumberOfRestarts = [\n"))
-    stop_at(world, 20)
+    world.stop_at(20)
     code, log = run_in_process(home, world)
     assert code == 0
     assert len(lines(log, "config reload failed; keeping the old settings")) == 1
@@ -206,7 +199,7 @@ def test_a_real_current_folder_runs_and_is_moved_aside_at_the_upgrade(tmp_path):
     write_fake_binary(home / "current" / "vega", "v1")
     world = FakeWorld(home, FakeChain("v2", upgrade_height=20).answer)
     world.releases["v2"] = "v2"
-    stop_at(world, 60)
+    world.stop_at(60)
     code, log = run_in_process(home, world)
     assert code == 0
     [aside] = home.glob(".current-replaced-*")
@@ -218,7 +211,7 @@ def test_a_current_naming_a_missing_folder_is_a_warning(tmp_path):
     home = make_fake_home(tmp_path)
     os.symlink("v9", home / "current")
     world = FakeWorld(home)
-    stop_at(world, 3)
+    world.stop_at(3)
     code, log = run_in_process(home, world)
     assert code == 0
     [line] = lines(log, "current points at genesis now")
@@ -228,7 +221,7 @@ def test_a_current_naming_a_missing_folder_is_a_warning(tmp_path):
 def test_an_unwritable_metrics_file_is_warned_about_every_five_minutes(tmp_path):
     home = make_fake_home(tmp_path, f'metricsFile = "{tmp_path}/missing/vv.prom"\n')
     world = FakeWorld(home, FakeChain("v2", upgrade_height=10**6).answer)
-    stop_at(world, 700)
+    world.stop_at(700)
     code, log = run_in_process(home, world)
     assert code == 0
     assert len(lines(log, "metrics file not written")) == 3
