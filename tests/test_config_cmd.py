@@ -12,6 +12,7 @@ from conftest import GO_VISOR_CONFIG
 from conftest import GO_VISOR_EXAMPLE_RUN_CONFIG
 from conftest import host_asset_name
 from conftest import make_fake_home
+from conftest import run_main
 from conftest import run_vegavisor
 from conftest import snapshot
 
@@ -30,8 +31,7 @@ def clean_env(**extra: str) -> dict:
 
 
 def config(home, output="json", env=None):
-    done = run_vegavisor(["config", "--home", str(home), "--output", output],
-                         env=env or clean_env())
+    done = run_main(["config", "--home", str(home), "--output", output], env=env or clean_env())
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
     return json.loads(done.stdout) if output == "json" else done.stdout
 

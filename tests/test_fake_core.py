@@ -465,14 +465,14 @@ def test_version_human_names_the_cli() -> None:
 
 
 @pytest.mark.timeout(10)
-def test_version_line_is_the_one_copies_rewrite() -> None:
+def test_the_fake_itself_reports_its_version_line() -> None:
     assert 'VERSION = "v0.73.0"' in CORE.read_text().splitlines()
     assert os.access(str(CORE), os.X_OK)
     assert CORE.read_text().startswith("#!/usr/bin/env python3\n")
 
 
 @pytest.mark.timeout(20)
-def test_make_binary_writes_an_executable_copy_with_the_version(folder: Path) -> None:
+def test_make_binary_writes_an_executable_binary_with_the_version(folder: Path) -> None:
     dest = folder / "home" / "v0.74.0" / "vega"
     assert core.make_binary(dest, "v0.74.0") == dest
     assert stat.S_IMODE(dest.stat().st_mode) == 0o755

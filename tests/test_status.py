@@ -12,6 +12,7 @@ import pytest
 
 from conftest import host_asset_name
 from conftest import make_release_zip
+from conftest import run_main
 from conftest import run_vegavisor
 from conftest import set_table
 from conftest import snapshot
@@ -27,7 +28,7 @@ NODE_KEYS = {"reachable", "answered", "readyToUpgrade", "acceptedReleaseTag", "u
 
 
 def status(home, output="json"):
-    done = run_vegavisor(["status", "--home", str(home.path), "--output", output])
+    done = run_main(["status", "--home", str(home.path), "--output", output])
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
     return json.loads(done.stdout) if output == "json" else done.stdout
 

@@ -13,13 +13,14 @@ import vegavisor
 from conftest import GO_VISOR_CONFIG
 from conftest import GO_VISOR_EXAMPLE_RUN_CONFIG
 from conftest import Home
+from conftest import run_main
 from conftest import run_vegavisor
 from conftest import set_table
 from conftest import snapshot
 
 
 def validate(home):
-    done = run_vegavisor(["validate", "--home", str(home.path)], timeout=60)
+    done = run_main(["validate", "--home", str(home.path)])
     assert done.stderr == ""
     return done
 
