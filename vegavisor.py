@@ -4633,13 +4633,12 @@ def run_lock_holder(home: Path) -> Optional[int]:
     except OSError as e:
         raise VisorError(f"{home / LOCK_FILE} cannot be read: {e.strerror}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.read(fd, 64).decode("ascii", "replace").strip()
-            return int(text) if text.isdigit() else 0
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
+    except BlockingIOError:
+        text = os.read(fd, 64).decode("ascii", "replace").strip()
+        return int(text) if text.isdigit() else 0
     finally:
         os.close(fd)
 
@@ -4689,16 +4688,17 @@ def run_json(holder: Optional[int], state: Optional[RunState]) -> Dict[str, Any]
     }
 
 
-def journal_json(journal: Optional[Journal]) -> Tuple[Optional[dict], Optional[dict]]:
-    """(lastUpgrade, upgradeInProgress) from the upgrade journal: step "done" is finished."""
+def journal_json(journal: Optional[Journal]) -> Dict[str, Optional[dict]]:
+    """lastUpgrade and upgradeInProgress from the upgrade journal: step "done" is finished."""
     if journal is None:
-        return None, None
+        return {"lastUpgrade": None, "upgradeInProgress": None}
     facts = {"tag": journal.tag, "height": journal.height, "from": journal.from_folder,
              "to": journal.to_folder}
     if not journal.unfinished:
-        return dict(facts, finished=journal.updated), None
-    return None, dict(facts, step=journal.step, started=journal.started,
-                      updated=journal.updated, error=journal.error or None)
+        return {"lastUpgrade": dict(facts, finished=journal.updated), "upgradeInProgress": None}
+    return {"lastUpgrade": None, "upgradeInProgress": dict(
+        facts, step=journal.step, started=journal.started, updated=journal.updated,
+        error=journal.error or None)}
 
 
 def hooks_json(hooks: HooksConfig, journal: Optional[Journal]) -> Dict[str, Any]:
@@ -4708,7 +4708,7 @@ def hooks_json(hooks: HooksConfig, journal: Optional[Journal]) -> Dict[str, Any]
         "preUpgrade": list(hooks.pre_upgrade) or None,
         "postUpgrade": list(hooks.post_upgrade) or None,
         "timeoutSeconds": hooks.timeout,
-        "last": None if last is None or journal is None else {
+        "last": None if last is None else {
             "hook": last[0], "tag": journal.tag, "state": last[1].state, "code": last[1].code,
             "seconds": last[1].seconds, "error": last[1].error or None,
             "updated": last[1].updated or None},
@@ -4779,7 +4779,7 @@ def collect_status(home: Path, request_id: int) -> Dict[str, Any]:
     problems += [f"current: {current.problem}"] if current.problem else []
     folder = current.folder if current.usable else home / GENESIS_FOLDER
     run_config = None
-    if folder is not None and (folder / RUN_CONFIG_FILE).is_file():
+    if (folder / RUN_CONFIG_FILE).is_file():
         with contextlib.suppress(VisorError):
             run_config = load_run_config(folder)[0]
     # 3. whether a `run` holds the home, and what the records say
@@ -4792,7 +4792,6 @@ def collect_status(home: Path, request_id: int) -> Dict[str, Any]:
     problems += record_problems
     # 4. what core says, and what current's core binary says it is
     node = ask_node(run_config.rpc if run_config else None, config.rpc_timeout, request_id)
-    last_upgrade, in_progress = journal_json(journal)
     report = {
         "home": str(home),
         "current": current_json(current, run_config, problems),
@@ -4800,8 +4799,7 @@ def collect_status(home: Path, request_id: int) -> Dict[str, Any]:
         "node": node,
         "run": run_json(holder, state),
         "prefetch": prefetch.to_json() if prefetch else None,
-        "lastUpgrade": last_upgrade,
-        "upgradeInProgress": in_progress,
+        **journal_json(journal),
         "hooks": hooks_json(config.hooks, journal),
         "problems": problems,
     }
@@ -5130,12 +5128,11 @@ def settings_in_effect(raw: dict, fields: Sequence[Any], where: str = "") -> Lis
             settings += settings_in_effect(raw.get(field.name, {}) if field.name else raw,
                                            field.fields, inner)
             continue
-        if isinstance(field, Table):
-            value, default = None, None
-        elif isinstance(field, Map):
+        if isinstance(field, Map):
             value = {name: field.check(v) for name, v in raw.get(field.name, {}).items()}
             default = {}
-        elif field.attr and hasattr(field, "check"):  # a Key, or a new kind of key
+        elif isinstance(field, Table) or (field.attr and hasattr(field, "check")):
+            # a table left out (None), a Key, or a new kind of key
             default = getattr(field, "default", REQUIRED)
             default = None if default is REQUIRED else default
             value = field.check(raw[field.name]) if field.name in raw else default
@@ -5171,10 +5168,11 @@ def auto_install_json(auto: AutoInstallConfig, host: Tuple[str, str]) -> Dict[st
                           f"{auto.repository}/releases/tags/{{tag}}"}
 
 
-def known_tags(home: Path, config: Config, current_name: str
-               ) -> Tuple[Dict[str, List[str]], List[str]]:
-    """Every tag this home knows, each with where it is known from, and the problems of
-    the state files read on the way."""
+def tags_json(home: Path, config: Config, current_name: str, in_use: Path
+              ) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """Every tag this home knows (upgradeFolders, its folders, `current`, the state files),
+    the folder an upgrade to it uses, whether that is there and whether it is the folder
+    `current` runs (in_use); and the problems of the state files read on the way."""
     (state, prefetch, journal), problems = read_state_records(home)
     known = [(tag, "upgradeFolders") for tag in config.upgrade_folders]
     known += [(folder_tag(folder.name, config.upgrade_folders), "folder")
@@ -5182,21 +5180,10 @@ def known_tags(home: Path, config: Config, current_name: str
     known += [(current_name if current_name != GENESIS_FOLDER else None, "current"),
               (state and state.accepted_tag, "accepted"), (prefetch and prefetch.tag, "prefetch"),
               (journal and journal.tag, "journal")]
-    tags: Dict[str, List[str]] = {}
-    for tag, why in known:
-        if tag:
-            tags.setdefault(tag, []).append(why)
-    return tags, problems
-
-
-def tags_json(home: Path, config: Config, tags: Dict[str, List[str]], in_use: Path
-              ) -> List[Dict[str, Any]]:
-    """The folder each known tag upgrades into, whether it is there, and whether it is
-    the folder `current` runs (in_use)."""
     rows = []
-    for tag in sorted(tags):
-        row = {"tag": tag, "folder": None, "exists": False, "runConfig": False,
-               "current": False, "knownFrom": tags[tag], "error": None}
+    for tag in sorted({tag for tag, _ in known if tag}):
+        row = {"tag": tag, "folder": None, "exists": False, "runConfig": False, "current": False,
+               "knownFrom": [why for known_tag, why in known if known_tag == tag], "error": None}
         try:
             folder = folder_for_tag(home, tag, config.upgrade_folders)
         except VisorError as e:
@@ -5205,7 +5192,7 @@ def tags_json(home: Path, config: Config, tags: Dict[str, List[str]], in_use: Pa
         rows.append(dict(row, folder=str(folder), exists=folder.is_dir(),
                          runConfig=(folder / RUN_CONFIG_FILE).is_file(),
                          current=os.path.realpath(folder) == os.path.realpath(in_use)))
-    return rows
+    return rows, problems
 
 
 def collect_config(home: Path, home_source: str, env: Dict[str, str],
@@ -5230,7 +5217,7 @@ def collect_config(home: Path, home_source: str, env: Dict[str, str],
     if run_config.data_node is not None:
         binaries["dataNode"] = str(resolve_binary(link, run_config.data_node))
     # 3. the tags this home knows and their folders
-    tags, tag_problems = known_tags(home, config, run_config.name)
+    tags, tag_problems = tags_json(home, config, run_config.name, folder)
     return {
         "home": str(home),
         "homeSource": home_source,
@@ -5241,7 +5228,7 @@ def collect_config(home: Path, home_source: str, env: Dict[str, str],
                       "current": current.kind, "binaries": binaries,
                       "settings": settings_in_effect(run_doc, RUN_CONFIG_SCHEMA.fields)},
         "autoInstall": auto_install_json(config.auto_install, host),
-        "tags": tags_json(home, config, tags, folder),
+        "tags": tags,
         "warnings": warnings + run_warnings + tag_problems,
     }
 
@@ -5401,6 +5388,9 @@ def open_home(args: argparse.Namespace, stream: TextIO) -> Tuple[Path, Config, L
     return home, config, log
 
 
+PYTHON_VERSION = ".".join(str(n) for n in sys.version_info[:3])  # for the start-up line
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     # run's log goes to standard output, as the Go Visor's does (SPEC 3.1.12)
     home, config, log = open_home(args, sys.stdout)
@@ -5414,7 +5404,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     world = World(inbox, Notifier(env, time.monotonic), log, env.get("GITHUB_TOKEN") or None)
     log.info("vegavisor starting", version=__version__, home=str(home), pid=os.getpid(),
-             python=_python_version())
+             python=PYTHON_VERSION)
     try:
         return Supervisor(home, config, log, world, env).run()
     finally:
@@ -5463,13 +5453,9 @@ def stop_preparing(signum: int, frame: Optional[types.FrameType]) -> None:
     raise InstallCancelled("stopped by SIGTERM; nothing was installed")
 
 
-def _python_version() -> str:
-    return ".".join(str(n) for n in sys.version_info[:3])
-
-
 def cmd_version(args: argparse.Namespace) -> int:
     if args.output == "json":
-        print(json.dumps({"version": __version__, "python": _python_version()}))
+        print(json.dumps({"version": __version__, "python": PYTHON_VERSION}))
     else:
         print(f"vegavisor {__version__}")
     return EXIT_OK
