@@ -5312,8 +5312,6 @@ def _auto_install_lines(auto: Dict[str, Any]) -> List[str]:
 
 
 def _tag_lines(tags: Sequence[Dict[str, Any]], auto_install: bool, in_use: str) -> List[str]:
-    """A line a tag: its tag, state and folder, each column as wide as its longest, then
-    where it is known from."""
     rows = [(t["tag"], _tag_state(t, auto_install, in_use), t["folder"] or t["error"],
              ", ".join(t["knownFrom"])) for t in tags]
     if not rows:
@@ -5454,10 +5452,8 @@ def stop_preparing(signum: int, frame: Optional[types.FrameType]) -> None:
 
 
 def cmd_version(args: argparse.Namespace) -> int:
-    if args.output == "json":
-        print(json.dumps({"version": __version__, "python": PYTHON_VERSION}))
-    else:
-        print(f"vegavisor {__version__}")
+    print(json.dumps({"version": __version__, "python": PYTHON_VERSION})
+          if args.output == "json" else f"vegavisor {__version__}")
     return EXIT_OK
 
 
