@@ -4644,8 +4644,7 @@ def run_lock_holder(home: Path) -> Optional[int]:
 
 
 def read_state_records(home: Path) -> Tuple[List[Any], List[str]]:
-    """The records of STATE_RECORDS (None: absent or unreadable), and what is wrong with
-    each unreadable one."""
+    """The records of STATE_RECORDS (None: absent or unreadable), and the problems."""
     records, problems = [], []
     for name, kind in STATE_RECORDS:
         record, problem = read_record(home / name, kind)
@@ -5234,8 +5233,7 @@ def collect_config(home: Path, home_source: str, env: Dict[str, str],
 
 
 def format_config(report: Dict[str, Any]) -> str:
-    """The human form: one setting a line (key, source, value), grouped by file, then
-    the environment, auto-install, the tags' folders and the warnings."""
+    """The human form: one setting a line (key, source, value), grouped by file."""
     config, run, auto = report["config"], report["runConfig"], report["autoInstall"]
     config_rows, run_rows = _setting_rows(config["settings"]), _setting_rows(run["settings"])
     env = [(e["name"], "environment" if e["set"] else "unset", _env_words(e))
@@ -5377,7 +5375,6 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def open_home(args: argparse.Namespace, stream: TextIO) -> Tuple[Path, Config, Log]:
-    """The home, its config, and a log set up as the config says (warnings logged)."""
     home = resolve_home(args)
     config, warnings = load_config(home)
     log = Log(stream, config.logging.format, config.logging.level)
