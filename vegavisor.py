@@ -5278,12 +5278,8 @@ def _value_words(value: Any) -> str:
     """A value as TOML writes it; a float that is whole without its ".0"."""
     if value is None:
         return "absent"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, (int, float)):
-        return repr(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
     return json.dumps(value, ensure_ascii=True, default=str)
 
 
