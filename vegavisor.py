@@ -4397,7 +4397,7 @@ _note = functools.partial(Finding, "note")
 
 
 def _check(schema: Table, doc: dict, path: Path) -> Tuple[Any, List[Finding]]:
-    """Every problem and unknown key of a parsed file (the first problem is what parse_*
+    """Every problem and unknown key of a parsed file (the first problem is what _parse
     raises), and its record with None in each part that could not be read."""
     record, report = read_schema(doc, schema, path)
     return record, [_problem(text) for text in report.errors + report.warnings]
