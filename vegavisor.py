@@ -16,6 +16,7 @@ import datetime
 import enum
 import errno
 import fcntl
+import functools
 import ipaddress
 import json
 import math
@@ -4379,6 +4380,9 @@ DATA_NODE_CONFIG_PATH = ("config", "data-node", "config.toml")
 # A folder named like a release tag (v0.74.0, v0.74.0-preview.2) is where an upgrade
 # to that tag looks (SPEC 1.2), so it must hold exactly that release.
 TAG_FOLDER_RE = re.compile(r"v[0-9][0-9A-Za-z.+_-]*")
+# The records `run` keeps in HOME, in the order `status` reports their problems.
+STATE_RECORDS = ((RUN_STATE_FILE, RunState), (PREFETCH_STATE_FILE, PrefetchState),
+                 (JOURNAL_FILE, Journal))
 
 
 class Finding(NamedTuple):
@@ -4388,27 +4392,20 @@ class Finding(NamedTuple):
     text: str  # names the file and the key, and says what to do
 
 
-def _problem(text: str) -> Finding:
-    return Finding("problem", text)
+_problem = functools.partial(Finding, "problem")
+_note = functools.partial(Finding, "note")
 
 
-def _note(text: str) -> Finding:
-    return Finding("note", text)
-
-
-def _check(doc: dict, schema: Table, path: Path) -> Tuple[Any, List[Finding]]:
+def _check(schema: Table, doc: dict, path: Path) -> Tuple[Any, List[Finding]]:
     """Every problem and unknown key of a parsed file (the first problem is what _parse
     raises), and its record with None in each part that could not be read."""
     record, report = read_schema(doc, schema, path)
     return record, [_problem(text) for text in report.errors + report.warnings]
 
 
-def check_config(doc: dict, path: Path) -> Tuple[Config, List[Finding]]:
-    return _check(doc, CONFIG_SCHEMA, path)
-
-
-def check_run_config(doc: dict, path: Path) -> Tuple[RunConfig, List[Finding]]:
-    return _check(doc, RUN_CONFIG_SCHEMA, path)
+# check_config(doc, path) -> (Config, findings), and the same for a run-config
+check_config = functools.partial(_check, CONFIG_SCHEMA)
+check_run_config = functools.partial(_check, RUN_CONFIG_SCHEMA)
 
 
 def check_runnable(where: str, path: Path) -> List[Finding]:
@@ -4436,17 +4433,6 @@ def check_runnable(where: str, path: Path) -> List[Finding]:
                   f"starts it")]
 
 
-def check_binary(where: str, path: Path, timeout: float) -> Tuple[Optional[str], List[Finding]]:
-    """The version a binary reports, and what keeps it from running; changes nothing."""
-    found = check_runnable(where, path)
-    if found:
-        return None, found
-    try:
-        return query_version(path, timeout), []
-    except VisorError as e:
-        return None, [_problem(f"{where}: {e}")]
-
-
 def check_release_version(where: str, path: Path, version: str, name: Optional[str],
                           tag: Optional[str]) -> List[Finding]:
     """A folder for release `tag` holds that release, and its run-config's name says so."""
@@ -4462,21 +4448,22 @@ def check_release_version(where: str, path: Path, version: str, name: Optional[s
     return []
 
 
-def _read_node_config(path: Path, what: str) -> Tuple[Optional[dict], List[Finding]]:
-    """A config file of core or the data node; a note when it cannot be read."""
+def _node_config(args: Sequence[str], parts: Sequence[str], what: str
+                 ) -> Tuple[Path, Optional[dict], List[Finding]]:
+    """The config file of core or the data node under the --home of its args; no document
+    when the args name no home, and a note as well when the file cannot be read."""
+    node_home = flag_value(args, "--home")
+    path = Path(node_home or ".").joinpath(*parts)
     try:
-        return read_toml_file(path), []
+        return path, read_toml_file(path) if node_home else None, []
     except ConfigError as e:
-        return None, [_note(f"{what} not checked: {e}")]
+        return path, None, [_note(f"{what} not checked: {e}")]
 
 
 def check_core_admin_config(path: Path, args: Sequence[str], rpc: RpcConfig) -> List[Finding]:
     """vega.rpc must name the socket core serves: [Admin.Server] of core's own config."""
-    core_home = flag_value(args, "--home")
-    if not core_home:
-        return []
-    config_path = Path(core_home).joinpath(*CORE_CONFIG_PATH)
-    doc, found = _read_node_config(config_path, f"{path}: vega.rpc against core's config")
+    config_path, doc, found = _node_config(args, CORE_CONFIG_PATH,
+                                           f"{path}: vega.rpc against core's config")
     if doc is None:
         return found
     for ours, key, theirs_key in ((rpc.socket_path, "socketPath", "SocketPath"),
@@ -4495,12 +4482,9 @@ def check_core_admin_config(path: Path, args: Sequence[str], rpc: RpcConfig) -> 
 
 def check_data_node_store(path: Path, args: Sequence[str]) -> List[Finding]:
     """Embedded Postgres does not survive an upgrade under Visor (SPEC 1.6)."""
-    data_node_home = flag_value(args, "--home")
-    if not data_node_home:
-        return []
-    config_path = Path(data_node_home).joinpath(*DATA_NODE_CONFIG_PATH)
-    doc, found = _read_node_config(config_path, f"{path}: data_node's SQLStore.UseEmbedded")
-    if doc is not None and _lookup(doc, "SQLStore", "UseEmbedded") is True:
+    config_path, doc, found = _node_config(args, DATA_NODE_CONFIG_PATH,
+                                           f"{path}: data_node's SQLStore.UseEmbedded")
+    if _lookup(doc, "SQLStore", "UseEmbedded") is True:
         found.append(_problem(
             f"{config_path}: [SQLStore] UseEmbedded = true: embedded Postgres is not supported "
             f"under Visor: the upgrade fails; run Postgres yourself and set UseEmbedded = false"))
@@ -4523,12 +4507,10 @@ def check_home_writable(home: Path) -> List[Finding]:
 def check_metrics_file(path: Path, metrics_file: str) -> List[Finding]:
     """The folder of metricsFile must exist and take new files (it is replaced atomically)."""
     folder = Path(metrics_file).parent
-    if not metrics_file:
-        return []
-    elif not folder.is_dir():
+    if metrics_file and not folder.is_dir():
         return [_problem(f"{path}: metricsFile = {json.dumps(metrics_file)}: {folder} is not a "
                          f"folder; create it or change metricsFile")]
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if metrics_file and not os.access(folder, os.W_OK | os.X_OK):
         return [_problem(f"{path}: metricsFile = {json.dumps(metrics_file)}: {folder} is not "
                          f"writable by uid {os.geteuid()}; give it to the user that runs "
                          f"vegavisor or change metricsFile")]
@@ -4558,7 +4540,8 @@ def quick_checks(home: Path, config: Config, folder: Path, run_config: RunConfig
 
 
 def check_folder(folder: Path, tag: Optional[str], timeout: float) -> List[Finding]:
-    """One version folder: its run-config, its binaries, and core's and the data node's config."""
+    """One version folder: its run-config, what its binaries report, and core's and the
+    data node's config."""
     path = folder / RUN_CONFIG_FILE
     try:
         run_config, found = check_run_config(read_toml_file(path), path)
@@ -4566,20 +4549,20 @@ def check_folder(folder: Path, tag: Optional[str], timeout: float) -> List[Findi
         return [_problem(str(e))]
     for key, binary in _binaries(folder, run_config):
         where = f"{path}: {key}"
-        version, problems = check_binary(where, binary, timeout)
+        problems = check_runnable(where, binary)
+        if not problems:
+            try:
+                version = query_version(binary, timeout)
+            except VisorError as e:
+                problems = [_problem(f"{where}: {e}")]
+            else:
+                problems = check_release_version(where, path, version, run_config.name, tag)
         found += problems
-        if version is not None:
-            found += check_release_version(where, path, version, run_config.name, tag)
     if run_config.vega is not None and run_config.rpc is not None:
         found += check_core_admin_config(path, run_config.vega.args, run_config.rpc)
     if run_config.data_node is not None:
         found += check_data_node_store(path, run_config.data_node.args)
     return found
-
-
-def current_problem(home: Path) -> Optional[str]:
-    """What is wrong with HOME/current, saying what `run` will do about it; None if nothing."""
-    return read_current(home).problem or None
 
 
 def home_folders(home: Path) -> List[Path]:
@@ -4602,14 +4585,6 @@ def folder_tag(name: str, upgrade_folders: Dict[str, str]) -> Optional[str]:
     return name
 
 
-def _current_finding(home: Path) -> List[Finding]:
-    """A missing `current` is how the Go Visor's init leaves a home (SPEC 3.1.11): a note."""
-    problem = current_problem(home)
-    missing = not os.path.lexists(home / CURRENT_LINK)
-    usable = missing and (home / GENESIS_FOLDER / RUN_CONFIG_FILE).is_file()
-    return [] if problem is None else [(_note if usable else _problem)(problem)]
-
-
 def validate_home(home: Path, timeout: float) -> Tuple[List[Finding], int]:
     """Every problem of a home in one pass, and how many version folders were checked."""
     if not home.is_dir():
@@ -4625,8 +4600,10 @@ def validate_home(home: Path, timeout: float) -> Tuple[List[Finding], int]:
         upgrade_folders = config.upgrade_folders or {}
     except ConfigError as e:
         found.append(_problem(str(e)))
-    # 2. the current link
-    found += _current_finding(home)
+    # 2. the current link; missing is how the Go Visor's init leaves a home (SPEC 3.1.11)
+    current = read_current(home)
+    usable = current.kind == "missing" and (home / GENESIS_FOLDER / RUN_CONFIG_FILE).is_file()
+    found += [(_note if usable else _problem)(current.problem)] if current.problem else []
     # 3. every version folder: run-config, binaries, and core's and the data node's config
     checked = 0
     subfolders = {home / name for name in upgrade_folders.values() if "/" in name}
@@ -4645,20 +4622,10 @@ def validate_home(home: Path, timeout: float) -> Tuple[List[Finding], int]:
     return found, checked
 
 
-def summarize_findings(findings: Sequence[Finding], home: Path, folders: int) -> str:
-    problems = sum(1 for f in findings if f.level == "problem")
-    notes = len(findings) - problems
-    found = f"{problems} problem{'s' * (problems != 1)}" if problems else "no problems"
-    noted = f"{notes} note{'s' * (notes != 1)}, " if notes else ""
-    return f"{found} in {home} ({noted}{folders} version folder{'s' * (folders != 1)} checked)"
-
-
 def run_lock_holder(home: Path) -> Optional[int]:
     """The pid of the `run` holding HOME's lock (0: not written yet), None when none does.
-
     The file is opened read-only and never created; the shared lock that tests it is
-    released at once.
-    """
+    released at once."""
     try:
         fd = os.open(home / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -4666,41 +4633,24 @@ def run_lock_holder(home: Path) -> Optional[int]:
     except OSError as e:
         raise VisorError(f"{home / LOCK_FILE} cannot be read: {e.strerror}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.read(fd, 64).decode("ascii", "replace").strip()
-            return int(text) if text.isdigit() else 0
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
+    except BlockingIOError:
+        text = os.read(fd, 64).decode("ascii", "replace").strip()
+        return int(text) if text.isdigit() else 0
     finally:
         os.close(fd)
 
 
-class StatusReport(NamedTuple):
-    """Everything `status` reports (SPEC 2.5), read from the records without changing a file."""
-
-    home: Path
-    current: CurrentLink
-    current_config: Optional[RunConfig]
-    installed: List[Dict[str, Any]]
-    node: Dict[str, Any]
-    holder: Optional[int]  # the pid holding the run lock (0: not written yet), None: none
-    state: Optional[RunState]
-    prefetch: Optional[PrefetchState]
-    journal: Optional[Journal]
-    problems: List[str]
-    current_version: Optional[str] = None  # what current's core binary says it is
-    hooks: HooksConfig = HooksConfig()  # config.toml's [hooks] (defaults if unreadable)
-
-    @property
-    def running(self) -> bool:
-        return self.holder is not None
-
-    @property
-    def fresh(self) -> bool:
-        """The run state was written by the run now holding the lock."""
-        return self.running and self.state is not None and self.holder in (0, self.state.pid)
+def read_state_records(home: Path) -> Tuple[List[Any], List[str]]:
+    """The records of STATE_RECORDS (None: absent or unreadable), and the problems."""
+    records, problems = [], []
+    for name, kind in STATE_RECORDS:
+        record, problem = read_record(home / name, kind)
+        records.append(record)
+        problems += [f"{problem}; `vegavisor run` rewrites it"] if problem else []
+    return records, problems
 
 
 def children_json(children: Sequence[ChildRecord]) -> List[Dict[str, Any]]:
@@ -4708,54 +4658,46 @@ def children_json(children: Sequence[ChildRecord]) -> List[Dict[str, Any]]:
              "alive": is_alive(c.pid, c.start_time)} for c in children]
 
 
-def run_json(report: StatusReport) -> Dict[str, Any]:
-    state, fresh = report.state, report.fresh
-    shown = state if fresh or (state is not None and state.ended) else None
-    stale = state is not None and not fresh
+def run_json(holder: Optional[int], state: Optional[RunState]) -> Dict[str, Any]:
+    """The `run` section. The state is fresh when the `run` holding the lock wrote it; a
+    stale one is how the last `run` ended, in its words or "died" when it could not say,
+    and its children may be left running."""
+    running = holder is not None
+    fresh = running and state is not None and holder in (0, state.pid)
+    gone = state if state is not None and not running else None
+    stale = state if state is not None and not fresh else None
+    shown = state.to_json() if state is not None and (fresh or state.ended) else {}
     return {
-        "running": report.running,
-        "pid": (report.holder or (state.pid if fresh else None)) if report.running else None,
-        "phase": shown.phase if shown else None,
-        "started": shown.started if shown else None,
-        "version": shown.version if shown else None,
-        "folder": shown.folder if shown else None,
-        "restarts": shown.restarts if shown else None,
-        "lastPollOk": shown.last_poll_ok if shown else None,
-        "acceptedReleaseTag": (shown.accepted_tag or None) if shown else None,
-        "upgradeBlockHeight": (shown.upgrade_height or None) if shown else None,
-        "waiting": (shown.waiting or None) if fresh and shown else None,
-        "download": shown.download if fresh and shown else None,
-        "ended": ended_words(report) if not report.running else None,
-        "endedAt": (state.updated or None) if state is not None and not report.running
-        else None,
+        "running": running,
+        "pid": (holder or (state.pid if fresh else None)) if running else None,
+        **{key: shown.get(key) for key in ("phase", "started", "version", "folder",
+                                           "restarts", "lastPollOk")},
+        "acceptedReleaseTag": shown.get("acceptedTag"),
+        "upgradeBlockHeight": shown.get("upgradeHeight"),
+        "waiting": shown.get("waiting") if fresh else None,
+        "download": shown.get("download") if fresh else None,
+        "ended": gone and (gone.ended or f"died without a word (kill -9, OOM or power "
+                                         f"loss?); pid {gone.pid}"),
+        "endedAt": gone and (gone.updated or None),
         "children": children_json(state.children) if fresh and state else [],
-        "stale": stale,
-        "stalePid": state.pid if stale and state else None,
+        "stale": stale is not None,
+        "stalePid": stale and stale.pid,
         # children a vegavisor that died (kill -9) may have left running
-        "leftoverChildren": children_json(state.children) if stale and state else [],
+        "leftoverChildren": children_json(stale.children) if stale else [],
     }
 
 
-def ended_words(report: StatusReport) -> Optional[str]:
-    """How the last `run` ended: its own words, or "died" when it could not say."""
-    state = report.state
-    if state is None:
-        return None
-    if state.ended:
-        return state.ended
-    return f"died without a word (kill -9, OOM or power loss?); pid {state.pid}"
-
-
-def journal_json(journal: Optional[Journal]) -> Tuple[Optional[dict], Optional[dict]]:
-    """(lastUpgrade, upgradeInProgress) from the upgrade journal: step "done" is finished."""
+def journal_json(journal: Optional[Journal]) -> Dict[str, Optional[dict]]:
+    """lastUpgrade and upgradeInProgress from the upgrade journal: step "done" is finished."""
     if journal is None:
-        return None, None
+        return {"lastUpgrade": None, "upgradeInProgress": None}
     facts = {"tag": journal.tag, "height": journal.height, "from": journal.from_folder,
              "to": journal.to_folder}
     if not journal.unfinished:
-        return dict(facts, finished=journal.updated), None
-    return None, dict(facts, step=journal.step, started=journal.started,
-                      updated=journal.updated, error=journal.error or None)
+        return {"lastUpgrade": dict(facts, finished=journal.updated), "upgradeInProgress": None}
+    return {"lastUpgrade": None, "upgradeInProgress": dict(
+        facts, step=journal.step, started=journal.started, updated=journal.updated,
+        error=journal.error or None)}
 
 
 def hooks_json(hooks: HooksConfig, journal: Optional[Journal]) -> Dict[str, Any]:
@@ -4765,7 +4707,7 @@ def hooks_json(hooks: HooksConfig, journal: Optional[Journal]) -> Dict[str, Any]
         "preUpgrade": list(hooks.pre_upgrade) or None,
         "postUpgrade": list(hooks.post_upgrade) or None,
         "timeoutSeconds": hooks.timeout,
-        "last": None if last is None or journal is None else {
+        "last": None if last is None else {
             "hook": last[0], "tag": journal.tag, "state": last[1].state, "code": last[1].code,
             "seconds": last[1].seconds, "error": last[1].error or None,
             "updated": last[1].updated or None},
@@ -4790,13 +4732,21 @@ def ask_node(rpc: Optional[RpcConfig], timeout: float, request_id: int) -> Dict[
                 upgradeBlockHeight=status.height if status.tag else None)
 
 
-def _run_config_in(folder: Optional[Path]) -> Optional[RunConfig]:
-    if folder is None or not (folder / RUN_CONFIG_FILE).is_file():
+def current_json(current: CurrentLink, run_config: Optional[RunConfig], problems: List[str]
+                 ) -> Optional[Dict[str, Any]]:
+    """The `current` section: the folder it names, and the version its core binary reports
+    (why not, in `problems`)."""
+    if current.kind == "missing":
         return None
-    try:
-        return load_run_config(folder)[0]
-    except VisorError:
-        return None
+    version = None
+    if current.usable and run_config is not None:
+        try:
+            version = query_version(resolve_binary(current.link, run_config.vega),
+                                    STATUS_VERSION_TIMEOUT_SECONDS)
+        except VisorError as e:
+            problems.append(f"current: {e}")
+    return {"folder": str(current.folder), "name": run_config.name if current.usable
+            and run_config else None, "version": version, "error": current.problem or None}
 
 
 def describe_installed(home: Path) -> List[Dict[str, Any]]:
@@ -4812,9 +4762,9 @@ def describe_installed(home: Path) -> List[Dict[str, Any]]:
     return installed
 
 
-def collect_status(home: Path, request_id: int) -> StatusReport:
-    """Read everything `status` shows; each thing that cannot be read is a problem, not
-    the end of the report (SPEC 3.2.3)."""
+def collect_status(home: Path, request_id: int) -> Dict[str, Any]:
+    """What `status` shows (its JSON form), read without changing a file; each thing that
+    cannot be read is a problem, not the end of the report (SPEC 3.2.3)."""
     problems: List[str] = []
     # 1. the config (a broken one is reported; defaults stand in)
     try:
@@ -4823,40 +4773,43 @@ def collect_status(home: Path, request_id: int) -> StatusReport:
     except VisorError as e:
         config = parse_config({}, home / CONFIG_FILE)[0]
         problems.append(f"config: {e}")
-    # 2. which version is current, what is installed
+    # 2. which version is current, and its run-config
     current = read_current(home)
     problems += [f"current: {current.problem}"] if current.problem else []
-    run_config = _run_config_in(current.folder if current.usable else home / GENESIS_FOLDER)
+    folder = current.folder if current.usable else home / GENESIS_FOLDER
+    run_config = None
+    if (folder / RUN_CONFIG_FILE).is_file():
+        with contextlib.suppress(VisorError):
+            run_config = load_run_config(folder)[0]
     # 3. whether a `run` holds the home, and what the records say
     try:
         holder = run_lock_holder(home)
     except VisorError as e:
         holder = None
         problems.append(f"run: {e}")
-    records = []
-    for name, kind in ((RUN_STATE_FILE, RunState), (PREFETCH_STATE_FILE, PrefetchState),
-                       (JOURNAL_FILE, Journal)):
-        record, problem = read_record(home / name, kind)
-        problems += [f"{problem}; `vegavisor run` rewrites it"] if problem else []
-        records.append(record)
+    (state, prefetch, journal), record_problems = read_state_records(home)
+    problems += record_problems
+    # 4. what core says, and what current's core binary says it is
     node = ask_node(run_config.rpc if run_config else None, config.rpc_timeout, request_id)
-    version = None
-    if current.usable and run_config is not None:
-        try:
-            version = query_version(resolve_binary(current.link, run_config.vega),
-                                    STATUS_VERSION_TIMEOUT_SECONDS)
-        except VisorError as e:
-            problems.append(f"current: {e}")
-    report = StatusReport(home, current, run_config, describe_installed(home), node, holder,
-                          records[0], records[1], records[2], problems, version, config.hooks)
-    report.problems.extend(status_problems(report, config))
+    report = {
+        "home": str(home),
+        "current": current_json(current, run_config, problems),
+        "installed": describe_installed(home),
+        "node": node,
+        "run": run_json(holder, state),
+        "prefetch": prefetch.to_json() if prefetch else None,
+        **journal_json(journal),
+        "hooks": hooks_json(config.hooks, journal),
+        "problems": problems,
+    }
+    report["problems"] += status_problems(report, config)
     return report
 
 
-def status_problems(report: StatusReport, config: Config) -> List[str]:
+def status_problems(report: Dict[str, Any], config: Config) -> List[str]:
     """Each thing in the report an operator must act on, with what to do next."""
-    home, run, node = report.home, run_json(report), report.node
-    problems = [f"installed: {entry['error']}" for entry in report.installed
+    home, run, node = report["home"], report["run"], report["node"]
+    problems = [f"installed: {entry['error']}" for entry in report["installed"]
                 if entry.get("error")]
     leftovers = [f"{c['role']} pid {c['pid']}" for c in run["leftoverChildren"] if c["alive"]]
     if leftovers:
@@ -4874,85 +4827,58 @@ def status_problems(report: StatusReport, config: Config) -> List[str]:
                 if run["running"] else f"is `vegavisor run --home {home}` running?")
         where = f" at {node['socket']}" if node["socket"] else ""
         problems.append(f"node: not reachable{where}: {node['error']}; {hint}")
-    prefetch = report.prefetch
-    if prefetch is not None and prefetch.state in ("failed", "missing") \
-            and prefetch.tag == node["acceptedReleaseTag"]:
-        problems.append(f"prefetch: {prefetch.tag}: {prefetch.last_error or 'not installed'} "
-                        f"(attempt {prefetch.attempts}); fix the cause before the upgrade block")
+    prefetch = report["prefetch"]
+    if prefetch and prefetch["state"] in ("failed", "missing") \
+            and prefetch["tag"] == node["acceptedReleaseTag"]:
+        problems.append(f"prefetch: {prefetch['tag']}: {prefetch['lastError'] or 'not installed'}"
+                        f" (attempt {prefetch['attempts']}); fix the cause before the upgrade "
+                        f"block")
     problems += _accepted_release_problems(report, config)
-    journal = report.journal
-    last_hook = journal.last_hook() if journal is not None else None
-    if last_hook is not None and last_hook[1].state == "failed" and journal is not None:
-        name, record = last_hook
+    hook, step = report["hooks"]["last"], report["upgradeInProgress"]
+    if hook and hook["state"] == "failed":
         todo = (f"fix it, then start `vegavisor run --home {home}`: it runs the hook again"
-                if name == "preUpgrade" else "the node runs on; do by hand what it did not")
-        problems.append(f"hooks: the {name} hook failed for the upgrade to {journal.tag} "
-                        f"({record.error}, {record.updated}); {todo}")
-    if journal is not None and journal.unfinished and not run["running"]:
-        problems.append(f"upgrade: the upgrade to {journal.tag} stopped at step "
-                        f"{journal.step} ({journal.updated}) and no vegavisor is running; "
+                if hook["hook"] == "preUpgrade" else "the node runs on; do by hand what it did not")
+        problems.append(f"hooks: the {hook['hook']} hook failed for the upgrade to {hook['tag']} "
+                        f"({hook['error'] or ''}, {hook['updated'] or ''}); {todo}")
+    if step and not run["running"]:
+        problems.append(f"upgrade: the upgrade to {step['tag']} stopped at step "
+                        f"{step['step']} ({step['updated']}) and no vegavisor is running; "
                         f"read its last log lines, then start `vegavisor run --home {home}`: "
                         f"it finishes the upgrade")
     return problems
 
 
-def _accepted_release_problems(report: StatusReport, config: Config) -> List[str]:
-    tag, height = report.node["acceptedReleaseTag"], report.node["upgradeBlockHeight"]
+def _accepted_release_problems(report: Dict[str, Any], config: Config) -> List[str]:
+    tag, height = report["node"]["acceptedReleaseTag"], report["node"]["upgradeBlockHeight"]
     if not tag or config.auto_install.enabled:
         return []
     try:
-        folder = folder_for_tag(report.home, tag, config.upgrade_folders)
+        folder = folder_for_tag(Path(report["home"]), tag, config.upgrade_folders)
     except VisorError as e:
         return [f"upgrade: {e}"]
-    if any(entry["folder"] == str(folder) for entry in report.installed):
+    if any(entry["folder"] == str(folder) for entry in report["installed"]):
         return []
     return [f"upgrade: {tag} is accepted for block {height}, but {folder} holds no "
             f"{RUN_CONFIG_FILE} and auto-install is off: install it before the block"]
 
 
-def status_json(report: StatusReport) -> Dict[str, Any]:
-    current = report.current
-    last_upgrade, in_progress = journal_json(report.journal)
-    return {
-        "home": str(report.home),
-        "current": None if current.kind == "missing" else {
-            "folder": str(current.folder), "name": report.current_config.name
-            if current.usable and report.current_config else None,
-            "version": report.current_version, "error": current.problem or None},
-        "installed": report.installed,
-        "node": report.node,
-        "run": run_json(report),
-        "prefetch": report.prefetch.to_json() if report.prefetch else None,
-        "lastUpgrade": last_upgrade,
-        "upgradeInProgress": in_progress,
-        "hooks": hooks_json(report.hooks, report.journal),
-        "problems": report.problems,
-    }
-
-
 def format_status(report: Dict[str, Any]) -> str:
     """The human form of the report: aligned label/value lines, then the problems."""
+    run, hooks = report["run"], report["hooks"]
+    step, last = report["upgradeInProgress"], report["lastUpgrade"]
     rows = [("home", report["home"]),
             ("current", _current_words(report["current"])),
             ("installed", _installed_words(report["installed"], report["current"])),
-            ("vegavisor", _run_words(report["run"])),
-            ("node", _node_words(report["node"]))]
-    if report["run"]["download"]:
-        rows.append(("download", _download_words(report["run"]["download"])))
-    if report["prefetch"]:
-        rows.append(("prefetch", _prefetch_words(report["prefetch"])))
-    if report["upgradeInProgress"]:
-        step = report["upgradeInProgress"]
-        rows.append(("upgrading", f"{step['from']} -> {step['to']} ({step['tag']} at block "
-                                  f"{step['height']}): step {step['step']} since "
-                                  f"{step['updated']}"))
-    if report["lastUpgrade"]:
-        last = report["lastUpgrade"]
-        rows.append(("last upgrade", f"{last['from']} -> {last['to']} ({last['tag']} at block "
-                                     f"{last['height']}), finished {last['finished']}"))
-    rows.append(("hooks", _hooks_words(report["hooks"])))
-    if report["hooks"]["last"]:
-        rows.append(("last hook", _last_hook_words(report["hooks"]["last"])))
+            ("vegavisor", _run_words(run)),
+            ("node", _node_words(report["node"])),
+            ("download", run["download"] and _download_words(run["download"])),
+            ("prefetch", report["prefetch"] and _prefetch_words(report["prefetch"])),
+            ("upgrading", step and f"{_upgrade_words(step)}: step {step['step']} since "
+                                   f"{step['updated']}"),
+            ("last upgrade", last and f"{_upgrade_words(last)}, finished {last['finished']}"),
+            ("hooks", _hooks_words(hooks)),
+            ("last hook", hooks["last"] and _last_hook_words(hooks["last"]))]
+    rows = [(label, text) for label, text in rows if text]
     width = max(len(label) for label, _ in rows) + 2
     lines = [label.ljust(width) + text for label, text in rows]
     if not report["problems"]:
@@ -5015,6 +4941,11 @@ def _download_words(download: Dict[str, Any]) -> str:
     return ", ".join(words)
 
 
+def _upgrade_words(upgrade: Dict[str, Any]) -> str:
+    return (f"{upgrade['from']} -> {upgrade['to']} ({upgrade['tag']} at block "
+            f"{upgrade['height']})")
+
+
 def _hooks_words(hooks: Dict[str, Any]) -> str:
     words = [f"{name} {shlex.join(hooks[name])}" for name in HOOK_FIELDS if hooks[name]]
     return "; ".join(words + [f"timeout {hooks['timeoutSeconds']:g}s"]) if words else "none"
@@ -5039,8 +4970,7 @@ def _prefetch_words(prefetch: dict) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    home = resolve_home(args)
-    report = status_json(collect_status(home, random.Random().getrandbits(63)))
+    report = collect_status(resolve_home(args), random.Random().getrandbits(63))
     print(json.dumps(report, indent=2) if args.output == "json" else format_status(report))
     return EXIT_OK
 
@@ -5050,13 +4980,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     findings, folders = validate_home(home, BINARY_QUERY_TIMEOUT_SECONDS)
     for finding in findings:
         print(f"{finding.level}: {finding.text}")
-    print(summarize_findings(findings, home, folders))
-    return EXIT_FAILURE if any(f.level == "problem" for f in findings) else EXIT_OK
-
-
-def _add_status_args(parser: argparse.ArgumentParser) -> None:
-    _add_home(parser)
-    _add_output(parser)
+    problems = sum(1 for f in findings if f.level == "problem")
+    notes = len(findings) - problems
+    found = f"{problems} problem{'s' * (problems != 1)}" if problems else "no problems"
+    noted = f"{notes} note{'s' * (notes != 1)}, " if notes else ""
+    print(f"{found} in {home} ({noted}{folders} version folder{'s' * (folders != 1)} checked)")
+    return EXIT_FAILURE if problems else EXIT_OK
 
 
 # --- init templates ---
@@ -5162,15 +5091,6 @@ DATA_NODE_TEMPLATE = """
 # the same schemas that `run` and `validate` read (CONFIG_SCHEMA, RUN_CONFIG_SCHEMA):
 # a key added there is listed here with no change. Like `status`, it only reads.
 
-class Setting(NamedTuple):
-    """One key of a file as it is in effect."""
-
-    key: str  # as spelled in the file, tables dotted: "autoInstall.asset.name"
-    value: Any  # as the schema's check returns it; None: a table the file may leave out
-    source: str  # "file" (set in the file) or "default" (not set: the default applies)
-    default: Any  # the schema's default; None when the file must set the key
-
-
 class EnvVariable(NamedTuple):
     """An environment variable vegavisor (or Python's urllib and ssl for it) reads."""
 
@@ -5195,55 +5115,46 @@ ENVIRONMENT = (
 )
 
 
-def settings_in_effect(raw: dict, fields: Sequence[Any], where: str = "") -> List[Setting]:
-    """Every key of a schema in schema order, with its value in effect and its source.
+def settings_in_effect(raw: dict, fields: Sequence[Any], where: str = "") -> List[Dict[str, Any]]:
+    """Every key of a schema in schema order, tables dotted ("autoInstall.asset.name"): its
+    value in effect (None: a table the file may leave out), its source ("file", or
+    "default" when the file does not set it) and its default (None: the file must set it).
     `raw` has been read with the same schema already, so every check here passes."""
-    settings: List[Setting] = []
+    settings: List[Dict[str, Any]] = []
     for field in fields:
-        if isinstance(field, Table):
-            settings += _table_settings(raw, field, where)
-        elif isinstance(field, Map):
+        if isinstance(field, Table) and (field.name in raw or field.missing is not ABSENT):
+            inner = f"{where}{field.name}." if field.name else where
+            settings += settings_in_effect(raw.get(field.name, {}) if field.name else raw,
+                                           field.fields, inner)
+            continue
+        if isinstance(field, Map):
             value = {name: field.check(v) for name, v in raw.get(field.name, {}).items()}
-            settings.append(Setting(where + field.name, value, _source(raw, field.name), {}))
-        elif field.attr and hasattr(field, "check"):  # a Key, or a new kind of key
-            settings.append(_key_setting(raw, field, where))
+            default = {}
+        elif isinstance(field, Table) or (field.attr and hasattr(field, "check")):
+            # a table left out (None), a Key, or a new kind of key
+            default = getattr(field, "default", REQUIRED)
+            default = None if default is REQUIRED else default
+            value = field.check(raw[field.name]) if field.name in raw else default
+        else:
+            continue
+        settings.append({"key": where + field.name, "value": value,
+                         "source": "file" if field.name in raw else "default",
+                         "default": default})
     return settings
 
 
-def _table_settings(raw: dict, table: Table, where: str) -> List[Setting]:
-    if table.name not in raw and table.missing is ABSENT:
-        return [Setting(where + table.name, None, "default", None)]
-    inner = f"{where}{table.name}." if table.name else where
-    return settings_in_effect(raw.get(table.name, {}) if table.name else raw, table.fields, inner)
-
-
-def _key_setting(raw: dict, key: Any, where: str) -> Setting:
-    default = getattr(key, "default", REQUIRED)
-    default = None if default is REQUIRED else default
-    value = key.check(raw[key.name]) if key.name in raw else default
-    return Setting(where + key.name, value, _source(raw, key.name), default)
-
-
-def _source(raw: dict, name: str) -> str:
-    return "file" if name in raw else "default"
-
-
 def environment_json(env: Dict[str, str], api_url: str) -> List[Dict[str, Any]]:
-    """Each variable of ENVIRONMENT: whether it is set and, unless secret, its value."""
+    """Each variable of ENVIRONMENT: whether it is set and, unless secret, its value. The
+    token's use names only scheme://host[:port] of the API URL."""
+    api = urllib.parse.urlsplit(redact_url(api_url))
     found = []
     for variable in ENVIRONMENT:
         value = env.get(variable.name, env.get(variable.name.upper()))
         shown = None if value is None or (variable.secret and value) else (
             redact_url(value) if variable.url else printable(value))
         found.append({"name": variable.name, "set": value is not None, "value": shown,
-                      "use": variable.use.format(api=api_origin(api_url))})
+                      "use": variable.use.format(api=f"{api.scheme}://{api.netloc}")})
     return found
-
-
-def api_origin(url: str) -> str:
-    """scheme://host[:port] of a URL: where the token goes, nothing more of it."""
-    parts = urllib.parse.urlsplit(redact_url(url))
-    return f"{parts.scheme}://{parts.netloc}"
 
 
 def auto_install_json(auto: AutoInstallConfig, host: Tuple[str, str]) -> Dict[str, Any]:
@@ -5256,38 +5167,22 @@ def auto_install_json(auto: AutoInstallConfig, host: Tuple[str, str]) -> Dict[st
                           f"{auto.repository}/releases/tags/{{tag}}"}
 
 
-def known_tags(home: Path, config: Config, current_name: str
-               ) -> Tuple[Dict[str, List[str]], List[str]]:
-    """Every tag this home knows, each with where it is known from, and the problems of
-    the state files read on the way."""
-    tags: Dict[str, List[str]] = {}
-    problems = []
-
-    def add(tag: Optional[str], why: str) -> None:
-        if tag:
-            tags.setdefault(tag, []).append(why)
-    for tag in config.upgrade_folders:
-        add(tag, "upgradeFolders")
-    for folder in home_folders(home):
-        add(folder_tag(folder.name, config.upgrade_folders), "folder")
-    add(current_name if current_name != GENESIS_FOLDER else None, "current")
-    for name, kind, why in ((RUN_STATE_FILE, RunState, "accepted"),
-                            (PREFETCH_STATE_FILE, PrefetchState, "prefetch"),
-                            (JOURNAL_FILE, Journal, "journal")):
-        record, problem = read_record(home / name, kind)
-        add(getattr(record, "accepted_tag" if kind is RunState else "tag", None), why)
-        problems += [f"{problem}; `vegavisor run` rewrites it"] if problem else []
-    return tags, problems
-
-
-def tags_json(home: Path, config: Config, tags: Dict[str, List[str]], in_use: Path
-              ) -> List[Dict[str, Any]]:
-    """The folder each known tag upgrades into, whether it is there, and whether it is
-    the folder `current` runs (in_use)."""
+def tags_json(home: Path, config: Config, current_name: str, in_use: Path
+              ) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """Every tag this home knows (upgradeFolders, its folders, `current`, the state files),
+    the folder an upgrade to it uses, whether that is there and whether it is the folder
+    `current` runs (in_use); and the problems of the state files read on the way."""
+    (state, prefetch, journal), problems = read_state_records(home)
+    known = [(tag, "upgradeFolders") for tag in config.upgrade_folders]
+    known += [(folder_tag(folder.name, config.upgrade_folders), "folder")
+              for folder in home_folders(home)]
+    known += [(current_name if current_name != GENESIS_FOLDER else None, "current"),
+              (state and state.accepted_tag, "accepted"), (prefetch and prefetch.tag, "prefetch"),
+              (journal and journal.tag, "journal")]
     rows = []
-    for tag in sorted(tags):
-        row = {"tag": tag, "folder": None, "exists": False, "runConfig": False,
-               "current": False, "knownFrom": tags[tag], "error": None}
+    for tag in sorted({tag for tag, _ in known if tag}):
+        row = {"tag": tag, "folder": None, "exists": False, "runConfig": False, "current": False,
+               "knownFrom": [why for known_tag, why in known if known_tag == tag], "error": None}
         try:
             folder = folder_for_tag(home, tag, config.upgrade_folders)
         except VisorError as e:
@@ -5296,12 +5191,7 @@ def tags_json(home: Path, config: Config, tags: Dict[str, List[str]], in_use: Pa
         rows.append(dict(row, folder=str(folder), exists=folder.is_dir(),
                          runConfig=(folder / RUN_CONFIG_FILE).is_file(),
                          current=os.path.realpath(folder) == os.path.realpath(in_use)))
-    return rows
-
-
-def settings_json(settings: Sequence[Setting]) -> List[Dict[str, Any]]:
-    return [{"key": s.key, "value": s.value, "source": s.source, "default": s.default}
-            for s in settings]
+    return rows, problems
 
 
 def collect_config(home: Path, home_source: str, env: Dict[str, str],
@@ -5326,36 +5216,37 @@ def collect_config(home: Path, home_source: str, env: Dict[str, str],
     if run_config.data_node is not None:
         binaries["dataNode"] = str(resolve_binary(link, run_config.data_node))
     # 3. the tags this home knows and their folders
-    tags, tag_problems = known_tags(home, config, run_config.name)
+    tags, tag_problems = tags_json(home, config, run_config.name, folder)
     return {
         "home": str(home),
         "homeSource": home_source,
         "config": {"file": str(home / CONFIG_FILE),
-                   "settings": settings_json(settings_in_effect(doc, CONFIG_SCHEMA.fields))},
+                   "settings": settings_in_effect(doc, CONFIG_SCHEMA.fields)},
         "environment": environment_json(env, config.auto_install.github_api_url),
         "runConfig": {"file": str(folder / RUN_CONFIG_FILE), "folder": str(folder),
                       "current": current.kind, "binaries": binaries,
-                      "settings": settings_json(
-                          settings_in_effect(run_doc, RUN_CONFIG_SCHEMA.fields))},
+                      "settings": settings_in_effect(run_doc, RUN_CONFIG_SCHEMA.fields)},
         "autoInstall": auto_install_json(config.auto_install, host),
-        "tags": tags_json(home, config, tags, folder),
+        "tags": tags,
         "warnings": warnings + run_warnings + tag_problems,
     }
 
 
 def format_config(report: Dict[str, Any]) -> str:
-    """The human form: one setting a line (key, source, value), grouped by file, then
-    the environment, auto-install, the tags' folders and the warnings."""
+    """The human form: one setting a line (key, source, value), grouped by file."""
     config, run, auto = report["config"], report["runConfig"], report["autoInstall"]
     config_rows, run_rows = _setting_rows(config["settings"]), _setting_rows(run["settings"])
     env = [(e["name"], "environment" if e["set"] else "unset", _env_words(e))
            for e in report["environment"]]
     width = max(len(key) for key, _, _ in config_rows + run_rows + env) + 2
+    via = {"link": f"via {CURRENT_LINK}", "folder": f"{CURRENT_LINK} is a folder"}.get(
+        run["current"], f"{CURRENT_LINK} is {run['current']}: `vegavisor run` points it at "
+                        f"{GENESIS_FOLDER}")
     lines = [f"home: {report['home']} (from {report['homeSource']})", "",
              f"{CONFIG_FILE}: {config['file']}"]
     lines += _aligned(config_rows, width)
     lines += ["", "environment:"] + _aligned(env, width)
-    lines += ["", f"{RUN_CONFIG_FILE}: {run['file']} ({_current_via(run['current'])})"]
+    lines += ["", f"{RUN_CONFIG_FILE}: {run['file']} ({via})"]
     lines += _aligned(run_rows, width)
     lines += [f"  {role} starts as {path}" for role, path in run["binaries"].items()]
     lines += [""] + _auto_install_lines(auto)
@@ -5387,12 +5278,8 @@ def _value_words(value: Any) -> str:
     """A value as TOML writes it; a float that is whole without its ".0"."""
     if value is None:
         return "absent"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, (int, float)):
-        return repr(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
     return json.dumps(value, ensure_ascii=True, default=str)
 
 
@@ -5404,14 +5291,6 @@ def _env_words(variable: Dict[str, Any]) -> str:
     if variable["set"]:
         return f"{json.dumps(variable['value'])}: {variable['use']}"
     return variable["use"]
-
-
-def _current_via(kind: str) -> str:
-    if kind == "link":
-        return f"via {CURRENT_LINK}"
-    if kind == "folder":
-        return f"{CURRENT_LINK} is a folder"
-    return f"{CURRENT_LINK} is {kind}: `vegavisor run` points it at {GENESIS_FOLDER}"
 
 
 def _auto_install_lines(auto: Dict[str, Any]) -> List[str]:
@@ -5427,15 +5306,13 @@ def _auto_install_lines(auto: Dict[str, Any]) -> List[str]:
 
 
 def _tag_lines(tags: Sequence[Dict[str, Any]], auto_install: bool, in_use: str) -> List[str]:
-    if not tags:
-        return ["  none"]
     rows = [(t["tag"], _tag_state(t, auto_install, in_use), t["folder"] or t["error"],
              ", ".join(t["knownFrom"])) for t in tags]
-    tag_width = max(len(r[0]) for r in rows) + 2
-    state_width = max(len(r[1]) for r in rows) + 2
-    folder_width = max(len(r[2]) for r in rows) + 2
-    return [f"  {tag.ljust(tag_width)}{state.ljust(state_width)}{folder.ljust(folder_width)}"
-            f"from {known}" for tag, state, folder, known in rows]
+    if not rows:
+        return ["  none"]
+    widths = [max(len(row[column]) for row in rows) + 2 for column in range(3)]
+    return ["  " + "".join(text.ljust(w) for text, w in zip(row, widths)) + f"from {row[3]}"
+            for row in rows]
 
 
 def _tag_state(tag: Dict[str, Any], auto_install: bool, in_use: str) -> str:
@@ -5453,8 +5330,7 @@ def _tag_state(tag: Dict[str, Any], auto_install: bool, in_use: str) -> str:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    home = resolve_home(args)
-    report = collect_config(home, "--home" if args.home else "VEGAVISOR_HOME",
+    report = collect_config(resolve_home(args), "--home" if args.home else "VEGAVISOR_HOME",
                             dict(os.environ), host_platform())
     print(json.dumps(report, indent=2, default=str) if args.output == "json"
           else format_config(report))
@@ -5495,13 +5371,15 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def open_home(args: argparse.Namespace, stream: TextIO) -> Tuple[Path, Config, Log]:
-    """The home, its config, and a log set up as the config says (warnings logged)."""
     home = resolve_home(args)
     config, warnings = load_config(home)
     log = Log(stream, config.logging.format, config.logging.level)
     for warning in warnings:
         log.warn("config warning", problem=warning)
     return home, config, log
+
+
+PYTHON_VERSION = ".".join(str(n) for n in sys.version_info[:3])  # for the start-up line
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -5517,7 +5395,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     world = World(inbox, Notifier(env, time.monotonic), log, env.get("GITHUB_TOKEN") or None)
     log.info("vegavisor starting", version=__version__, home=str(home), pid=os.getpid(),
-             python=_python_version())
+             python=PYTHON_VERSION)
     try:
         return Supervisor(home, config, log, world, env).run()
     finally:
@@ -5566,56 +5444,40 @@ def stop_preparing(signum: int, frame: Optional[types.FrameType]) -> None:
     raise InstallCancelled("stopped by SIGTERM; nothing was installed")
 
 
-def _python_version() -> str:
-    return ".".join(str(n) for n in sys.version_info[:3])
-
-
 def cmd_version(args: argparse.Namespace) -> int:
-    if args.output == "json":
-        print(json.dumps({"version": __version__, "python": _python_version()}))
-    else:
-        print(f"vegavisor {__version__}")
+    print(json.dumps({"version": __version__, "python": PYTHON_VERSION})
+          if args.output == "json" else f"vegavisor {__version__}")
     return EXIT_OK
-
-
-def _add_home(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--home", help="vegavisor's home folder (default: $VEGAVISOR_HOME)")
-
-
-def _add_init_args(parser: argparse.ArgumentParser) -> None:
-    _add_home(parser)
-    parser.add_argument("--with-data-node", action="store_true",
-                        help="the genesis run-config also starts a data node")
-
-
-def _add_prepare_args(parser: argparse.ArgumentParser) -> None:
-    _add_home(parser)
-    parser.add_argument("tag", metavar="TAG", help="release tag, e.g. v0.74.0")
-
-
-def _add_output(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", choices=("human", "json"), default="human")
 
 
 class Command(NamedTuple):
     run: Callable[[argparse.Namespace], int]
-    add_arguments: Callable[[argparse.ArgumentParser], None]
+    arguments: Tuple[str, ...]  # names in ARGUMENTS, in the order --help lists them
     help: str
 
 
+# Every option a command may take, with add_argument's keywords.
+ARGUMENTS: Dict[str, Dict[str, Any]] = {
+    "--home": {"help": "vegavisor's home folder (default: $VEGAVISOR_HOME)"},
+    "--with-data-node": {"action": "store_true",
+                         "help": "the genesis run-config also starts a data node"},
+    "tag": {"metavar": "TAG", "help": "release tag, e.g. v0.74.0"},
+    "--output": {"choices": ("human", "json"), "default": "human"},
+}
 # Every command, in the order `--help` lists them: a new command plugs in here.
 COMMANDS = {
-    "init": Command(cmd_init, _add_init_args, "create a new home with a commented config"),
-    "run": Command(cmd_run, _add_home, "supervise the node and upgrade it when it is time"),
-    "status": Command(cmd_status, _add_status_args,
+    "init": Command(cmd_init, ("--home", "--with-data-node"),
+                    "create a new home with a commented config"),
+    "run": Command(cmd_run, ("--home",), "supervise the node and upgrade it when it is time"),
+    "status": Command(cmd_status, ("--home", "--output"),
                       "show what is installed, what runs and what the node says"),
-    "prepare-upgrade": Command(cmd_prepare_upgrade, _add_prepare_args,
+    "prepare-upgrade": Command(cmd_prepare_upgrade, ("--home", "tag"),
                                "install a release into its folder now, without a node"),
-    "validate": Command(cmd_validate, _add_home,
+    "validate": Command(cmd_validate, ("--home",),
                         "check config.toml, every run-config, binaries and the admin socket"),
-    "config": Command(cmd_config, _add_status_args,
+    "config": Command(cmd_config, ("--home", "--output"),
                       "show every setting in effect and where it comes from"),
-    "version": Command(cmd_version, _add_output, "print vegavisor's version"),
+    "version": Command(cmd_version, ("--output",), "print vegavisor's version"),
 }
 
 
@@ -5626,7 +5488,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     for name, command in COMMANDS.items():
         sub = commands.add_parser(name, help=command.help, description=command.help)
-        command.add_arguments(sub)
+        for argument in command.arguments:
+            sub.add_argument(argument, **ARGUMENTS[argument])
         sub.set_defaults(command=command)
     return parser
 
