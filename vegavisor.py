@@ -2976,13 +2976,6 @@ def check_staged_version(binary: Path, tag: str) -> None:
         raise InstallError(f"the asset's {binary.name} reports version {version}, not {tag}")
 
 
-def remove_tree(path: Path) -> None:
-    # Only Prefetch.abandon still uses this, to delete a complete release folder, which
-    # SPEC 3.3.1 forbids: install code deletes through remove_staging alone.
-    if path.is_symlink() or path.exists():
-        shutil.rmtree(path, ignore_errors=True)
-
-
 # --- state files ---
 # One record type per file, one reader (read_record) and one writer (write_record).
 # `run` writes them; `status` and the next `run` read them. A file that cannot be read
