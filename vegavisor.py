@@ -2369,18 +2369,13 @@ def _assets_from_json(data: Any, url: str) -> Tuple[Any, ...]:
 
 
 def choose_asset(items: Sequence[Any], name: str, url: str) -> Optional[Asset]:
-    """The asset called `name`, checked; None when there is none. The others are not
+    """The asset called `name`, checked (a size, an API URL, a SHA-256 digest or none: one
+    of another algorithm counts as none); None when there is none. The others are not
     looked at: an odd unrelated asset never blocks a release (SPEC 3.3.7)."""
-    for item in items:
-        if isinstance(item, dict) and item.get("name") == name:
-            return _asset_from_json(item, url)
-    return None
-
-
-def _asset_from_json(item: Dict[str, Any], url: str) -> Asset:
-    """The chosen asset, checked: a name, a size, an API URL; a digest we cannot use
-    (another algorithm) counts as none, a malformed SHA-256 one is refused."""
-    name, size, api_url = item.get("name"), item.get("size"), item.get("url")
+    item = next((i for i in items if isinstance(i, dict) and i.get("name") == name), None)
+    if item is None:
+        return None
+    size, api_url = item.get("size"), item.get("url")
     digest = item.get("digest")
     digest = digest if isinstance(digest, str) and digest[:7].lower() == "sha256:" else None
     if not isinstance(api_url, str) or isinstance(size, bool) or not isinstance(size, int) \
@@ -2388,7 +2383,7 @@ def _asset_from_json(item: Dict[str, Any], url: str) -> Asset:
         shown = {k: item.get(k) for k in ("name", "size", "url", "digest")}
         raise InstallError(f"{redact_url(url)} describes the asset {name} without a usable "
                            f"size, url or digest: {json.dumps(shown, default=repr)[:200]}")
-    return Asset(str(name), size, api_url, digest.lower() if digest else None)
+    return Asset(name, size, api_url, digest.lower() if digest else None)
 
 
 def build_opener(track: Callable[[socket.socket], None]) -> Any:
@@ -2397,34 +2392,15 @@ def build_opener(track: Callable[[socket.socket], None]) -> Any:
 
     Built on demand: urllib.request (with http.client and ssl) loads only to install.
     """
-    import http.client
     import urllib.request
-
-    def tracked(base: Any) -> Any:
-        class Connection(base):  # type: ignore[misc,valid-type]
-            def connect(self) -> None:
-                super().connect()
-                track(self.sock)
-        return Connection
-    connections = {cls: tracked(cls) for cls in (http.client.HTTPConnection,
-                                                 getattr(http.client, "HTTPSConnection", None))
-                   if cls is not None}
 
     class Tracking:
         def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
-            return super().do_open(connections.get(http_class, http_class), req,  # type: ignore
-                                   **kwargs)
-
-    handlers = [type("HTTPHandler", (Tracking, urllib.request.HTTPHandler), {}),
-                checked_redirects()]
-    if hasattr(urllib.request, "HTTPSHandler"):
-        handlers.append(type("HTTPSHandler", (Tracking, urllib.request.HTTPSHandler), {}))
-    return urllib.request.build_opener(*handlers)
-
-
-def checked_redirects() -> Any:
-    """A urllib redirect handler following only URLs vegavisor would fetch directly."""
-    import urllib.request
+            class Connection(http_class):  # type: ignore[misc,valid-type]
+                def connect(self) -> None:
+                    super().connect()
+                    track(self.sock)
+            return super().do_open(Connection, req, **kwargs)  # type: ignore[misc]
 
     class CheckedRedirects(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
@@ -2434,7 +2410,12 @@ def checked_redirects() -> Any:
                 raise InstallError(f"refused the redirect from {redact_url(req.full_url)}: "
                                    f"{problem}")
             return super().redirect_request(req, fp, code, msg, headers, newurl)
-    return CheckedRedirects
+
+    handlers = [type("HTTPHandler", (Tracking, urllib.request.HTTPHandler), {}),
+                CheckedRedirects]
+    if hasattr(urllib.request, "HTTPSHandler"):
+        handlers.append(type("HTTPSHandler", (Tracking, urllib.request.HTTPSHandler), {}))
+    return urllib.request.build_opener(*handlers)
 
 
 class NetworkStep:
@@ -2458,8 +2439,10 @@ class NetworkStep:
             self.shut()
 
     def shut(self) -> None:
+        """Break a read blocked on the socket, from another thread (TLS state untouched)."""
         if self.sock is not None:
-            shut_down(self.sock)
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
 
     def check(self, tag: str) -> None:
         """Say why the step ended early: cancelled, or past its deadline."""
@@ -2467,14 +2450,6 @@ class NetworkStep:
         if self.expired:
             raise InstallError(f"the {self.what} did not finish within its deadline of "
                                f"{round(self.seconds, 1):g}s ({redact_url(self.url)})")
-
-
-def shut_down(sock: socket.socket) -> None:
-    """Break a read blocked on this socket, from another thread (TLS state untouched)."""
-    try:
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 class GitHub:
@@ -2552,10 +2527,10 @@ class GitHub:
             kind = NotFound if error.code == 404 else InstallError
             return kind(f"{redact_url(url)} answered HTTP {error.code} {error.reason}")
         reset = error.headers.get("X-RateLimit-Reset", "")
-        when = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(reset)))
-                if reset.strip().isdigit() else "an unknown time")
-        if not reset.strip().isdigit() and wait is not None:
-            when = f"in {wait:g}s"
+        if reset.strip().isdigit():
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(reset)))
+        else:
+            when = "an unknown time" if wait is None else f"in {wait:g}s"
         hint = "" if self._token else "; set GITHUB_TOKEN for a higher limit"
         return InstallError(f"GitHub's API rate limit is used up ({redact_url(url)} answered "
                             f"{error.code}); it resets at {when}{hint}", retry_after=wait)
@@ -2578,7 +2553,6 @@ class GitHub:
     def get_pages(self, url: str) -> List[Any]:
         """Every item of a paginated list, following Link rel="next"."""
         items: List[Any] = []
-        next_url: Optional[str] = url
         for _ in range(MAX_PAGES):
             page, next_url = self.get_json(url)
             if not isinstance(page, list):
@@ -2716,43 +2690,38 @@ def unpack_zip(archive: Path, into: Path, max_bytes: int) -> List[str]:
     """Unpack regular files and folders only, inside `into`, at most max_bytes in all."""
     import zipfile
     import zlib
+    lzma_error: type = ValueError  # lzma's error (not an OSError), if this Python has lzma
+    with contextlib.suppress(ImportError):
+        import lzma
+        lzma_error = lzma.LZMAError
     try:
         with zipfile.ZipFile(archive) as z:
             members = z.infolist()
-            seen = set()
+            paths: Dict[Tuple[str, ...], zipfile.ZipInfo] = {}
             for info in members:
-                _check_member(info, archive)
-                path = tuple(p for p in info.filename.split("/") if p not in ("", "."))
-                if path in seen or not path:
+                path = _member_path(info, archive)
+                if path in paths or not path:
                     raise InstallError(f"{archive.name} holds {info.filename!r} twice (or as "
                                        f"the folder itself); a release names each file once")
-                seen.add(path)
+                paths[path] = info
             total = sum(info.file_size for info in members)
             if total > max_bytes:
                 raise InstallError(f"{archive.name} would unpack to {total} bytes, more than "
                                    f"the {max_bytes} allowed (a zip bomb?)")
-            for info in members:
-                _extract_member(z, info, into)
+            for path, info in paths.items():
+                _extract_member(z, info, into.joinpath(*path))
             return [info.filename for info in members]
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
         raise InstallError(f"{archive.name} is not a valid zip archive: {e}") from None
     except (zlib.error, NotImplementedError, ValueError, RuntimeError, OSError,
-            _lzma_error()) as e:
+            lzma_error) as e:
         # corrupt data, an unsupported method, a name that is not UTF-8, a name too long
         raise InstallError(f"{archive.name} cannot be unpacked: {e}") from None
 
 
-def _lzma_error() -> type:
-    """lzma's error (not an OSError), for an LZMA zip entry that is corrupt; the module
-    may be missing from a minimal Python build."""
-    try:
-        import lzma
-    except ImportError:
-        return ValueError
-    return lzma.LZMAError
-
-
-def _check_member(info: zipfile.ZipInfo, archive: Path) -> None:
+def _member_path(info: zipfile.ZipInfo, archive: Path) -> Tuple[str, ...]:
+    """The member's path inside the folder: refused if it leaves it, is not a plain file
+    or folder, or is encrypted."""
     name = info.filename
     parts = name.replace("\\", "/").split("/")
     if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[\\/]", name) or ".." in parts \
@@ -2765,10 +2734,10 @@ def _check_member(info: zipfile.ZipInfo, archive: Path) -> None:
                            f"are unpacked")
     if info.flag_bits & 0x1:
         raise InstallError(f"{archive.name} holds {name!r} encrypted; a release is not")
+    return tuple(p for p in name.split("/") if p not in ("", "."))
 
 
-def _extract_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, into: Path) -> None:
-    target = into.joinpath(*[p for p in info.filename.split("/") if p not in ("", ".")])
+def _extract_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
     if info.is_dir():
         target.mkdir(parents=True, exist_ok=True)
         return
@@ -2791,17 +2760,13 @@ def release_run_config(current: RunConfig, tag: str, binary_name: str) -> RunCon
 
 
 def run_config_document(run_config: RunConfig) -> dict:
-    doc: Dict[str, Any] = {
-        "name": run_config.name,
-        "vega": {
-            "binary": {"path": run_config.vega.path, "args": list(run_config.vega.args)},
-            "rpc": {"socketPath": run_config.rpc.socket_path,
-                    "httpPath": run_config.rpc.http_path},
-        },
-    }
+    def binary(b: Binary) -> Dict[str, Any]:
+        return {"path": b.path, "args": list(b.args)}
+    rpc = {"socketPath": run_config.rpc.socket_path, "httpPath": run_config.rpc.http_path}
+    doc: Dict[str, Any] = {"name": run_config.name,
+                           "vega": {"binary": binary(run_config.vega), "rpc": rpc}}
     if run_config.data_node:
-        doc["data_node"] = {"binary": {"path": run_config.data_node.path,
-                                       "args": list(run_config.data_node.args)}}
+        doc["data_node"] = {"binary": binary(run_config.data_node)}
     return doc
 
 
@@ -2850,7 +2815,6 @@ def install_release(home: Path, config: Config, tag: str, folder: Path, current:
         staged = staging / "release"
         place_asset(staging / asset.name, staged, auto.asset.binary_name, asset.size)
         stage_run_config(staged, release_run_config(current, tag, auto.asset.binary_name))
-        check_staged_version(staged.joinpath(*auto.asset.binary_name.split("/")), tag)
         log.info("version checked", tag=tag, binary=auto.asset.binary_name, version=tag)
         for path, _, _ in os.walk(staged):
             fsync_folder(Path(path))  # the files are synced; their names must be too
@@ -2908,33 +2872,36 @@ def staging_owner(path: Path) -> Optional[int]:
     return recorded if recorded == int(match.group(1)) else None
 
 
-def remove_staging(path: Path) -> bool:
+def remove_staging(path: Path) -> None:
     """The one place install code deletes a folder: only a staging folder proven ours."""
-    if staging_owner(path) is None:
-        return False
-    shutil.rmtree(path, ignore_errors=True)
-    return True
+    if staging_owner(path) is not None:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def stage_run_config(folder: Path, run_config: RunConfig) -> None:
+    """Write the run-config beside the unpacked binary, which must run and say it is the
+    release (run_config.name) before it is moved into place."""
     binary = folder.joinpath(*run_config.vega.path.split("/"))
     if not binary.is_file():
         listing = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
         raise InstallError(f"the asset holds no {run_config.vega.path} (its top level holds: "
                            f"{listing}); check [autoInstall.asset] binaryName")
     write_file_atomically(folder / RUN_CONFIG_FILE, write_toml(run_config_document(run_config)))
+    version = binary_version(binary)
+    if version != run_config.name:
+        raise InstallError(f"the asset's {binary.name} reports version {version}, "
+                           f"not {run_config.name}")
 
 
 def move_into_place(staged: Path, folder: Path) -> None:
     """Rename the complete release folder into place; never over a folder that appeared
     meanwhile (another installer, an operator): that is an error, not an install."""
-    if os.path.lexists(folder):
-        raise InstallError(f"{folder} appeared while {folder.name} was being installed; "
-                           f"it was left as it is and nothing was installed")
     # [upgradeFolders] may map a tag into a subfolder ("releases/v0.74.0", SPEC 1.7) that
     # does not exist yet; config checks keep it inside HOME.
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if os.path.lexists(folder):  # rename would replace an empty folder or a file
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(folder))
         os.rename(staged, folder)
     except OSError as e:
         if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
@@ -2964,16 +2931,9 @@ def process_exists(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # another user's process
+        pass
     return True
-
-
-def check_staged_version(binary: Path, tag: str) -> None:
-    """The unpacked binary must run and say it is `tag` before it is moved into place."""
-    version = binary_version(binary)
-    if version != tag:
-        raise InstallError(f"the asset's {binary.name} reports version {version}, not {tag}")
 
 
 # --- state files ---
