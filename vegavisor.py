@@ -2261,11 +2261,11 @@ def download_progress(done: int, total: int, elapsed: float) -> Progress:
 
 
 def host_platform() -> Tuple[str, str]:
-    """The {os} and {arch} of Vega's asset names for this host."""
-    system = {"linux": "linux", "darwin": "darwin"}.get(sys.platform, sys.platform)
+    """The {os} and {arch} of Vega's asset names for this host: sys.platform ("linux",
+    "darwin") names the os as Vega does, the machine's name may need translating."""
     machine = os.uname().machine.lower()
-    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
-    return system, arch.get(machine, machine)
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}
+    return sys.platform, arch.get(machine, machine)
 
 
 def asset_name(template: str, host: Tuple[str, str]) -> str:
