@@ -2236,7 +2236,7 @@ class Asset(NamedTuple):
     name: str
     size: int
     url: str  # the API URL; with Accept: application/octet-stream it redirects to the bytes
-    digest: Optional[str]  # "sha256:<hex>" on assets uploaded since mid-2025, else None
+    digest: Optional[str]  # "sha256:<hex>" (lower case) on assets uploaded since mid-2025
 
 
 class Release(NamedTuple):
@@ -2344,15 +2344,14 @@ def rate_limit_reset(code: int, headers: Any, now: float) -> Tuple[bool, Optiona
 def expected_checksum(tag: str, asset: Asset, pinned: Dict[str, str],
                       required: bool) -> Optional[str]:
     """The SHA-256 the download must have: pinned by the operator, else GitHub's digest."""
-    digest = asset.digest.lower() if asset.digest else None
     pin = pinned.get(tag)
-    if pin and digest and pin != digest:
+    if pin and asset.digest and pin != asset.digest:
         raise InstallError(f"[autoInstall.checksums] pins {tag} to {pin} but GitHub says "
-                           f"{asset.name} has {digest}; refusing both")
-    if required and not (pin or digest):
+                           f"{asset.name} has {asset.digest}; refusing both")
+    if required and not (pin or asset.digest):
         raise InstallError(f"{asset.name} of {tag} has no known SHA-256 (no GitHub digest, "
                            f"nothing in [autoInstall.checksums]) and requireChecksum = true")
-    return pin or digest
+    return pin or asset.digest
 
 
 def _release_from_json(data: Any, url: str) -> Release:
