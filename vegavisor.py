@@ -2601,8 +2601,7 @@ class GitHub:
                            f"has: {names or 'no assets'}")
 
     def download(self, asset: Asset, target: Path, sha256: Optional[str],
-                 report: Callable[[Progress], None] = lambda progress: None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 report: Callable[[Progress], None], clock: Callable[[], float]) -> None:
         """Stream the asset to `target` in constant memory, checking size and SHA-256;
         `report` hears of the progress at most every PROGRESS_SECONDS.
 
