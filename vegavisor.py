@@ -2783,7 +2783,6 @@ def install_release(home: Path, config: Config, tag: str, folder: Path, current:
         or binary_name_problem(auto.asset.binary_name)
     if problem:
         raise InstallError(f"cannot install: {problem}")
-    cancel = cancel or Cancellation()
     github = GitHub(auto.github_api_url, auto.repository_owner, auto.repository, token,
                     auto.http_timeout, cancel, tag)
     staging: Optional[Path] = None
@@ -2817,7 +2816,7 @@ def install_release(home: Path, config: Config, tag: str, folder: Path, current:
         for path, _, _ in os.walk(staged):
             fsync_folder(Path(path))  # the files are synced; their names must be too
         # 4. move it into place, unless cancelled or the folder appeared meanwhile
-        cancel.raise_if_set(tag)
+        github.cancel.raise_if_set(tag)
         move_into_place(staged, folder)
         log.info("installed", tag=tag, folder=str(folder))
     except InstallCancelled:
