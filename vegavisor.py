@@ -1488,6 +1488,9 @@ class Log:
 GO_PATH_SAFE = "/$&+,:;=@"
 # One recv() reads a whole UpgradeStatus answer (~300 bytes).
 ADMIN_READ_BYTES = 16 * 1024
+# The request's body; only the id changes from call to call.
+UPGRADE_STATUS_BODY = (b'{"method":"%s","params":[null],"id":%%d}'
+                       % UPGRADE_STATUS_METHOD.encode())
 HTTP_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?\r\n")
 # Redirects and "404 page not found" mean the path, not core, is wrong.
 HTTP_PATH_PROBLEMS = (301, 302, 307, 308, 404)
@@ -1526,6 +1529,10 @@ class AdminClient:
         client = AdminClient(run_config.rpc, config.rpc_timeout)
         status = client.upgrade_status(request_id)  # AdminError: a failed poll
         client.close()  # when core stops, or the run-config changes
+
+    It polls every 0.25 s for days, so a call costs few system calls: the socket is
+    non-blocking and each wait is a poll(2) bounded by the deadline (no timeout set per
+    operation).
     """
 
     def __init__(self, rpc: RpcConfig, timeout: float,
@@ -1533,7 +1540,10 @@ class AdminClient:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.rpc, self.timeout, self.connect, self.clock = rpc, timeout, connect, clock
         self.sock: Optional[socket.socket] = None
+        self.readable: Any = None  # a select.poll() watching self.sock for input
         self.head: Optional[bytes] = None  # the request line and headers, made once
+        # The last good answer's body up to its id, and what it said (see read()).
+        self.last_answer: Optional[Tuple[bytes, UpgradeStatus]] = None
 
     def upgrade_status(self, request_id: int) -> UpgradeStatus:
         deadline = self.clock() + self.timeout
@@ -1544,7 +1554,7 @@ class AdminClient:
             except _ClosedWhileIdle:
                 self.close()
                 status, body, keep = self.exchange(request, deadline)
-            answer = read_admin_reply(status, body, request_id, self.rpc.http_path)
+            answer = self.read(status, body, request_id)
         except BaseException:
             self.close()  # a failed poll starts the next one afresh
             raise
@@ -1555,30 +1565,44 @@ class AdminClient:
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
-            self.sock = None
+            self.sock = self.readable = None
 
     def request(self, request_id: int) -> bytes:
         if self.head is None:
             self.head = (f"POST {admin_request_path(self.rpc.http_path)} HTTP/1.1\r\n"
                          f"Host: localhost\r\nContent-Type: application/json\r\n").encode()
-        body = b'{"method":"%s","params":[null],"id":%d}' % (
-            UPGRADE_STATUS_METHOD.encode(), request_id)
-        return self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        body = UPGRADE_STATUS_BODY % request_id
+        return b"%sContent-Length: %d\r\n\r\n%s" % (self.head, len(body), body)
+
+    def read(self, status: int, body: bytes, request_id: int) -> UpgradeStatus:
+        """read_admin_reply(), skipped when the body is the last good one but for the id.
+
+        Go's encoder ends every answer with `"id":<id>}` and a newline. When the rest is
+        byte for byte the last good answer's, the JSON differs only in that number, the
+        last member of the top-level object: so does the parse, and it is this call's id.
+        """
+        tail = b'"id":%d}\n' % request_id
+        if status == 200 and body.endswith(tail):
+            start, last = body[:-len(tail)], self.last_answer
+            if last is not None and start == last[0]:
+                return last[1]
+            answer = read_admin_reply(status, body, request_id, self.rpc.http_path)
+            self.last_answer = (start, answer)
+            return answer
+        return read_admin_reply(status, body, request_id, self.rpc.http_path)
 
     def exchange(self, request: bytes, deadline: float) -> Tuple[int, bytes, bool]:
         """Send, then read the answer: (HTTP status, body, connection reusable)."""
         reused = self.sock is not None
-        if self.sock is not None and _readable(self.sock):
+        if self.readable is not None and self.readable.poll(0):
             raise _ClosedWhileIdle()  # EOF (or stray bytes) waiting: the server closed it
         received = b""
         try:
             if self.sock is None:
-                self.sock = self.connect(self.rpc.socket_path, self.time_left(deadline))
-            self.sock.settimeout(self.time_left(deadline))
-            self.sock.sendall(request)
+                self.open(deadline)
+            self.send(request, deadline)
             while True:
-                self.sock.settimeout(self.time_left(deadline))
-                data = self.sock.recv(ADMIN_READ_BYTES)
+                data = self.receive(deadline)
                 if not data and not received:
                     if reused:
                         raise _ClosedWhileIdle()  # it closed as we sent: try a new one
@@ -1603,6 +1627,30 @@ class AdminClient:
             raise AdminError(f"socketPath {json_excerpt(self.rpc.socket_path)} is not a "
                              f"valid path") from None
 
+    def open(self, deadline: float) -> None:
+        sock = self.sock = self.connect(self.rpc.socket_path, self.time_left(deadline))
+        sock.setblocking(False)  # from here on, every wait is a poll up to the deadline
+        self.readable = select.poll()
+        self.readable.register(sock, select.POLLIN)
+
+    def send(self, request: bytes, deadline: float) -> None:
+        """The whole request; at once, unless the socket's buffer is full."""
+        self.time_left(deadline)
+        while request:
+            try:
+                request = request[self.sock.send(request):]
+            except BlockingIOError:
+                select.select([], [self.sock], [], self.time_left(deadline))
+
+    def receive(self, deadline: float) -> bytes:
+        """The next bytes of the answer (b"" at EOF), waiting for them up to the deadline."""
+        while True:
+            if self.readable.poll(self.time_left(deadline) * 1000):
+                try:
+                    return self.sock.recv(ADMIN_READ_BYTES)
+                except BlockingIOError:
+                    pass  # readable, then not: wait again
+
     def time_left(self, deadline: float) -> float:
         """Seconds to the call's deadline; socket.timeout once it has passed."""
         left = deadline - self.clock()
@@ -1622,12 +1670,6 @@ class AdminClient:
 
 class _ClosedWhileIdle(Exception):
     """The kept-alive connection was closed by the server before this request was read."""
-
-
-def _readable(sock: socket.socket) -> bool:
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
 
 
 def call_upgrade_status(rpc: RpcConfig, timeout: float, request_id: int) -> UpgradeStatus:
@@ -1656,26 +1698,33 @@ def parse_http_answer(data: bytes, eof: bool) -> Optional[Tuple[int, bytes, bool
         raise BadAnswer(f"answer is not HTTP: {data[:60]!r}")
     status = int(status_line.group(2))
     head_end = data.find(b"\r\n\r\n", status_line.end() - 2)
-    headers: Dict[bytes, bytes] = {}
+    if head_end < 0:
+        if eof:
+            raise AdminError(f"the connection was closed in the middle of the answer "
+                             f"({len(data)} bytes received)")
+        return None
+    headers: Dict[bytes, bytes] = {}  # names lowercased; values as sent
     for line in data[status_line.end():head_end + 2].split(b"\r\n")[:-1]:
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip():
             raise BadAnswer(f"answer has a malformed header line: {line[:60]!r}")
-        headers[name.lower()] = value.strip().lower()
-    length = headers.get(b"content-length", b"0" if status in (204, 304) else b"")
-    if head_end >= 0 and not length.isdigit():
-        raise BadAnswer(f"answer has no valid Content-Length: {length[:40]!r}")
-    if head_end >= 0 and int(length) > MAX_ADMIN_RESPONSE_BYTES:
+        headers[name.lower()] = value
+    length = headers[b"content-length"].strip() if b"content-length" in headers \
+        else b"0" if status in (204, 304) else b""
+    if not length.isdigit():
+        raise BadAnswer(f"answer has no valid Content-Length: {length.lower()[:40]!r}")
+    size = int(length)
+    if size > MAX_ADMIN_RESPONSE_BYTES:
         raise BadAnswer(f"answer is larger than {MAX_ADMIN_RESPONSE_BYTES} bytes "
-                        f"(Content-Length {int(length)})")
-    end = head_end + 4 + int(length or 0)
-    if head_end < 0 or len(data) < end:
+                        f"(Content-Length {size})")
+    end = head_end + 4 + size
+    if len(data) < end:
         if eof:
             raise AdminError(f"the connection was closed in the middle of the answer "
                              f"({len(data)} bytes received)")
         return None
     keep = (status_line.group(1) == b"1" and end == len(data) and not eof
-            and b"close" not in headers.get(b"connection", b""))
+            and headers.get(b"connection", b"").lower().find(b"close") < 0)
     return status, data[head_end + 4:end], keep
 
 
@@ -1890,10 +1939,15 @@ class SignalInbox:
     def __init__(self) -> None:
         self.stop_signal = ""
         self.reload_requested = False
+        # SIGCHLDs seen since install() (None before it and after restore()): a child of
+        # ours can only have exited when this has changed since its last look.
+        self.child_signals: Optional[int] = None
         self._read, self._write = os.pipe()
         for fd in (self._read, self._write):
             os.set_blocking(fd, False)
             os.set_inheritable(fd, False)
+        self._woken = select.poll()
+        self._woken.register(self._read, select.POLLIN)
         self._previous: Dict[int, Any] = {}
         self._previous_wakeup = -1
 
@@ -1903,11 +1957,13 @@ class SignalInbox:
             self._previous[sig] = signal.signal(sig, self._record_stop)
         self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._record_reload)
         # A Python handler is needed for SIGCHLD to reach the wakeup fd at all.
-        self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._ignore)
+        self.child_signals = 0
+        self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._record_child)
         # A closed stdout or stderr must not end `run` (SPEC 3.2.2): writes fail, not die.
         self._previous[signal.SIGPIPE] = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     def restore(self) -> None:
+        self.child_signals = None
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         signal.set_wakeup_fd(self._previous_wakeup)
@@ -1915,13 +1971,15 @@ class SignalInbox:
         os.close(self._write)
 
     def wait(self, seconds: float) -> None:
-        """Sleep up to `seconds`, waking early for any signal or wake()."""
-        select.select([self._read], [], [], max(seconds, 0.0))
-        try:
-            while os.read(self._read, 512):
+        """Sleep up to `seconds`, waking early for any signal or wake(). One system call
+        when nothing came (the idle loop's every wait): the pipe is drained only when the
+        poll says it holds bytes."""
+        if self._woken.poll(max(seconds, 0.0) * 1000):
+            try:
+                while len(os.read(self._read, 512)) == 512:
+                    pass
+            except BlockingIOError:
                 pass
-        except BlockingIOError:
-            pass
 
     def wake(self) -> None:
         """Called from another thread (an install that finished): the wait returns."""
@@ -1936,8 +1994,8 @@ class SignalInbox:
     def _record_reload(self, signum: int, frame: Any) -> None:
         self.reload_requested = True
 
-    def _ignore(self, signum: int, frame: Any) -> None:
-        pass
+    def _record_child(self, signum: int, frame: Any) -> None:
+        self.child_signals += 1
 
 
 def process_start_time(pid: int) -> Optional[int]:
@@ -1999,13 +2057,21 @@ class Proc:
     only when no process of that group is left (a wrapper's grandchild included)."""
 
     def __init__(self, pid: int, start_time: Optional[int],
-                 popen: "Optional[subprocess.Popen[bytes]]" = None) -> None:
+                 popen: "Optional[subprocess.Popen[bytes]]" = None,
+                 inbox: Optional[SignalInbox] = None) -> None:
         self.pid, self.start_time, self.popen = pid, start_time, popen
         self.leader_gone = False
+        self.inbox, self.child_signals = inbox, -1  # SIGCHLDs counted at the last look
 
     def returncode(self) -> Optional[int]:
         """The leader's exit status once it exited (-1: not ours to know); None while it runs."""
         if self.popen is not None:
+            # Our child: it can only have exited if a SIGCHLD came since the last look, so
+            # the idle loop's every turn needs no wait4().
+            signals = self.inbox.child_signals if self.inbox is not None else None
+            if signals is not None and signals == self.child_signals:
+                return self.popen.returncode
+            self.child_signals = -1 if signals is None else signals
             return self.popen.poll()
         if not self.leader_gone and not is_alive(self.pid, self.start_time):
             self.leader_gone = True
@@ -2079,8 +2145,7 @@ class World:
     def wait(self, seconds: float) -> None:
         """The one wait: up to `seconds`, early on a signal, a child's exit or an install
         that finished; the systemd watchdog is fed all along."""
-        self.notifier.tick()
-        self.inbox.wait(min(seconds, self.notifier.seconds_to_tick()))
+        self.inbox.wait(min(seconds, self.notifier.tick()))
         self.notifier.tick()
 
     def notify(self, *fields: str) -> None:
@@ -2091,7 +2156,7 @@ class World:
         node), with visor's working folder and output streams; OSError when it cannot."""
         popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, env=env,
                                  start_new_session=True, preexec_fn=die_with_parent())
-        return Proc(popen.pid, process_start_time(popen.pid), popen)
+        return Proc(popen.pid, process_start_time(popen.pid), popen, self.inbox)
 
     def run_hook(self, name: str, argv: Sequence[str], env: Dict[str, str]) -> HookProc:
         """Start a hook ([hooks] preUpgrade or postUpgrade) in its own session, its output
@@ -2987,8 +3052,9 @@ def remove_tree(path: Path) -> None:
 # `run` writes them; `status` and the next `run` read them. A file that cannot be read
 # is reported by name, with what vegavisor does about it (SPEC 3.3.9).
 
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def utc_now(when: Optional[float] = None) -> str:
+    """Now (or the time.time() `when`) as the state files write it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def _typed(data: dict, key: str, kind: Any, default: Any = None) -> Any:
@@ -3226,14 +3292,15 @@ class Notifier:
         except OSError:
             pass  # systemd gone or restarting: supervision goes on without it
 
-    def tick(self) -> None:
-        """WATCHDOG=1 at half of WATCHDOG_USEC, as long as the loop calls this."""
-        if self.watchdog and self.clock() >= self.next_watchdog:
+    def tick(self) -> float:
+        """WATCHDOG=1 at half of WATCHDOG_USEC, as long as the loop calls this; returns the
+        seconds until the next one is due (inf without a watchdog)."""
+        if not self.watchdog:
+            return math.inf
+        if self.clock() >= self.next_watchdog:
             self.send("WATCHDOG=1")
             self.next_watchdog = self.clock() + self.watchdog
-
-    def seconds_to_tick(self) -> float:
-        return self.next_watchdog - self.clock() if self.watchdog else math.inf
+        return self.next_watchdog - self.clock()
 
     def close(self) -> None:
         if self.sock is not None:
@@ -3306,11 +3373,14 @@ class Reporter:
         self.save()
 
     def note_poll(self, **changes: Any) -> None:
-        """A good poll: written at most every RUN_STATE_POLL_WRITE_SECONDS (the first at once)."""
+        """A good poll: written at most every RUN_STATE_POLL_WRITE_SECONDS (the first at once).
+        Its time goes into the run state (lastPollOk) when that is saved, by this or any
+        other change, so the poll itself formats nothing."""
         self.last_poll_time = time.time()
-        first = self.state.last_poll_ok is None
-        self.state = self.state._replace(last_poll_ok=utc_now(), **changes)
-        if first or self.world.now() - self.last_write >= RUN_STATE_POLL_WRITE_SECONDS:
+        if changes:
+            self.state = self.state._replace(**changes)
+        if self.state.last_poll_ok is None \
+                or self.world.now() - self.last_write >= RUN_STATE_POLL_WRITE_SECONDS:
             self.save()
         else:
             self.write_metrics()
@@ -3328,7 +3398,8 @@ class Reporter:
         download, self.download = self.download, None
         if download is not None:
             self.state = self.state._replace(download=download)
-        self.state = self.state._replace(updated=utc_now())
+        polled = {"last_poll_ok": utc_now(self.last_poll_time)} if self.last_poll_time else {}
+        self.state = self.state._replace(updated=utc_now(), **polled)
         path = self.home / RUN_STATE_FILE
         try:
             # Not synced: it matters after a kill, which keeps the page cache, and after
