@@ -3509,7 +3509,10 @@ class Node:
 
     def exited(self) -> Optional[Child]:
         """A child whose process exited (any status: it should be running)."""
-        return next((c for c in self.children if c.proc.returncode() is not None), None)
+        for child in self.children:
+            if child.proc.returncode() is not None:
+                return child
+        return None
 
     def stop(self) -> None:
         """Stop every child's process group; the run state names them until they are gone."""
@@ -4238,15 +4241,20 @@ class Supervisor:
         warnings = iter(NOT_ANSWERING_WARNINGS)
         next_warning = started + next(warnings)
         while not self.world.stop_signal:
-            now = self.world.now()
-            if self.world.take_reload_request() or now >= next_config_check:
-                next_config_check = now + self.config.poll_interval
+            now = turn_end = self.world.now()
+            polling = now >= next_poll
+            # config.toml is checked every pollIntervalSeconds: by a turn that polls when
+            # it falls due before the next poll could, so the loop need not wake for it.
+            checking = self.world.take_reload_request() or now >= next_config_check or (
+                polling and next_config_check - now < min(self.config.upgrade_poll_interval,
+                                                          self.config.poll_interval))
+            if checking:
                 self.reload_if_changed()
                 limit = self.limit(limit_key)
             child = self.node.exited()
             if child is not None:
                 return Exited(child, now - child.started)
-            if now >= next_poll:
+            if polling:
                 try:
                     status = self.world.poll_admin(rpc, self.config.rpc_timeout)
                 except AdminError as e:
@@ -4254,7 +4262,8 @@ class Supervisor:
                     self.log_poll_failure(rpc, e, failures, limit, answered)
                     if failures > limit:
                         return Unreachable(failures, str(e))
-                    next_poll = self.world.now() + self.config.poll_interval
+                    turn_end = self.world.now()
+                    next_poll = turn_end + self.config.poll_interval
                 else:
                     if not answered or failures:
                         self.log.info("admin socket answering", socket=rpc.socket_path)
@@ -4266,7 +4275,10 @@ class Supervisor:
                     interval = (self.config.upgrade_poll_interval
                                 if self.reporter.state.accepted_tag
                                 else self.config.poll_interval)
-                    next_poll = self.world.now() + interval
+                    turn_end = self.world.now()
+                    next_poll = turn_end + interval
+            if checking:  # counted from the turn's end, as polls are
+                next_config_check = turn_end + self.config.poll_interval
             self.prefetch.collect()
             self.upgrade.collect()
             if not answered and now >= next_warning:
