@@ -1488,6 +1488,8 @@ class Log:
 GO_PATH_SAFE = "/$&+,:;=@"
 # One recv() reads a whole UpgradeStatus answer (~300 bytes).
 ADMIN_READ_BYTES = 16 * 1024
+# Answer heads AdminClient remembers (they differ in Content-Length, by the id's digits).
+ADMIN_HEADS_KEPT = 8
 # The request's body; only the id changes from call to call.
 UPGRADE_STATUS_BODY = (b'{"method":"%s","params":[null],"id":%%d}'
                        % UPGRADE_STATUS_METHOD.encode())
@@ -1542,7 +1544,10 @@ class AdminClient:
         self.sock: Optional[socket.socket] = None
         self.readable: Any = None  # a select.poll() watching self.sock for input
         self.head: Optional[bytes] = None  # the request line and headers, made once
-        # The last good answer's body up to its id, and what it said (see read()).
+        # Whole answers' heads but for their Date line, and what they said: (status,
+        # Content-Length, reusable) (see parse()); the last good answer's body up to its
+        # id, and what it said (see read()).
+        self.heads: Dict[bytes, Tuple[int, int, bool]] = {}
         self.last_answer: Optional[Tuple[bytes, UpgradeStatus]] = None
 
     def upgrade_status(self, request_id: int) -> UpgradeStatus:
@@ -1573,6 +1578,25 @@ class AdminClient:
                          f"Host: localhost\r\nContent-Type: application/json\r\n").encode()
         body = UPGRADE_STATUS_BODY % request_id
         return b"%sContent-Length: %d\r\n\r\n%s" % (self.head, len(body), body)
+
+    def parse(self, data: bytes, eof: bool) -> Optional[Tuple[int, bytes, bool]]:
+        """parse_http_answer(), skipped when the head is one already parsed but for its Date
+        line (which core's server changes every second, and which says nothing that matters
+        here) and the body is as long as it says. Heads differ otherwise only in
+        Content-Length, by the digits of the id: a few are kept."""
+        head_end = data.find(b"\r\n\r\n")
+        key = b"" if eof or head_end < 0 else _without_date(data[:head_end])
+        known = self.heads.get(key)
+        if known is not None:
+            status, length, keep = known
+            if head_end + 4 + length == len(data) <= MAX_ADMIN_RESPONSE_BYTES:
+                return status, data[head_end + 4:], keep
+        answer = parse_http_answer(data, eof)
+        if key and answer is not None and head_end + 4 + len(answer[1]) == len(data):
+            if len(self.heads) >= ADMIN_HEADS_KEPT:
+                self.heads.clear()
+            self.heads[key] = (answer[0], len(answer[1]), answer[2])
+        return answer
 
     def read(self, status: int, body: bytes, request_id: int) -> UpgradeStatus:
         """read_admin_reply(), skipped when the body is the last good one but for the id.
@@ -1608,7 +1632,7 @@ class AdminClient:
                         raise _ClosedWhileIdle()  # it closed as we sent: try a new one
                     raise AdminError("the connection was closed without an answer")
                 received += data
-                answer = parse_http_answer(received, eof=not data)
+                answer = self.parse(received, eof=not data)
                 if answer is not None:
                     return answer
         except socket.timeout:
@@ -1670,6 +1694,15 @@ class AdminClient:
 
 class _ClosedWhileIdle(Exception):
     """The kept-alive connection was closed by the server before this request was read."""
+
+
+def _without_date(head: bytes) -> bytes:
+    """An HTTP head without its first Date line (always a well-formed header line)."""
+    start = head.find(b"\r\nDate:")
+    if start < 0:
+        return head
+    end = head.find(b"\r\n", start + 2)
+    return head[:start] + head[end:] if end >= 0 else head[:start]
 
 
 def call_upgrade_status(rpc: RpcConfig, timeout: float, request_id: int) -> UpgradeStatus:
@@ -1974,7 +2007,7 @@ class SignalInbox:
         """Sleep up to `seconds`, waking early for any signal or wake(). One system call
         when nothing came (the idle loop's every wait): the pipe is drained only when the
         poll says it holds bytes."""
-        if self._woken.poll(max(seconds, 0.0) * 1000):
+        if self._woken.poll(seconds * 1000 if seconds > 0 else 0):
             try:
                 while len(os.read(self._read, 512)) == 512:
                     pass
@@ -2145,7 +2178,8 @@ class World:
     def wait(self, seconds: float) -> None:
         """The one wait: up to `seconds`, early on a signal, a child's exit or an install
         that finished; the systemd watchdog is fed all along."""
-        self.inbox.wait(min(seconds, self.notifier.tick()))
+        due = self.notifier.tick()
+        self.inbox.wait(seconds if seconds < due else due)
         self.notifier.tick()
 
     def notify(self, *fields: str) -> None:
@@ -4243,11 +4277,10 @@ class Supervisor:
         while not self.world.stop_signal:
             now = turn_end = self.world.now()
             polling = now >= next_poll
-            # config.toml is checked every pollIntervalSeconds: by a turn that polls when
-            # it falls due before the next poll could, so the loop need not wake for it.
+            # config.toml is checked every pollIntervalSeconds, by a turn that polls when it
+            # falls due within upgradePollIntervalSeconds: the loop need not wake for it.
             checking = self.world.take_reload_request() or now >= next_config_check or (
-                polling and next_config_check - now < min(self.config.upgrade_poll_interval,
-                                                          self.config.poll_interval))
+                polling and next_config_check - now < self.config.upgrade_poll_interval)
             if checking:
                 self.reload_if_changed()
                 limit = self.limit(limit_key)
@@ -4284,7 +4317,9 @@ class Supervisor:
             if not answered and now >= next_warning:
                 self.warn_not_answering(rpc, now - started, failures, last_error)
                 next_warning = started + next(warnings, now - started + NOT_ANSWERING_REPEAT)
-            self.world.wait(max(0.0, min(next_poll, next_config_check) - self.world.now()))
+            left = (next_poll if next_poll < next_config_check else next_config_check) \
+                - self.world.now()
+            self.world.wait(left if left > 0 else 0.0)
         return Stopped(self.world.stop_signal)
 
     def limit(self, key: str) -> int:
@@ -4445,7 +4480,7 @@ def _where(e: BaseException) -> str:
 def config_stamp(home: Path) -> Tuple[float, int, int]:
     """What changes when config.toml is saved: mtime, size, inode (an editor's rename)."""
     try:
-        st = (home / CONFIG_FILE).stat()
+        st = os.stat(os.path.join(home, CONFIG_FILE))  # not pathlib: every 2 s, for days
     except OSError:
         return (0.0, -1, -1)
     return (st.st_mtime, st.st_size, st.st_ino)
