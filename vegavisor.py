@@ -2180,7 +2180,8 @@ class World:
         that finished; the systemd watchdog is fed all along."""
         due = self.notifier.tick()
         self.inbox.wait(seconds if seconds < due else due)
-        self.notifier.tick()
+        if due != math.inf:  # else there is no watchdog to feed
+            self.notifier.tick()
 
     def notify(self, *fields: str) -> None:
         self.notifier.send(*fields)
@@ -2213,7 +2214,7 @@ class World:
     def poll_admin(self, rpc: RpcConfig, timeout: float) -> UpgradeStatus:
         """One UpgradeStatus call; the connection stays open for the next poll."""
         client = self.admin_client
-        if client is None or (client.rpc, client.timeout) != (rpc, timeout):
+        if client is None or client.rpc != rpc or client.timeout != timeout:
             if client is not None:
                 client.close()
             client = self.admin_client = AdminClient(rpc, timeout)
@@ -4109,7 +4110,8 @@ class Supervisor:
         self.node = Node(home, config, log, world, self.reporter, env)
         self.prefetch = Prefetch(home, config, log, world, self.reporter)
         self.upgrade = Upgrade(home, config, log, world, self.reporter, self.node.env)
-        self.config_stamp = config_stamp(home)
+        self.config_file = os.path.join(home, CONFIG_FILE)  # a str: stat()ed every 2 s
+        self.config_stamp = config_stamp(self.config_file)
         self.told_ready = False
 
     def enter(self, phase: Phase, **facts: Any) -> None:
@@ -4398,7 +4400,7 @@ class Supervisor:
     def reload_if_changed(self) -> None:
         """config.toml saved (or SIGHUP): a valid file takes effect whole; an invalid one
         changes nothing (SPEC 3.1.4)."""
-        stamp = config_stamp(self.home)
+        stamp = config_stamp(self.config_file)
         if stamp == self.config_stamp:
             return
         self.config_stamp = stamp
@@ -4477,10 +4479,10 @@ def _where(e: BaseException) -> str:
     return f"{Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb else "?"
 
 
-def config_stamp(home: Path) -> Tuple[float, int, int]:
+def config_stamp(path: str) -> Tuple[float, int, int]:
     """What changes when config.toml is saved: mtime, size, inode (an editor's rename)."""
     try:
-        st = os.stat(os.path.join(home, CONFIG_FILE))  # not pathlib: every 2 s, for days
+        st = os.stat(path)
     except OSError:
         return (0.0, -1, -1)
     return (st.st_mtime, st.st_size, st.st_ino)
