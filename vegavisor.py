@@ -1532,9 +1532,8 @@ class AdminClient:
         status = client.upgrade_status(request_id)  # AdminError: a failed poll
         client.close()  # when core stops, or the run-config changes
 
-    It polls every 0.25 s for days, so a call costs few system calls: the socket is
-    non-blocking and each wait is a poll(2) bounded by the deadline (no timeout set per
-    operation).
+    Polls come every 0.25 s for days: the socket is non-blocking and each wait one poll(2)
+    up to the deadline, and an answer like the last is not parsed again.
     """
 
     def __init__(self, rpc: RpcConfig, timeout: float,
@@ -1544,9 +1543,8 @@ class AdminClient:
         self.sock: Optional[socket.socket] = None
         self.readable: Any = None  # a select.poll() watching self.sock for input
         self.head: Optional[bytes] = None  # the request line and headers, made once
-        # Whole answers' heads but for their Date line, and what they said: (status,
-        # Content-Length, reusable) (see parse()); the last good answer's body up to its
-        # id, and what it said (see read()).
+        # Answers' heads but for Date -> (status, Content-Length, reusable), see parse();
+        # the last good body but for its id, and its status, see read().
         self.heads: Dict[bytes, Tuple[int, int, bool]] = {}
         self.last_answer: Optional[Tuple[bytes, UpgradeStatus]] = None
 
@@ -1580,10 +1578,8 @@ class AdminClient:
         return b"%sContent-Length: %d\r\n\r\n%s" % (self.head, len(body), body)
 
     def parse(self, data: bytes, eof: bool) -> Optional[Tuple[int, bytes, bool]]:
-        """parse_http_answer(), skipped when the head is one already parsed but for its Date
-        line (which core's server changes every second, and which says nothing that matters
-        here) and the body is as long as it says. Heads differ otherwise only in
-        Content-Length, by the digits of the id: a few are kept."""
+        """parse_http_answer(), skipped for a head parsed before but for its Date line (core
+        changes it every second; nothing here reads it) and a body as long as it says."""
         head_end = data.find(b"\r\n\r\n")
         key = b"" if eof or head_end < 0 else _without_date(data[:head_end])
         known = self.heads.get(key)
@@ -1599,12 +1595,8 @@ class AdminClient:
         return answer
 
     def read(self, status: int, body: bytes, request_id: int) -> UpgradeStatus:
-        """read_admin_reply(), skipped when the body is the last good one but for the id.
-
-        Go's encoder ends every answer with `"id":<id>}` and a newline. When the rest is
-        byte for byte the last good answer's, the JSON differs only in that number, the
-        last member of the top-level object: so does the parse, and it is this call's id.
-        """
+        """read_admin_reply(), skipped when the body is the last good one but for its end,
+        `"id":<this call's id>}` and a newline as Go writes it: then only the id differs."""
         tail = b'"id":%d}\n' % request_id
         if status == 200 and body.endswith(tail):
             start, last = body[:-len(tail)], self.last_answer
@@ -1731,33 +1723,26 @@ def parse_http_answer(data: bytes, eof: bool) -> Optional[Tuple[int, bytes, bool
         raise BadAnswer(f"answer is not HTTP: {data[:60]!r}")
     status = int(status_line.group(2))
     head_end = data.find(b"\r\n\r\n", status_line.end() - 2)
-    if head_end < 0:
-        if eof:
-            raise AdminError(f"the connection was closed in the middle of the answer "
-                             f"({len(data)} bytes received)")
-        return None
-    headers: Dict[bytes, bytes] = {}  # names lowercased; values as sent
+    headers: Dict[bytes, bytes] = {}
     for line in data[status_line.end():head_end + 2].split(b"\r\n")[:-1]:
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip():
             raise BadAnswer(f"answer has a malformed header line: {line[:60]!r}")
-        headers[name.lower()] = value
-    length = headers[b"content-length"].strip() if b"content-length" in headers \
-        else b"0" if status in (204, 304) else b""
-    if not length.isdigit():
-        raise BadAnswer(f"answer has no valid Content-Length: {length.lower()[:40]!r}")
-    size = int(length)
-    if size > MAX_ADMIN_RESPONSE_BYTES:
+        headers[name.lower()] = value.strip().lower()
+    length = headers.get(b"content-length", b"0" if status in (204, 304) else b"")
+    if head_end >= 0 and not length.isdigit():
+        raise BadAnswer(f"answer has no valid Content-Length: {length[:40]!r}")
+    if head_end >= 0 and int(length) > MAX_ADMIN_RESPONSE_BYTES:
         raise BadAnswer(f"answer is larger than {MAX_ADMIN_RESPONSE_BYTES} bytes "
-                        f"(Content-Length {size})")
-    end = head_end + 4 + size
-    if len(data) < end:
+                        f"(Content-Length {int(length)})")
+    end = head_end + 4 + int(length or 0)
+    if head_end < 0 or len(data) < end:
         if eof:
             raise AdminError(f"the connection was closed in the middle of the answer "
                              f"({len(data)} bytes received)")
         return None
     keep = (status_line.group(1) == b"1" and end == len(data) and not eof
-            and headers.get(b"connection", b"").lower().find(b"close") < 0)
+            and b"close" not in headers.get(b"connection", b""))
     return status, data[head_end + 4:end], keep
 
 
@@ -2004,9 +1989,8 @@ class SignalInbox:
         os.close(self._write)
 
     def wait(self, seconds: float) -> None:
-        """Sleep up to `seconds`, waking early for any signal or wake(). One system call
-        when nothing came (the idle loop's every wait): the pipe is drained only when the
-        poll says it holds bytes."""
+        """Sleep up to `seconds`, waking early for any signal or wake(); the pipe is read
+        only when it holds bytes (one system call per quiet wait)."""
         if self._woken.poll(seconds * 1000 if seconds > 0 else 0):
             try:
                 while len(os.read(self._read, 512)) == 512:
@@ -3408,9 +3392,8 @@ class Reporter:
         self.save()
 
     def note_poll(self, **changes: Any) -> None:
-        """A good poll: written at most every RUN_STATE_POLL_WRITE_SECONDS (the first at once).
-        Its time goes into the run state (lastPollOk) when that is saved, by this or any
-        other change, so the poll itself formats nothing."""
+        """A good poll: written at most every RUN_STATE_POLL_WRITE_SECONDS (the first at once);
+        save() formats its time as lastPollOk."""
         self.last_poll_time = time.time()
         if changes:
             self.state = self.state._replace(**changes)
