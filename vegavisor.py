@@ -3391,12 +3391,10 @@ class Reporter:
         self.state = self.state._replace(**changes)
         self.save()
 
-    def note_poll(self, **changes: Any) -> None:
+    def note_poll(self) -> None:
         """A good poll: written at most every RUN_STATE_POLL_WRITE_SECONDS (the first at once);
         save() formats its time as lastPollOk."""
         self.last_poll_time = time.time()
-        if changes:
-            self.state = self.state._replace(**changes)
         if self.state.last_poll_ok is None \
                 or self.world.now() - self.last_write >= RUN_STATE_POLL_WRITE_SECONDS:
             self.save()
@@ -3643,12 +3641,14 @@ class Prefetch:
             self.start("downloading", lambda cancel: self.world.install(
                 self.home, self.config, tag, self.folder, current, cancel,
                 self.reporter.progress_of(tag)))
-        elif not self.config.auto_install.enabled:
-            self.state = "missing"
-            self.log.error("accepted release is not installed and auto-install is off",
-                           tag=tag, folder=str(self.folder),
-                           todo=f"install it in {self.folder} before the upgrade block")
-            self.reporter.save_prefetch(PrefetchState(tag, str(self.folder), "missing"))
+        else:  # nothing to start until an operator installs it: look again, not every poll
+            self.next_try = now + self.config.poll_interval
+            if not self.config.auto_install.enabled and self.state != "missing":
+                self.state = "missing"
+                self.log.error("accepted release is not installed and auto-install is off",
+                               tag=tag, folder=str(self.folder),
+                               todo=f"install it in {self.folder} before the upgrade block")
+                self.reporter.save_prefetch(PrefetchState(tag, str(self.folder), "missing"))
 
     def start(self, state: str, work: Callable[[Cancellation], None]) -> None:
         self.state = state
