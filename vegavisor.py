@@ -1651,7 +1651,6 @@ class AdminClient:
 
     def send(self, request: bytes, deadline: float) -> None:
         """The whole request; at once, unless the socket's buffer is full."""
-        self.time_left(deadline)
         while request:
             try:
                 request = request[self.sock.send(request):]
@@ -4252,19 +4251,19 @@ class Supervisor:
         Retry limits are time, as in Go (SPEC 3.1.1): a poll that gets no answer is
         retried after pollIntervalSeconds; the fast upgrade interval applies only while
         core answers."""
-        rpc, limit = run_config.rpc, self.limit(limit_key)
-        failures, answered, started = 0, False, self.world.now()
+        world, rpc, limit = self.world, run_config.rpc, self.limit(limit_key)
+        failures, answered, started = 0, False, world.now()
         last_error: Optional[AdminError] = None
         next_poll = started + self.config.poll_interval
         next_config_check = started + self.config.poll_interval
         warnings = iter(NOT_ANSWERING_WARNINGS)
         next_warning = started + next(warnings)
-        while not self.world.stop_signal:
-            now = turn_end = self.world.now()
+        while not world.stop_signal:
+            now = turn_end = world.now()
             polling = now >= next_poll
             # config.toml is checked every pollIntervalSeconds, by a turn that polls when it
             # falls due within upgradePollIntervalSeconds: the loop need not wake for it.
-            checking = self.world.take_reload_request() or now >= next_config_check or (
+            checking = world.take_reload_request() or now >= next_config_check or (
                 polling and next_config_check - now < self.config.upgrade_poll_interval)
             if checking:
                 self.reload_if_changed()
@@ -4274,13 +4273,13 @@ class Supervisor:
                 return Exited(child, now - child.started)
             if polling:
                 try:
-                    status = self.world.poll_admin(rpc, self.config.rpc_timeout)
+                    status = world.poll_admin(rpc, self.config.rpc_timeout)
                 except AdminError as e:
                     failures, last_error = failures + 1, e
                     self.log_poll_failure(rpc, e, failures, limit, answered)
                     if failures > limit:
                         return Unreachable(failures, str(e))
-                    turn_end = self.world.now()
+                    turn_end = world.now()
                     next_poll = turn_end + self.config.poll_interval
                 else:
                     if not answered or failures:
@@ -4293,7 +4292,7 @@ class Supervisor:
                     interval = (self.config.upgrade_poll_interval
                                 if self.reporter.state.accepted_tag
                                 else self.config.poll_interval)
-                    turn_end = self.world.now()
+                    turn_end = world.now()
                     next_poll = turn_end + interval
             if checking:  # counted from the turn's end, as polls are
                 next_config_check = turn_end + self.config.poll_interval
@@ -4303,9 +4302,9 @@ class Supervisor:
                 self.warn_not_answering(rpc, now - started, failures, last_error)
                 next_warning = started + next(warnings, now - started + NOT_ANSWERING_REPEAT)
             left = (next_poll if next_poll < next_config_check else next_config_check) \
-                - self.world.now()
-            self.world.wait(left if left > 0 else 0.0)
-        return Stopped(self.world.stop_signal)
+                - world.now()
+            world.wait(left if left > 0 else 0.0)
+        return Stopped(world.stop_signal)
 
     def limit(self, key: str) -> int:
         return self.config.max_first_connection_retries \
