@@ -1489,6 +1489,11 @@ class Log:
 GO_PATH_SAFE = "/$&+,:;=@"
 # One recv() reads a whole UpgradeStatus answer (~300 bytes).
 ADMIN_READ_BYTES = 16 * 1024
+# Answer heads AdminClient remembers (they differ in Content-Length, by the id's digits).
+ADMIN_HEADS_KEPT = 8
+# The request's body; only the id changes from call to call.
+UPGRADE_STATUS_BODY = (b'{"method":"%s","params":[null],"id":%%d}'
+                       % UPGRADE_STATUS_METHOD.encode())
 HTTP_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?\r\n")
 # Redirects and "404 page not found" mean the path, not core, is wrong.
 HTTP_PATH_PROBLEMS = (301, 302, 307, 308, 404)
@@ -1527,6 +1532,9 @@ class AdminClient:
         client = AdminClient(run_config.rpc, config.rpc_timeout)
         status = client.upgrade_status(request_id)  # AdminError: a failed poll
         client.close()  # when core stops, or the run-config changes
+
+    Polls come every 0.25 s for days: the socket is non-blocking and each wait one poll(2)
+    up to the deadline, and an answer like the last is not parsed again.
     """
 
     def __init__(self, rpc: RpcConfig, timeout: float,
@@ -1534,7 +1542,12 @@ class AdminClient:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.rpc, self.timeout, self.connect, self.clock = rpc, timeout, connect, clock
         self.sock: Optional[socket.socket] = None
+        self.readable: Any = None  # a select.poll() watching self.sock for input
         self.head: Optional[bytes] = None  # the request line and headers, made once
+        # Answers' heads but for Date -> (status, Content-Length, reusable), see parse();
+        # the last good body but for its id, and its status, see read().
+        self.heads: Dict[bytes, Tuple[int, int, bool]] = {}
+        self.last_answer: Optional[Tuple[bytes, UpgradeStatus]] = None
 
     def upgrade_status(self, request_id: int) -> UpgradeStatus:
         deadline = self.clock() + self.timeout
@@ -1545,7 +1558,7 @@ class AdminClient:
             except _ClosedWhileIdle:
                 self.close()
                 status, body, keep = self.exchange(request, deadline)
-            answer = read_admin_reply(status, body, request_id, self.rpc.http_path)
+            answer = self.read(status, body, request_id)
         except BaseException:
             self.close()  # a failed poll starts the next one afresh
             raise
@@ -1556,36 +1569,63 @@ class AdminClient:
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
-            self.sock = None
+            self.sock = self.readable = None
 
     def request(self, request_id: int) -> bytes:
         if self.head is None:
             self.head = (f"POST {admin_request_path(self.rpc.http_path)} HTTP/1.1\r\n"
                          f"Host: localhost\r\nContent-Type: application/json\r\n").encode()
-        body = b'{"method":"%s","params":[null],"id":%d}' % (
-            UPGRADE_STATUS_METHOD.encode(), request_id)
-        return self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        body = UPGRADE_STATUS_BODY % request_id
+        return b"%sContent-Length: %d\r\n\r\n%s" % (self.head, len(body), body)
+
+    def parse(self, data: bytes, eof: bool) -> Optional[Tuple[int, bytes, bool]]:
+        """parse_http_answer(), skipped for a head parsed before but for its Date line (core
+        changes it every second; nothing here reads it) and a body as long as it says."""
+        head_end = data.find(b"\r\n\r\n")
+        key = b"" if eof or head_end < 0 else _without_date(data[:head_end])
+        known = self.heads.get(key)
+        if known is not None:
+            status, length, keep = known
+            if head_end + 4 + length == len(data) <= MAX_ADMIN_RESPONSE_BYTES:
+                return status, data[head_end + 4:], keep
+        answer = parse_http_answer(data, eof)
+        if key and answer is not None and head_end + 4 + len(answer[1]) == len(data):
+            if len(self.heads) >= ADMIN_HEADS_KEPT:
+                self.heads.clear()
+            self.heads[key] = (answer[0], len(answer[1]), answer[2])
+        return answer
+
+    def read(self, status: int, body: bytes, request_id: int) -> UpgradeStatus:
+        """read_admin_reply(), skipped when the body is the last good one but for its end,
+        `"id":<this call's id>}` and a newline as Go writes it: then only the id differs."""
+        tail = b'"id":%d}\n' % request_id
+        if status == 200 and body.endswith(tail):
+            start, last = body[:-len(tail)], self.last_answer
+            if last is not None and start == last[0]:
+                return last[1]
+            answer = read_admin_reply(status, body, request_id, self.rpc.http_path)
+            self.last_answer = (start, answer)
+            return answer
+        return read_admin_reply(status, body, request_id, self.rpc.http_path)
 
     def exchange(self, request: bytes, deadline: float) -> Tuple[int, bytes, bool]:
         """Send, then read the answer: (HTTP status, body, connection reusable)."""
         reused = self.sock is not None
-        if self.sock is not None and _readable(self.sock):
+        if self.readable is not None and self.readable.poll(0):
             raise _ClosedWhileIdle()  # EOF (or stray bytes) waiting: the server closed it
         received = b""
         try:
             if self.sock is None:
-                self.sock = self.connect(self.rpc.socket_path, self.time_left(deadline))
-            self.sock.settimeout(self.time_left(deadline))
-            self.sock.sendall(request)
+                self.open(deadline)
+            self.send(request, deadline)
             while True:
-                self.sock.settimeout(self.time_left(deadline))
-                data = self.sock.recv(ADMIN_READ_BYTES)
+                data = self.receive(deadline)
                 if not data and not received:
                     if reused:
                         raise _ClosedWhileIdle()  # it closed as we sent: try a new one
                     raise AdminError("the connection was closed without an answer")
                 received += data
-                answer = parse_http_answer(received, eof=not data)
+                answer = self.parse(received, eof=not data)
                 if answer is not None:
                     return answer
         except socket.timeout:
@@ -1603,6 +1643,29 @@ class AdminClient:
         except ValueError:  # a path that is no file name: a lone surrogate
             raise AdminError(f"socketPath {json_excerpt(self.rpc.socket_path)} is not a "
                              f"valid path") from None
+
+    def open(self, deadline: float) -> None:
+        sock = self.sock = self.connect(self.rpc.socket_path, self.time_left(deadline))
+        sock.setblocking(False)  # from here on, every wait is a poll up to the deadline
+        self.readable = select.poll()
+        self.readable.register(sock, select.POLLIN)
+
+    def send(self, request: bytes, deadline: float) -> None:
+        """The whole request; at once, unless the socket's buffer is full."""
+        while request:
+            try:
+                request = request[self.sock.send(request):]
+            except BlockingIOError:
+                select.select([], [self.sock], [], self.time_left(deadline))
+
+    def receive(self, deadline: float) -> bytes:
+        """The next bytes of the answer (b"" at EOF), waiting for them up to the deadline."""
+        while True:
+            if self.readable.poll(self.time_left(deadline) * 1000):
+                try:
+                    return self.sock.recv(ADMIN_READ_BYTES)
+                except BlockingIOError:
+                    pass  # readable, then not: wait again
 
     def time_left(self, deadline: float) -> float:
         """Seconds to the call's deadline; socket.timeout once it has passed."""
@@ -1625,10 +1688,13 @@ class _ClosedWhileIdle(Exception):
     """The kept-alive connection was closed by the server before this request was read."""
 
 
-def _readable(sock: socket.socket) -> bool:
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
+def _without_date(head: bytes) -> bytes:
+    """An HTTP head without its first Date line (always a well-formed header line)."""
+    start = head.find(b"\r\nDate:")
+    if start < 0:
+        return head
+    end = head.find(b"\r\n", start + 2)
+    return head[:start] + head[end:] if end >= 0 else head[:start]
 
 
 def call_upgrade_status(rpc: RpcConfig, timeout: float, request_id: int) -> UpgradeStatus:
@@ -1891,10 +1957,15 @@ class SignalInbox:
     def __init__(self) -> None:
         self.stop_signal = ""
         self.reload_requested = False
+        # SIGCHLDs seen since install() (None before it and after restore()): a child of
+        # ours can only have exited when this has changed since its last look.
+        self.child_signals: Optional[int] = None
         self._read, self._write = os.pipe()
         for fd in (self._read, self._write):
             os.set_blocking(fd, False)
             os.set_inheritable(fd, False)
+        self._woken = select.poll()
+        self._woken.register(self._read, select.POLLIN)
         self._previous: Dict[int, Any] = {}
         self._previous_wakeup = -1
 
@@ -1904,11 +1975,13 @@ class SignalInbox:
             self._previous[sig] = signal.signal(sig, self._record_stop)
         self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._record_reload)
         # A Python handler is needed for SIGCHLD to reach the wakeup fd at all.
-        self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._ignore)
+        self.child_signals = 0
+        self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._record_child)
         # A closed stdout or stderr must not end `run` (SPEC 3.2.2): writes fail, not die.
         self._previous[signal.SIGPIPE] = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     def restore(self) -> None:
+        self.child_signals = None
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         signal.set_wakeup_fd(self._previous_wakeup)
@@ -1916,13 +1989,14 @@ class SignalInbox:
         os.close(self._write)
 
     def wait(self, seconds: float) -> None:
-        """Sleep up to `seconds`, waking early for any signal or wake()."""
-        select.select([self._read], [], [], max(seconds, 0.0))
-        try:
-            while os.read(self._read, 512):
+        """Sleep up to `seconds`, waking early for any signal or wake(); the pipe is read
+        only when it holds bytes (one system call per quiet wait)."""
+        if self._woken.poll(seconds * 1000 if seconds > 0 else 0):
+            try:
+                while len(os.read(self._read, 512)) == 512:
+                    pass
+            except BlockingIOError:
                 pass
-        except BlockingIOError:
-            pass
 
     def wake(self) -> None:
         """Called from another thread (an install that finished): the wait returns."""
@@ -1937,8 +2011,8 @@ class SignalInbox:
     def _record_reload(self, signum: int, frame: Any) -> None:
         self.reload_requested = True
 
-    def _ignore(self, signum: int, frame: Any) -> None:
-        pass
+    def _record_child(self, signum: int, frame: Any) -> None:
+        self.child_signals += 1
 
 
 def process_start_time(pid: int) -> Optional[int]:
@@ -2000,13 +2074,21 @@ class Proc:
     only when no process of that group is left (a wrapper's grandchild included)."""
 
     def __init__(self, pid: int, start_time: Optional[int],
-                 popen: "Optional[subprocess.Popen[bytes]]" = None) -> None:
+                 popen: "Optional[subprocess.Popen[bytes]]" = None,
+                 inbox: Optional[SignalInbox] = None) -> None:
         self.pid, self.start_time, self.popen = pid, start_time, popen
         self.leader_gone = False
+        self.inbox, self.child_signals = inbox, -1  # SIGCHLDs counted at the last look
 
     def returncode(self) -> Optional[int]:
         """The leader's exit status once it exited (-1: not ours to know); None while it runs."""
         if self.popen is not None:
+            # Our child: it can only have exited if a SIGCHLD came since the last look, so
+            # the idle loop's every turn needs no wait4().
+            signals = self.inbox.child_signals if self.inbox is not None else None
+            if signals is not None and signals == self.child_signals:
+                return self.popen.returncode
+            self.child_signals = -1 if signals is None else signals
             return self.popen.poll()
         if not self.leader_gone and not is_alive(self.pid, self.start_time):
             self.leader_gone = True
@@ -2080,9 +2162,10 @@ class World:
     def wait(self, seconds: float) -> None:
         """The one wait: up to `seconds`, early on a signal, a child's exit or an install
         that finished; the systemd watchdog is fed all along."""
-        self.notifier.tick()
-        self.inbox.wait(min(seconds, self.notifier.seconds_to_tick()))
-        self.notifier.tick()
+        due = self.notifier.tick()
+        self.inbox.wait(seconds if seconds < due else due)
+        if due != math.inf:  # else there is no watchdog to feed
+            self.notifier.tick()
 
     def notify(self, *fields: str) -> None:
         self.notifier.send(*fields)
@@ -2092,7 +2175,7 @@ class World:
         node), with visor's working folder and output streams; OSError when it cannot."""
         popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, env=env,
                                  start_new_session=True, preexec_fn=die_with_parent())
-        return Proc(popen.pid, process_start_time(popen.pid), popen)
+        return Proc(popen.pid, process_start_time(popen.pid), popen, self.inbox)
 
     def run_hook(self, name: str, argv: Sequence[str], env: Dict[str, str]) -> HookProc:
         """Start a hook ([hooks] preUpgrade or postUpgrade) in its own session, its output
@@ -2115,7 +2198,7 @@ class World:
     def poll_admin(self, rpc: RpcConfig, timeout: float) -> UpgradeStatus:
         """One UpgradeStatus call; the connection stays open for the next poll."""
         client = self.admin_client
-        if client is None or (client.rpc, client.timeout) != (rpc, timeout):
+        if client is None or client.rpc != rpc or client.timeout != timeout:
             if client is not None:
                 client.close()
             client = self.admin_client = AdminClient(rpc, timeout)
@@ -2938,8 +3021,9 @@ def process_exists(pid: int) -> bool:
 # `run` writes them; `status` and the next `run` read them. A file that cannot be read
 # is reported by name, with what vegavisor does about it (SPEC 3.3.9).
 
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def utc_now(when: Optional[float] = None) -> str:
+    """Now (or the time.time() `when`) as the state files write it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def _typed(data: dict, key: str, kind: Any, default: Any = None) -> Any:
@@ -3177,14 +3261,15 @@ class Notifier:
         except OSError:
             pass  # systemd gone or restarting: supervision goes on without it
 
-    def tick(self) -> None:
-        """WATCHDOG=1 at half of WATCHDOG_USEC, as long as the loop calls this."""
-        if self.watchdog and self.clock() >= self.next_watchdog:
+    def tick(self) -> float:
+        """WATCHDOG=1 at half of WATCHDOG_USEC, as long as the loop calls this; returns the
+        seconds until the next one is due (inf without a watchdog)."""
+        if not self.watchdog:
+            return math.inf
+        if self.clock() >= self.next_watchdog:
             self.send("WATCHDOG=1")
             self.next_watchdog = self.clock() + self.watchdog
-
-    def seconds_to_tick(self) -> float:
-        return self.next_watchdog - self.clock() if self.watchdog else math.inf
+        return self.next_watchdog - self.clock()
 
     def close(self) -> None:
         if self.sock is not None:
@@ -3256,12 +3341,12 @@ class Reporter:
         self.state = self.state._replace(**changes)
         self.save()
 
-    def note_poll(self, **changes: Any) -> None:
-        """A good poll: written at most every RUN_STATE_POLL_WRITE_SECONDS (the first at once)."""
+    def note_poll(self) -> None:
+        """A good poll: written at most every RUN_STATE_POLL_WRITE_SECONDS (the first at once);
+        save() formats its time as lastPollOk."""
         self.last_poll_time = time.time()
-        first = self.state.last_poll_ok is None
-        self.state = self.state._replace(last_poll_ok=utc_now(), **changes)
-        if first or self.world.now() - self.last_write >= RUN_STATE_POLL_WRITE_SECONDS:
+        if self.state.last_poll_ok is None \
+                or self.world.now() - self.last_write >= RUN_STATE_POLL_WRITE_SECONDS:
             self.save()
         else:
             self.write_metrics()
@@ -3279,7 +3364,8 @@ class Reporter:
         download, self.download = self.download, None
         if download is not None:
             self.state = self.state._replace(download=download)
-        self.state = self.state._replace(updated=utc_now())
+        polled = {"last_poll_ok": utc_now(self.last_poll_time)} if self.last_poll_time else {}
+        self.state = self.state._replace(updated=utc_now(), **polled)
         path = self.home / RUN_STATE_FILE
         try:
             # Not synced: it matters after a kill, which keeps the page cache, and after
@@ -3389,7 +3475,10 @@ class Node:
 
     def exited(self) -> Optional[Child]:
         """A child whose process exited (any status: it should be running)."""
-        return next((c for c in self.children if c.proc.returncode() is not None), None)
+        for child in self.children:
+            if child.proc.returncode() is not None:
+                return child
+        return None
 
     def stop(self) -> None:
         """Stop every child's process group; the run state names them until they are gone."""
@@ -3502,12 +3591,14 @@ class Prefetch:
             self.start("downloading", lambda cancel: self.world.install(
                 self.home, self.config, tag, self.folder, current, cancel,
                 self.reporter.progress_of(tag)))
-        elif not self.config.auto_install.enabled:
-            self.state = "missing"
-            self.log.error("accepted release is not installed and auto-install is off",
-                           tag=tag, folder=str(self.folder),
-                           todo=f"install it in {self.folder} before the upgrade block")
-            self.reporter.save_prefetch(PrefetchState(tag, str(self.folder), "missing"))
+        else:  # nothing to start until an operator installs it: look again, not every poll
+            self.next_try = now + self.config.poll_interval
+            if not self.config.auto_install.enabled and self.state != "missing":
+                self.state = "missing"
+                self.log.error("accepted release is not installed and auto-install is off",
+                               tag=tag, folder=str(self.folder),
+                               todo=f"install it in {self.folder} before the upgrade block")
+                self.reporter.save_prefetch(PrefetchState(tag, str(self.folder), "missing"))
 
     def start(self, state: str, work: Callable[[Cancellation], None]) -> None:
         self.state = state
@@ -3952,7 +4043,8 @@ class Supervisor:
         self.node = Node(home, config, log, world, self.reporter, env)
         self.prefetch = Prefetch(home, config, log, world, self.reporter)
         self.upgrade = Upgrade(home, config, log, world, self.reporter, self.node.env)
-        self.config_stamp = config_stamp(home)
+        self.config_file = os.path.join(home, CONFIG_FILE)  # a str: stat()ed every 2 s
+        self.config_stamp = config_stamp(self.config_file)
         self.told_ready = False
 
     def enter(self, phase: Phase, **facts: Any) -> None:
@@ -4110,31 +4202,36 @@ class Supervisor:
         Retry limits are time, as in Go (SPEC 3.1.1): a poll that gets no answer is
         retried after pollIntervalSeconds; the fast upgrade interval applies only while
         core answers."""
-        rpc, limit = run_config.rpc, self.limit(limit_key)
-        failures, answered, started = 0, False, self.world.now()
+        world, rpc, limit = self.world, run_config.rpc, self.limit(limit_key)
+        failures, answered, started = 0, False, world.now()
         last_error: Optional[AdminError] = None
         next_poll = started + self.config.poll_interval
         next_config_check = started + self.config.poll_interval
         warnings = iter(NOT_ANSWERING_WARNINGS)
         next_warning = started + next(warnings)
-        while not self.world.stop_signal:
-            now = self.world.now()
-            if self.world.take_reload_request() or now >= next_config_check:
-                next_config_check = now + self.config.poll_interval
+        while not world.stop_signal:
+            now = turn_end = world.now()
+            polling = now >= next_poll
+            # config.toml is checked every pollIntervalSeconds, by a turn that polls when it
+            # falls due within upgradePollIntervalSeconds: the loop need not wake for it.
+            checking = world.take_reload_request() or now >= next_config_check or (
+                polling and next_config_check - now < self.config.upgrade_poll_interval)
+            if checking:
                 self.reload_if_changed()
                 limit = self.limit(limit_key)
             child = self.node.exited()
             if child is not None:
                 return Exited(child, now - child.started)
-            if now >= next_poll:
+            if polling:
                 try:
-                    status = self.world.poll_admin(rpc, self.config.rpc_timeout)
+                    status = world.poll_admin(rpc, self.config.rpc_timeout)
                 except AdminError as e:
                     failures, last_error = failures + 1, e
                     self.log_poll_failure(rpc, e, failures, limit, answered)
                     if failures > limit:
                         return Unreachable(failures, str(e))
-                    next_poll = self.world.now() + self.config.poll_interval
+                    turn_end = world.now()
+                    next_poll = turn_end + self.config.poll_interval
                 else:
                     if not answered or failures:
                         self.log.info("admin socket answering", socket=rpc.socket_path)
@@ -4146,14 +4243,19 @@ class Supervisor:
                     interval = (self.config.upgrade_poll_interval
                                 if self.reporter.state.accepted_tag
                                 else self.config.poll_interval)
-                    next_poll = self.world.now() + interval
+                    turn_end = world.now()
+                    next_poll = turn_end + interval
+            if checking:  # counted from the turn's end, as polls are
+                next_config_check = turn_end + self.config.poll_interval
             self.prefetch.collect()
             self.upgrade.collect()
             if not answered and now >= next_warning:
                 self.warn_not_answering(rpc, now - started, failures, last_error)
                 next_warning = started + next(warnings, now - started + NOT_ANSWERING_REPEAT)
-            self.world.wait(max(0.0, min(next_poll, next_config_check) - self.world.now()))
-        return Stopped(self.world.stop_signal)
+            left = (next_poll if next_poll < next_config_check else next_config_check) \
+                - world.now()
+            world.wait(left if left > 0 else 0.0)
+        return Stopped(world.stop_signal)
 
     def limit(self, key: str) -> int:
         return self.config.max_first_connection_retries \
@@ -4231,7 +4333,7 @@ class Supervisor:
     def reload_if_changed(self) -> None:
         """config.toml saved (or SIGHUP): a valid file takes effect whole; an invalid one
         changes nothing (SPEC 3.1.4)."""
-        stamp = config_stamp(self.home)
+        stamp = config_stamp(self.config_file)
         if stamp == self.config_stamp:
             return
         self.config_stamp = stamp
@@ -4310,10 +4412,10 @@ def _where(e: BaseException) -> str:
     return f"{Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb else "?"
 
 
-def config_stamp(home: Path) -> Tuple[float, int, int]:
+def config_stamp(path: str) -> Tuple[float, int, int]:
     """What changes when config.toml is saved: mtime, size, inode (an editor's rename)."""
     try:
-        st = (home / CONFIG_FILE).stat()
+        st = os.stat(path)
     except OSError:
         return (0.0, -1, -1)
     return (st.st_mtime, st.st_size, st.st_ino)

@@ -165,6 +165,27 @@ def test_a_journal_left_at_stopped_is_finished_before_anything_runs(tmp_path):
     assert journal(home)["step"] == "done"
 
 
+def test_a_missing_release_is_reported_once_and_found_once_an_operator_installs_it(tmp_path):
+    """Auto-install off, the accepted release not installed: one ERROR, not one per 0.25 s
+    poll (it came with a .prefetch.json rewrite); the folder is still looked for, so a
+    release installed by hand later is checked and used at the block."""
+    home = make_fake_home(tmp_path)
+    world = FakeWorld(home, FakeChain("v2", upgrade_height=120).answer)
+
+    def install(w):
+        write_run_config(home / "v2", "v2")
+        write_fake_binary(home / "v2" / "vega", "v2")
+    world.at(60, install)
+    world.stop_at(150)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    assert len(lines(log, "accepted release is not installed and auto-install is off "
+                          "tag=v2")) == 1
+    assert lines(log, "checking prepared release tag=v2")
+    assert lines(log, "prepared release checked tag=v2")
+    assert [p.version for p in world.started()] == ["v1", "v2"]
+
+
 def test_a_saved_config_edit_applies_by_itself(tmp_path):
     """SPEC 3.1.4: no SIGHUP needed; the log names the changed keys as config.toml does."""
     home = make_fake_home(tmp_path, "maxNumberOfRestarts = 3\n")
