@@ -299,7 +299,6 @@ _ASCII_CTRL = frozenset(chr(i) for i in range(32)) | frozenset(chr(127))
 # multi-line strings may also hold newlines.
 _ILLEGAL_IN_STRING = _ASCII_CTRL - frozenset("\t")
 _ILLEGAL_IN_MULTILINE_STRING = _ASCII_CTRL - frozenset("\t\n")
-_ILLEGAL_IN_COMMENT = _ILLEGAL_IN_STRING
 _WS = frozenset(" \t")
 _WS_AND_NEWLINE = _WS | frozenset("\n")
 _BARE_KEY_CHARS = frozenset(
@@ -311,7 +310,11 @@ _ESCAPES = types.MappingProxyType({
     "\\b": "\b", "\\t": "\t", "\\n": "\n", "\\f": "\f",
     "\\r": "\r", '\\"': '"', "\\\\": "\\",
 })
-_SPECIAL_FLOATS = frozenset(("inf", "nan", "+inf", "+nan", "-inf", "-nan"))
+# Values spelled as words; none is a prefix of another.
+_WORDS = types.MappingProxyType({
+    "true": True, "false": False,
+    **{word: float(word) for word in ("inf", "nan", "+inf", "+nan", "-inf", "-nan")},
+})
 # Underscores only between digits; no leading zeros; hex, octal and binary unsigned.
 _NUMBER_RE = re.compile(
     r"0(?:x[0-9A-Fa-f](?:_?[0-9A-Fa-f])*|b[01](?:_?[01])*|o[0-7](?:_?[0-7])*)"
@@ -439,7 +442,7 @@ def _skip_until(src: str, pos: int, end: str, illegal: frozenset, eof_ok: bool) 
 
 def _skip_comment(src: str, pos: int) -> int:
     if src.startswith("#", pos):
-        return _skip_until(src, pos + 1, "\n", _ILLEGAL_IN_COMMENT, eof_ok=True)
+        return _skip_until(src, pos + 1, "\n", _ILLEGAL_IN_STRING, eof_ok=True)
     return pos
 
 
@@ -542,10 +545,8 @@ def _parse_key_part(src: str, pos: int) -> tuple[int, str]:
     if char in _BARE_KEY_CHARS:
         end = _skip(src, pos, _BARE_KEY_CHARS)
         return end, src[pos:end]
-    if char == "'":
-        return _parse_literal_string(src, pos)
-    if char == '"':
-        return _parse_basic_string(src, pos + 1, multiline=False)
+    if char == "'" or char == '"':
+        return _parse_string(src, pos, multiline_ok=False)
     raise _error(src, pos, "Invalid initial character for a key part")
 
 
@@ -553,10 +554,6 @@ def _parse_value(src: str, pos: int) -> tuple[int, object]:
     char = src[pos:pos + 1]
     if char == '"' or char == "'":
         return _parse_string(src, pos)
-    if src.startswith("true", pos):
-        return pos + 4, True
-    if src.startswith("false", pos):
-        return pos + 5, False
     if char == "[":
         return _parse_array(src, pos)
     if char == "{":
@@ -565,7 +562,7 @@ def _parse_value(src: str, pos: int) -> tuple[int, object]:
 
 
 def _parse_scalar(src: str, pos: int) -> tuple[int, object]:
-    """Dates and times, then numbers: the number pattern also matches a date's year."""
+    """Dates and times, numbers, then words: the number pattern also matches a date's year."""
     match = _DATETIME_RE.match(src, pos)
     if match:
         return match.end(), _to_datetime(src, pos, match)
@@ -575,9 +572,9 @@ def _parse_scalar(src: str, pos: int) -> tuple[int, object]:
     match = _NUMBER_RE.match(src, pos)
     if match:
         return match.end(), _to_number(src, pos, match)
-    for length in (3, 4):
-        if src[pos:pos + length] in _SPECIAL_FLOATS:
-            return pos + length, float(src[pos:pos + length])
+    for length in (3, 4, 5):
+        if src[pos:pos + length] in _WORDS:
+            return pos + length, _WORDS[src[pos:pos + length]]
     raise _error(src, pos, "Invalid value")
 
 
@@ -658,47 +655,36 @@ def _add_inline_entry(
         frozen.add(key)
 
 
-def _parse_string(src: str, pos: int) -> tuple[int, str]:
-    if src.startswith('"""', pos) or src.startswith("'''", pos):
-        return _parse_multiline_string(src, pos)
-    if src.startswith("'", pos):
-        return _parse_literal_string(src, pos)
-    return _parse_basic_string(src, pos + 1, multiline=False)
-
-
-def _parse_literal_string(src: str, pos: int) -> tuple[int, str]:
-    end = _skip_until(src, pos + 1, "'", _ILLEGAL_IN_STRING, eof_ok=False)
-    return end + 1, src[pos + 1:end]
-
-
-def _parse_multiline_string(src: str, pos: int) -> tuple[int, str]:
+def _parse_string(src: str, pos: int, multiline_ok: bool = True) -> tuple[int, str]:
+    """A literal (') or basic (") string, multi-line when tripled unless it is a key."""
     delim = src[pos]
-    pos += 3
-    if src.startswith("\n", pos):  # a newline right after the opening is trimmed
+    multiline = multiline_ok and src.startswith(delim * 3, pos)
+    closing = delim * 3 if multiline else delim
+    illegal = _ILLEGAL_IN_MULTILINE_STRING if multiline else _ILLEGAL_IN_STRING
+    pos += len(closing)
+    if multiline and src.startswith("\n", pos):  # a newline right after the opening is trimmed
         pos += 1
     if delim == "'":
-        end = _skip_until(src, pos, "'''", _ILLEGAL_IN_MULTILINE_STRING, eof_ok=False)
-        pos, result = end + 3, src[pos:end]
+        end = _skip_until(src, pos, closing, illegal, eof_ok=False)
+        pos, result = end + len(closing), src[pos:end]
     else:
-        pos, result = _parse_basic_string(src, pos, multiline=True)
+        pos, result = _parse_basic_string(src, pos, closing, illegal)
     # Up to two quotes may sit right before the closing three: '''a''''' is "a''".
     extra = 0
-    while extra < 2 and src.startswith(delim, pos + extra):
+    while multiline and extra < 2 and src.startswith(delim, pos + extra):
         extra += 1
     return pos + extra, result + delim * extra
 
 
-def _parse_basic_string(src: str, pos: int, multiline: bool) -> tuple[int, str]:
+def _parse_basic_string(src: str, pos: int, closing: str, illegal: frozenset) -> tuple[int, str]:
     """Read from just after the opening quote(s) to just after the closing ones."""
-    illegal = _ILLEGAL_IN_MULTILINE_STRING if multiline else _ILLEGAL_IN_STRING
-    closing = '"""' if multiline else '"'
     parts = []
     start = pos
     while not src.startswith(closing, pos):
         char = src[pos:pos + 1]
         if char == "\\":
             parts.append(src[start:pos])
-            pos, unescaped = _parse_escape(src, pos, multiline)
+            pos, unescaped = _parse_escape(src, pos, multiline=len(closing) == 3)
             parts.append(unescaped)
             start = pos
         elif not char:
@@ -714,20 +700,16 @@ def _parse_basic_string(src: str, pos: int, multiline: bool) -> tuple[int, str]:
 def _parse_escape(src: str, pos: int, multiline: bool) -> tuple[int, str]:
     escape = src[pos:pos + 2]
     if multiline and escape in ("\\ ", "\\\t", "\\\n"):
-        return _skip_line_ending_backslash(src, pos + 1), ""
+        # the whitespace after a line-ending backslash must reach a newline
+        pos = _skip(src, pos + 1, _WS)
+        if pos < len(src) and src[pos] != "\n":
+            raise _error(src, pos, "Unescaped '\\' in a string")
+        return _skip(src, pos, _WS_AND_NEWLINE), ""
     if escape == "\\u" or escape == "\\U":
         return _parse_hex_char(src, pos + 2, 4 if escape == "\\u" else 8)
     if escape not in _ESCAPES:
         raise _error(src, pos + 2, "Unescaped '\\' in a string")
     return pos + 2, _ESCAPES[escape]
-
-
-def _skip_line_ending_backslash(src: str, pos: int) -> int:
-    """Skip the whitespace after a line-ending backslash, which must reach a newline."""
-    pos = _skip(src, pos, _WS)
-    if pos < len(src) and src[pos] != "\n":
-        raise _error(src, pos, "Unescaped '\\' in a string")
-    return _skip(src, pos, _WS_AND_NEWLINE)
 
 
 def _parse_hex_char(src: str, pos: int, length: int) -> tuple[int, str]:
