@@ -363,7 +363,11 @@ def _read_toml_text(text: str) -> dict:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise _from_tomllib_error(e, text) from None
+        msg, line, col = _TOMLLIB_WHERE_RE.match(str(e)).groups()
+        if line:
+            raise TomlError(msg, int(line), int(col)) from None
+        src = text.replace("\r\n", "\n")
+        raise _error(src, len(src), msg) from None
     except ValueError:  # tomllib lets int()'s digit limit through: say where it is
         return _parse_toml(text)
 
@@ -376,16 +380,6 @@ def _deep_nesting_at(text: str, limit: int = 100) -> int:
         if depth >= limit:
             return pos
     return 0
-
-
-def _from_tomllib_error(e: ValueError, text: str) -> TomlError:
-    match = _TOMLLIB_WHERE_RE.match(str(e))
-    if not match:  # a message format we do not know: keep it whole
-        return TomlError(str(e), getattr(e, "lineno", 1), getattr(e, "colno", 1))
-    if match.group(2):
-        return TomlError(match.group(1), int(match.group(2)), int(match.group(3)))
-    src = text.replace("\r\n", "\n")
-    return _error(src, len(src), match.group(1))
 
 
 def _error(src: str, pos: int, msg: str) -> TomlError:
@@ -402,9 +396,6 @@ def _parse_toml(text: str) -> dict:
     while True:
         pos = _skip(src, pos, _WS)
         char = src[pos:pos + 1]
-        if char == "\n":
-            pos += 1
-            continue
         if not char:
             return doc.data
         if char in _KEY_INITIAL_CHARS:
@@ -413,7 +404,7 @@ def _parse_toml(text: str) -> dict:
             doc.explicit.update(doc.pending)
             doc.pending.clear()
             pos, header = _header_rule(src, pos, doc)
-        elif char != "#":
+        elif char != "#" and char != "\n":
             raise _error(src, pos, "Invalid statement")
         pos = _skip_comment(src, _skip(src, pos, _WS))
         if pos < len(src) and src[pos] != "\n":
@@ -475,18 +466,14 @@ def _header_rule(src: str, pos: int, doc: _Doc) -> tuple[int, tuple[str, ...]]:
     pos, key = _parse_key(src, _skip(src, pos + len(closing), _WS))
     if closing == "]]":
         _append_array_table(src, pos, doc, key)
+    elif key in doc.explicit or _is_frozen(doc.frozen, key):
+        raise _error(src, pos, f"Cannot declare table {'.'.join(key)} twice")
     else:
-        _declare_table(src, pos, doc, key)
+        doc.explicit.add(key)
+        _nest(src, pos, doc.data, key)
     if not src.startswith(closing, pos):
         raise _error(src, pos, f"Expected {closing!r} at the end of a table declaration")
     return pos + len(closing), key
-
-
-def _declare_table(src: str, pos: int, doc: _Doc, key: tuple[str, ...]) -> None:
-    if key in doc.explicit or _is_frozen(doc.frozen, key):
-        raise _error(src, pos, f"Cannot declare table {'.'.join(key)} twice")
-    doc.explicit.add(key)
-    _nest(src, pos, doc.data, key)
 
 
 def _append_array_table(src: str, pos: int, doc: _Doc, key: tuple[str, ...]) -> None:
