@@ -709,10 +709,12 @@ def _parse_hex_char(src: str, pos: int, length: int) -> tuple[int, str]:
     return pos + length, chr(code)
 
 
-_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+# The writer escapes what the reader unescapes, and other control characters as \uXXXX.
 _WRITER_ESCAPES = types.MappingProxyType({
-    "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\",
+    **{ord(char): f"\\u{ord(char):04x}" for char in _ASCII_CTRL},
+    **{ord(char): escape for escape, char in _ESCAPES.items()},
 })
+_LONE_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 def write_toml(doc: dict) -> str:
@@ -744,7 +746,7 @@ def _format_key(key: object) -> str:
 def _format_value(value: object, key: tuple[str, ...]) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX:
+    if isinstance(value, int) and -(2 ** 63) <= value < 2 ** 63:
         return str(value)
     if isinstance(value, float):
         if value != value and math.copysign(1.0, value) < 0:
@@ -758,17 +760,10 @@ def _format_value(value: object, key: tuple[str, ...]) -> str:
 
 
 def _format_string(text: str) -> str:
-    chars = []
-    for char in text:
-        if char in _WRITER_ESCAPES:
-            chars.append(_WRITER_ESCAPES[char])
-        elif char in _ASCII_CTRL:
-            chars.append(f"\\u{ord(char):04x}")
-        elif "\ud800" <= char <= "\udfff":
-            raise ValueError(f"cannot write the lone surrogate {char!r} as TOML")
-        else:
-            chars.append(char)
-    return '"' + "".join(chars) + '"'
+    surrogate = _LONE_SURROGATE_RE.search(text)
+    if surrogate:
+        raise ValueError(f"cannot write the lone surrogate {surrogate.group()!r} as TOML")
+    return '"' + text.translate(_WRITER_ESCAPES) + '"'
 
 
 # --- configuration ---
