@@ -1085,7 +1085,7 @@ def _show(value: Any) -> str:
 
 def _key(name: str) -> str:
     """A key as a message names it: quoted as in TOML unless it is a bare key."""
-    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+    return name if name and _BARE_KEY_CHARS.issuperset(name) else json.dumps(name)
 
 
 def _lookup(doc: Any, *keys: str) -> Any:
@@ -1109,28 +1109,21 @@ def _sub_table(raw: dict, name: str, where: str, report: Report) -> Optional[dic
 
 
 def _read_fields(raw: dict, fields: Sequence[Any], where: str, report: Report) -> Dict[str, Any]:
-    """The values of `fields` found in `raw`; each bad or unknown key goes in the report."""
-    report.warnings.extend(unknown_key_warnings(raw, [f.name for f in fields], where,
-                                                report.path))
+    """The values of `fields` found in `raw`; each bad key goes in the report, and each key
+    nobody reads as a warning naming the nearest valid key."""
+    known = [field.name for field in fields]
+    for name in raw:
+        if name not in known:
+            import difflib  # only when a key is unknown: start-up does not pay for it
+            nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            nearest += [k for k in known if k.lower() == name.lower()]
+            hint = f" (did you mean {where}{nearest[-1]}?)" if nearest else ""
+            report.warnings.append(f"{report.path}: unknown key {where}{_key(name)} is "
+                                   f"ignored{hint}")
     values: Dict[str, Any] = {}
     for field in fields:
         field.read(raw, values, where, report)
     return values
-
-
-def unknown_key_warnings(table: dict, known: Sequence[str], where: str, path: Path
-                         ) -> List[str]:
-    """One line per key the table has but nobody reads, with the nearest valid key."""
-    warnings = []
-    for name in table:
-        if name in known:
-            continue
-        import difflib  # only when a key is unknown: start-up does not pay for it
-        nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        nearest += [k for k in known if k.lower() == name.lower()]
-        hint = f" (did you mean {where}{nearest[-1]}?)" if nearest else ""
-        warnings.append(f"{path}: unknown key {where}{_key(name)} is ignored{hint}")
-    return warnings
 
 
 def read_schema(doc: dict, schema: Table, path: Path) -> Tuple[Any, Report]:
