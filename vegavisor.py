@@ -517,24 +517,21 @@ def _parse_key_value(src: str, pos: int) -> tuple[int, tuple[str, ...], object]:
 
 
 def _parse_key(src: str, pos: int) -> tuple[int, tuple[str, ...]]:
-    pos, part = _parse_key_part(src, pos)
-    key = (part,)
-    pos = _skip(src, pos, _WS)
-    while src.startswith(".", pos):
-        pos, part = _parse_key_part(src, _skip(src, pos + 1, _WS))
+    key: tuple[str, ...] = ()
+    while True:
+        char = src[pos:pos + 1]
+        if char in _BARE_KEY_CHARS:
+            end = _skip(src, pos, _BARE_KEY_CHARS)
+            pos, part = end, src[pos:end]
+        elif char == "'" or char == '"':
+            pos, part = _parse_string(src, pos, multiline_ok=False)
+        else:
+            raise _error(src, pos, "Invalid initial character for a key part")
         key += (part,)
         pos = _skip(src, pos, _WS)
-    return pos, key
-
-
-def _parse_key_part(src: str, pos: int) -> tuple[int, str]:
-    char = src[pos:pos + 1]
-    if char in _BARE_KEY_CHARS:
-        end = _skip(src, pos, _BARE_KEY_CHARS)
-        return end, src[pos:end]
-    if char == "'" or char == '"':
-        return _parse_string(src, pos, multiline_ok=False)
-    raise _error(src, pos, "Invalid initial character for a key part")
+        if not src.startswith(".", pos):
+            return pos, key
+        pos = _skip(src, pos + 1, _WS)
 
 
 def _parse_value(src: str, pos: int) -> tuple[int, object]:
