@@ -299,7 +299,6 @@ _ASCII_CTRL = frozenset(chr(i) for i in range(32)) | frozenset(chr(127))
 # multi-line strings may also hold newlines.
 _ILLEGAL_IN_STRING = _ASCII_CTRL - frozenset("\t")
 _ILLEGAL_IN_MULTILINE_STRING = _ASCII_CTRL - frozenset("\t\n")
-_ILLEGAL_IN_COMMENT = _ILLEGAL_IN_STRING
 _WS = frozenset(" \t")
 _WS_AND_NEWLINE = _WS | frozenset("\n")
 _BARE_KEY_CHARS = frozenset(
@@ -311,7 +310,11 @@ _ESCAPES = types.MappingProxyType({
     "\\b": "\b", "\\t": "\t", "\\n": "\n", "\\f": "\f",
     "\\r": "\r", '\\"': '"', "\\\\": "\\",
 })
-_SPECIAL_FLOATS = frozenset(("inf", "nan", "+inf", "+nan", "-inf", "-nan"))
+# Values spelled as words; none is a prefix of another.
+_WORDS = types.MappingProxyType({
+    "true": True, "false": False,
+    **{word: float(word) for word in ("inf", "nan", "+inf", "+nan", "-inf", "-nan")},
+})
 # Underscores only between digits; no leading zeros; hex, octal and binary unsigned.
 _NUMBER_RE = re.compile(
     r"0(?:x[0-9A-Fa-f](?:_?[0-9A-Fa-f])*|b[01](?:_?[01])*|o[0-7](?:_?[0-7])*)"
@@ -360,7 +363,11 @@ def _read_toml_text(text: str) -> dict:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise _from_tomllib_error(e, text) from None
+        msg, line, col = _TOMLLIB_WHERE_RE.match(str(e)).groups()
+        if line:
+            raise TomlError(msg, int(line), int(col)) from None
+        src = text.replace("\r\n", "\n")
+        raise _error(src, len(src), msg) from None
     except ValueError:  # tomllib lets int()'s digit limit through: say where it is
         return _parse_toml(text)
 
@@ -373,16 +380,6 @@ def _deep_nesting_at(text: str, limit: int = 100) -> int:
         if depth >= limit:
             return pos
     return 0
-
-
-def _from_tomllib_error(e: ValueError, text: str) -> TomlError:
-    match = _TOMLLIB_WHERE_RE.match(str(e))
-    if not match:  # a message format we do not know: keep it whole
-        return TomlError(str(e), getattr(e, "lineno", 1), getattr(e, "colno", 1))
-    if match.group(2):
-        return TomlError(match.group(1), int(match.group(2)), int(match.group(3)))
-    src = text.replace("\r\n", "\n")
-    return _error(src, len(src), match.group(1))
 
 
 def _error(src: str, pos: int, msg: str) -> TomlError:
@@ -399,9 +396,6 @@ def _parse_toml(text: str) -> dict:
     while True:
         pos = _skip(src, pos, _WS)
         char = src[pos:pos + 1]
-        if char == "\n":
-            pos += 1
-            continue
         if not char:
             return doc.data
         if char in _KEY_INITIAL_CHARS:
@@ -410,7 +404,7 @@ def _parse_toml(text: str) -> dict:
             doc.explicit.update(doc.pending)
             doc.pending.clear()
             pos, header = _header_rule(src, pos, doc)
-        elif char != "#":
+        elif char != "#" and char != "\n":
             raise _error(src, pos, "Invalid statement")
         pos = _skip_comment(src, _skip(src, pos, _WS))
         if pos < len(src) and src[pos] != "\n":
@@ -439,7 +433,7 @@ def _skip_until(src: str, pos: int, end: str, illegal: frozenset, eof_ok: bool) 
 
 def _skip_comment(src: str, pos: int) -> int:
     if src.startswith("#", pos):
-        return _skip_until(src, pos + 1, "\n", _ILLEGAL_IN_COMMENT, eof_ok=True)
+        return _skip_until(src, pos + 1, "\n", _ILLEGAL_IN_STRING, eof_ok=True)
     return pos
 
 
@@ -472,18 +466,14 @@ def _header_rule(src: str, pos: int, doc: _Doc) -> tuple[int, tuple[str, ...]]:
     pos, key = _parse_key(src, _skip(src, pos + len(closing), _WS))
     if closing == "]]":
         _append_array_table(src, pos, doc, key)
+    elif key in doc.explicit or _is_frozen(doc.frozen, key):
+        raise _error(src, pos, f"Cannot declare table {'.'.join(key)} twice")
     else:
-        _declare_table(src, pos, doc, key)
+        doc.explicit.add(key)
+        _nest(src, pos, doc.data, key)
     if not src.startswith(closing, pos):
         raise _error(src, pos, f"Expected {closing!r} at the end of a table declaration")
     return pos + len(closing), key
-
-
-def _declare_table(src: str, pos: int, doc: _Doc, key: tuple[str, ...]) -> None:
-    if key in doc.explicit or _is_frozen(doc.frozen, key):
-        raise _error(src, pos, f"Cannot declare table {'.'.join(key)} twice")
-    doc.explicit.add(key)
-    _nest(src, pos, doc.data, key)
 
 
 def _append_array_table(src: str, pos: int, doc: _Doc, key: tuple[str, ...]) -> None:
@@ -527,36 +517,27 @@ def _parse_key_value(src: str, pos: int) -> tuple[int, tuple[str, ...], object]:
 
 
 def _parse_key(src: str, pos: int) -> tuple[int, tuple[str, ...]]:
-    pos, part = _parse_key_part(src, pos)
-    key = (part,)
-    pos = _skip(src, pos, _WS)
-    while src.startswith(".", pos):
-        pos, part = _parse_key_part(src, _skip(src, pos + 1, _WS))
+    key: tuple[str, ...] = ()
+    while True:
+        char = src[pos:pos + 1]
+        if char in _BARE_KEY_CHARS:
+            end = _skip(src, pos, _BARE_KEY_CHARS)
+            pos, part = end, src[pos:end]
+        elif char == "'" or char == '"':
+            pos, part = _parse_string(src, pos, multiline_ok=False)
+        else:
+            raise _error(src, pos, "Invalid initial character for a key part")
         key += (part,)
         pos = _skip(src, pos, _WS)
-    return pos, key
-
-
-def _parse_key_part(src: str, pos: int) -> tuple[int, str]:
-    char = src[pos:pos + 1]
-    if char in _BARE_KEY_CHARS:
-        end = _skip(src, pos, _BARE_KEY_CHARS)
-        return end, src[pos:end]
-    if char == "'":
-        return _parse_literal_string(src, pos)
-    if char == '"':
-        return _parse_basic_string(src, pos + 1, multiline=False)
-    raise _error(src, pos, "Invalid initial character for a key part")
+        if not src.startswith(".", pos):
+            return pos, key
+        pos = _skip(src, pos + 1, _WS)
 
 
 def _parse_value(src: str, pos: int) -> tuple[int, object]:
     char = src[pos:pos + 1]
     if char == '"' or char == "'":
         return _parse_string(src, pos)
-    if src.startswith("true", pos):
-        return pos + 4, True
-    if src.startswith("false", pos):
-        return pos + 5, False
     if char == "[":
         return _parse_array(src, pos)
     if char == "{":
@@ -565,7 +546,7 @@ def _parse_value(src: str, pos: int) -> tuple[int, object]:
 
 
 def _parse_scalar(src: str, pos: int) -> tuple[int, object]:
-    """Dates and times, then numbers: the number pattern also matches a date's year."""
+    """Dates and times, numbers, then words: the number pattern also matches a date's year."""
     match = _DATETIME_RE.match(src, pos)
     if match:
         return match.end(), _to_datetime(src, pos, match)
@@ -575,9 +556,9 @@ def _parse_scalar(src: str, pos: int) -> tuple[int, object]:
     match = _NUMBER_RE.match(src, pos)
     if match:
         return match.end(), _to_number(src, pos, match)
-    for length in (3, 4):
-        if src[pos:pos + length] in _SPECIAL_FLOATS:
-            return pos + length, float(src[pos:pos + length])
+    for length in (3, 4, 5):
+        if src[pos:pos + length] in _WORDS:
+            return pos + length, _WORDS[src[pos:pos + length]]
     raise _error(src, pos, "Invalid value")
 
 
@@ -658,47 +639,36 @@ def _add_inline_entry(
         frozen.add(key)
 
 
-def _parse_string(src: str, pos: int) -> tuple[int, str]:
-    if src.startswith('"""', pos) or src.startswith("'''", pos):
-        return _parse_multiline_string(src, pos)
-    if src.startswith("'", pos):
-        return _parse_literal_string(src, pos)
-    return _parse_basic_string(src, pos + 1, multiline=False)
-
-
-def _parse_literal_string(src: str, pos: int) -> tuple[int, str]:
-    end = _skip_until(src, pos + 1, "'", _ILLEGAL_IN_STRING, eof_ok=False)
-    return end + 1, src[pos + 1:end]
-
-
-def _parse_multiline_string(src: str, pos: int) -> tuple[int, str]:
+def _parse_string(src: str, pos: int, multiline_ok: bool = True) -> tuple[int, str]:
+    """A literal (') or basic (") string, multi-line when tripled unless it is a key."""
     delim = src[pos]
-    pos += 3
-    if src.startswith("\n", pos):  # a newline right after the opening is trimmed
+    multiline = multiline_ok and src.startswith(delim * 3, pos)
+    closing = delim * 3 if multiline else delim
+    illegal = _ILLEGAL_IN_MULTILINE_STRING if multiline else _ILLEGAL_IN_STRING
+    pos += len(closing)
+    if multiline and src.startswith("\n", pos):  # a newline right after the opening is trimmed
         pos += 1
     if delim == "'":
-        end = _skip_until(src, pos, "'''", _ILLEGAL_IN_MULTILINE_STRING, eof_ok=False)
-        pos, result = end + 3, src[pos:end]
+        end = _skip_until(src, pos, closing, illegal, eof_ok=False)
+        pos, result = end + len(closing), src[pos:end]
     else:
-        pos, result = _parse_basic_string(src, pos, multiline=True)
+        pos, result = _parse_basic_string(src, pos, closing, illegal)
     # Up to two quotes may sit right before the closing three: '''a''''' is "a''".
     extra = 0
-    while extra < 2 and src.startswith(delim, pos + extra):
+    while multiline and extra < 2 and src.startswith(delim, pos + extra):
         extra += 1
     return pos + extra, result + delim * extra
 
 
-def _parse_basic_string(src: str, pos: int, multiline: bool) -> tuple[int, str]:
+def _parse_basic_string(src: str, pos: int, closing: str, illegal: frozenset) -> tuple[int, str]:
     """Read from just after the opening quote(s) to just after the closing ones."""
-    illegal = _ILLEGAL_IN_MULTILINE_STRING if multiline else _ILLEGAL_IN_STRING
-    closing = '"""' if multiline else '"'
     parts = []
     start = pos
     while not src.startswith(closing, pos):
         char = src[pos:pos + 1]
         if char == "\\":
             parts.append(src[start:pos])
-            pos, unescaped = _parse_escape(src, pos, multiline)
+            pos, unescaped = _parse_escape(src, pos, multiline=len(closing) == 3)
             parts.append(unescaped)
             start = pos
         elif not char:
@@ -714,20 +684,16 @@ def _parse_basic_string(src: str, pos: int, multiline: bool) -> tuple[int, str]:
 def _parse_escape(src: str, pos: int, multiline: bool) -> tuple[int, str]:
     escape = src[pos:pos + 2]
     if multiline and escape in ("\\ ", "\\\t", "\\\n"):
-        return _skip_line_ending_backslash(src, pos + 1), ""
+        # the whitespace after a line-ending backslash must reach a newline
+        pos = _skip(src, pos + 1, _WS)
+        if pos < len(src) and src[pos] != "\n":
+            raise _error(src, pos, "Unescaped '\\' in a string")
+        return _skip(src, pos, _WS_AND_NEWLINE), ""
     if escape == "\\u" or escape == "\\U":
         return _parse_hex_char(src, pos + 2, 4 if escape == "\\u" else 8)
     if escape not in _ESCAPES:
         raise _error(src, pos + 2, "Unescaped '\\' in a string")
     return pos + 2, _ESCAPES[escape]
-
-
-def _skip_line_ending_backslash(src: str, pos: int) -> int:
-    """Skip the whitespace after a line-ending backslash, which must reach a newline."""
-    pos = _skip(src, pos, _WS)
-    if pos < len(src) and src[pos] != "\n":
-        raise _error(src, pos, "Unescaped '\\' in a string")
-    return _skip(src, pos, _WS_AND_NEWLINE)
 
 
 def _parse_hex_char(src: str, pos: int, length: int) -> tuple[int, str]:
@@ -740,10 +706,12 @@ def _parse_hex_char(src: str, pos: int, length: int) -> tuple[int, str]:
     return pos + length, chr(code)
 
 
-_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+# The writer escapes what the reader unescapes, and other control characters as \uXXXX.
 _WRITER_ESCAPES = types.MappingProxyType({
-    "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\",
+    **{ord(char): f"\\u{ord(char):04x}" for char in _ASCII_CTRL},
+    **{ord(char): escape for escape, char in _ESCAPES.items()},
 })
+_LONE_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 def write_toml(doc: dict) -> str:
@@ -775,7 +743,7 @@ def _format_key(key: object) -> str:
 def _format_value(value: object, key: tuple[str, ...]) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX:
+    if isinstance(value, int) and -(2 ** 63) <= value < 2 ** 63:
         return str(value)
     if isinstance(value, float):
         if value != value and math.copysign(1.0, value) < 0:
@@ -789,17 +757,10 @@ def _format_value(value: object, key: tuple[str, ...]) -> str:
 
 
 def _format_string(text: str) -> str:
-    chars = []
-    for char in text:
-        if char in _WRITER_ESCAPES:
-            chars.append(_WRITER_ESCAPES[char])
-        elif char in _ASCII_CTRL:
-            chars.append(f"\\u{ord(char):04x}")
-        elif "\ud800" <= char <= "\udfff":
-            raise ValueError(f"cannot write the lone surrogate {char!r} as TOML")
-        else:
-            chars.append(char)
-    return '"' + "".join(chars) + '"'
+    surrogate = _LONE_SURROGATE_RE.search(text)
+    if surrogate:
+        raise ValueError(f"cannot write the lone surrogate {surrogate.group()!r} as TOML")
+    return '"' + text.translate(_WRITER_ESCAPES) + '"'
 
 
 # --- configuration ---
@@ -1121,7 +1082,7 @@ def _show(value: Any) -> str:
 
 def _key(name: str) -> str:
     """A key as a message names it: quoted as in TOML unless it is a bare key."""
-    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+    return name if name and _BARE_KEY_CHARS.issuperset(name) else json.dumps(name)
 
 
 def _lookup(doc: Any, *keys: str) -> Any:
@@ -1145,28 +1106,21 @@ def _sub_table(raw: dict, name: str, where: str, report: Report) -> Optional[dic
 
 
 def _read_fields(raw: dict, fields: Sequence[Any], where: str, report: Report) -> Dict[str, Any]:
-    """The values of `fields` found in `raw`; each bad or unknown key goes in the report."""
-    report.warnings.extend(unknown_key_warnings(raw, [f.name for f in fields], where,
-                                                report.path))
+    """The values of `fields` found in `raw`; each bad key goes in the report, and each key
+    nobody reads as a warning naming the nearest valid key."""
+    known = [field.name for field in fields]
+    for name in raw:
+        if name not in known:
+            import difflib  # only when a key is unknown: start-up does not pay for it
+            nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            nearest += [k for k in known if k.lower() == name.lower()]
+            hint = f" (did you mean {where}{nearest[-1]}?)" if nearest else ""
+            report.warnings.append(f"{report.path}: unknown key {where}{_key(name)} is "
+                                   f"ignored{hint}")
     values: Dict[str, Any] = {}
     for field in fields:
         field.read(raw, values, where, report)
     return values
-
-
-def unknown_key_warnings(table: dict, known: Sequence[str], where: str, path: Path
-                         ) -> List[str]:
-    """One line per key the table has but nobody reads, with the nearest valid key."""
-    warnings = []
-    for name in table:
-        if name in known:
-            continue
-        import difflib  # only when a key is unknown: start-up does not pay for it
-        nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        nearest += [k for k in known if k.lower() == name.lower()]
-        hint = f" (did you mean {where}{nearest[-1]}?)" if nearest else ""
-        warnings.append(f"{path}: unknown key {where}{_key(name)} is ignored{hint}")
-    return warnings
 
 
 def read_schema(doc: dict, schema: Table, path: Path) -> Tuple[Any, Report]:
