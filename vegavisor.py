@@ -2310,12 +2310,9 @@ def asset_name(template: str, host: Tuple[str, str]) -> str:
 
 
 def tag_problem(tag: str) -> Optional[str]:
-    """Why `tag` cannot be installed (it names a folder and a URL path), or None."""
-    if not tag or len(tag) > MAX_TAG_LENGTH or tag.startswith(".") \
-            or not tag.isprintable() or re.search(r"[/\\]", tag):
-        return (f"release tag {tag[:MAX_TAG_LENGTH]!r} is not a plain name (1 to "
-                f"{MAX_TAG_LENGTH} printable characters, no '/', not starting with '.')")
-    return None  # printable: no control characters, no lone surrogates (not UTF-8)
+    """Why `tag` cannot be installed, or None: the rule core's accepted tags are held to."""
+    problem = release_tag_problem(tag) if tag else "is empty"
+    return f"release tag {json_excerpt(tag, 60)} {problem}" if problem else None
 
 
 def asset_name_problem(name: str) -> Optional[str]:

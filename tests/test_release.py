@@ -10,6 +10,7 @@ import io
 import itertools
 import json
 import os
+import re
 import resource
 import socket
 import stat
@@ -159,9 +160,9 @@ class TrickledHeaders:
 @pytest.mark.parametrize(("tag", "ok"), [
     ("v0.74.0", True), ("v0.74.0-preview.1", True), ("x" * 128, True),
     ("", False), ("x" * 129, False), ("v1/../x", False), ("..", False), (".hidden", False),
-    ("a\\b", False), ("v1\n", False), ("v\0", False), ("v\ud800", False),
+    ("a\\b", False), ("v1\n", False), ("v\0", False), ("v\ud800", False), ("v 1", False),
 ], ids=["plain", "preview", "128-chars", "empty", "129-chars", "slash", "dot-dot",
-        "leading-dot", "backslash", "newline", "nul", "surrogate"])
+        "leading-dot", "backslash", "newline", "nul", "surrogate", "space"])
 def test_a_tag_must_be_a_plain_bounded_name(tag: str, ok: bool) -> None:
     assert (vegavisor.tag_problem(tag) is None) is ok
 
@@ -628,7 +629,9 @@ def test_prepare_upgrade_refuses_a_tag_that_is_not_a_plain_name(home, tag):
     done = run_vegavisor(["prepare-upgrade", "--home", str(home.path), tag])
     assert done.returncode == 2
     [error] = errors(done.stderr)
-    assert error.startswith("vegavisor: error: prepare-upgrade: release tag ")
+    assert re.fullmatch(r'vegavisor: error: prepare-upgrade: release tag "[^"]*("|\.\.\.) ('
+                        r'is empty|is longer than 128 characters|holds "/", "\\" or "\.\."|'
+                        r'starts with a dot)', error), error
     assert leftovers(home) == []
 
 
