@@ -4831,10 +4831,11 @@ def status_problems(report: Dict[str, Any], config: Config) -> List[str]:
         where = f" at {node['socket']}" if node["socket"] else ""
         problems.append(f"node: not reachable{where}: {node['error']}; {hint}")
     prefetch = report["prefetch"]
-    if prefetch and prefetch["state"] in ("failed", "missing") \
+    # ("missing", auto-install off: the accepted release's own problem below says it)
+    if prefetch and prefetch["state"] == "failed" \
             and prefetch["tag"] == node["acceptedReleaseTag"]:
-        problems.append(f"prefetch: {prefetch['tag']}: {prefetch['lastError'] or 'not installed'}"
-                        f" (attempt {prefetch['attempts']}); fix the cause before the upgrade "
+        problems.append(f"prefetch: {prefetch['tag']}: {prefetch['lastError'] or 'failed'} "
+                        f"(attempt {prefetch['attempts']}); fix the cause before the upgrade "
                         f"block")
     problems += _accepted_release_problems(report, config)
     hook, step = report["hooks"]["last"], report["upgradeInProgress"]

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import host_asset_name
 from conftest import make_release_zip
+from conftest import point_current
 from conftest import run_main
 from conftest import run_vegavisor
 from conftest import set_table
@@ -254,6 +255,27 @@ def test_a_failed_prefetch_is_a_problem(home):
             "before the upgrade block") in report["problems"]
     assert "prefetch   v2 failed (attempt 3): GitHub's API rate limit is used up, updated " \
            "2026-11-27T03:00:00Z" in text
+
+
+@pytest.mark.timeout(30)
+def test_an_accepted_release_missing_with_auto_install_off_is_one_problem(home):
+    home.install_version("genesis", "v1")
+    point_current(home, "genesis")
+    set_table(home, "autoInstall", enabled=False)
+    write_state(home, ".prefetch.json", {
+        "tag": "v2", "folder": str(home.path / "v2"), "state": "missing", "attempts": 0,
+        "lastError": None, "updated": "2026-11-27T03:00:00Z"})
+    core = subprocess.Popen([str(home.path / "genesis" / "vega")] + home.core_args(FAR_UPGRADE),
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        report = wait_for(lambda: (lambda r: r["node"]["acceptedReleaseTag"] == "v2" and r)(
+            status(home)), 15, "core having v2 accepted")
+    finally:
+        core.kill()
+        core.wait()
+    assert report["problems"] == [
+        f"upgrade: v2 is accepted for block 400, but {home.path / 'v2'} holds no "
+        f"run-config.toml and auto-install is off: install it before the block"]
 
 
 @pytest.mark.timeout(30)
