@@ -3997,6 +3997,7 @@ class Supervisor:
         self.config_file = os.path.join(home, CONFIG_FILE)  # a str: stat()ed every 2 s
         self.config_stamp = config_stamp(self.config_file)
         self.told_ready = False
+        self.tag_changed = -math.inf  # when core last named another accepted release
 
     def enter(self, phase: Phase, **facts: Any) -> None:
         self.log.debug("phase", was=self.reporter.state.phase, now=phase.value, **facts)
@@ -4082,6 +4083,7 @@ class Supervisor:
                 folder, run_config = self.open_current()
                 core_args = with_snapshot_flag(run_config.vega.args, outcome.status.height)
                 limit_key, restarts = "maxNumberOfFirstConnectionRetries", 0
+                self.tag_changed = -math.inf  # the next release accepted is news, not a flip
                 continue
             self.enter(Phase.STOPPING)
             self.node.stop()
@@ -4241,7 +4243,14 @@ class Supervisor:
         self.upgrade.answered()
         previous = self.reporter.state.accepted_tag
         if status.tag and status.tag != previous:
-            self.log.info("upgrade accepted", tag=status.tag, height=status.height)
+            now = self.world.now()
+            if now - self.tag_changed < REPEAT_WARNING_SECONDS:  # a tag that flips: one line
+                self.reporter.warn_repeated("accepted-tag", "the accepted release keeps "
+                                            "changing", tag=status.tag, height=status.height,
+                                            was=previous)
+            else:
+                self.log.info("upgrade accepted", tag=status.tag, height=status.height)
+            self.tag_changed = now
             self.reporter.update(accepted_tag=status.tag, upgrade_height=status.height)
         self.reporter.note_poll()
         self.prefetch.update(status.tag, run_config, folder)

@@ -98,9 +98,13 @@ def flapping_tag(tmp_path: Path) -> None:
     world = FakeWorld(home, lambda w: vegavisor.UpgradeStatus(
         False, "v2" if int(w.clock / 0.25) % 2 else "v3", 10**6), max_seconds=3700)
     world.stop_at(3600)
-    code, _ = run_in_process(home, world)
+    code, log = run_in_process(home, world)
     assert code == 0
     assert len(world.installs) <= 20, world.installs
+    assert len(lines(log, "upgrade accepted")) == 1, "the first tag, then no line a flip"
+    flips = lines(log, "the accepted release keeps changing")
+    assert 12 <= len(flips) <= 13, "logged at once, then every 5 minutes with a count"
+    assert "repeated=" in flips[1]
 
 
 # --- answers that name no release to upgrade to ---
@@ -307,7 +311,8 @@ FAULTS = [
         case(stale_prefetch_record_names_an_operators_folder)),
     Row("supervisor", "flapping-tag",
         "the accepted tag flips between v2 and v3 at every poll (0.25 s) for an hour",
-        "at most 20 installs in the hour",
+        "at most 20 installs in the hour; \"upgrade accepted\" once, then WARN \"the accepted "
+        "release keeps changing\" at once and every 5 minutes with a count",
         case(flapping_tag)),
     Row("supervisor", "ready-without-tag",
         "ReadyToUpgrade true with AcceptedReleaseInfo null",

@@ -49,6 +49,31 @@ def test_an_upgrade_stops_switches_and_starts_the_new_core_from_the_snapshot(tmp
     assert state(home)["ended"] == "stopped by SIGTERM" and state(home)["children"] == []
 
 
+def test_upgrades_a_minute_apart_each_log_their_acceptance(tmp_path):
+    """A flipping tag is one repeated WARN (the flapping-tag row); two upgrades in a row are
+    two acceptances, each logged as such."""
+    home = make_fake_home(tmp_path, AUTO)
+    to_v2 = FakeChain("v2", upgrade_height=20).answer
+
+    def answer(world):  # v1 upgrades to v2 at 20 s, v2 accepts v3 at once, ready 30 s later
+        core = world.live("core")
+        if core is None or core.version == "v1":
+            return to_v2(world)
+        up = world.clock - core.started
+        if core.version == "v3" or up < 1:
+            return vegavisor.UpgradeStatus(False, "", 0)
+        return vegavisor.UpgradeStatus(up >= 30, "v3", 60)
+    world = FakeWorld(home, answer)
+    world.releases.update(v2="v2", v3="v3")
+    world.stop_at(120)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    assert [p.version for p in world.started()] == ["v1", "v2", "v3"]
+    assert [line.split("INFO  ")[1] for line in lines(log, "upgrade accepted")] == [
+        "upgrade accepted tag=v2 height=20", "upgrade accepted tag=v3 height=60"]
+    assert not lines(log, "keeps changing")
+
+
 def test_a_crash_loop_starts_core_max_restarts_plus_one_times_then_gives_up(tmp_path):
     home = make_fake_home(tmp_path, "maxNumberOfRestarts = 2\nrestartsDelaySeconds = 5\n")
     world = FakeWorld(home)
