@@ -3745,7 +3745,8 @@ class Upgrade:
                 raise InstallError(f"{job.error} (gave up after {attempt} attempts: "
                                    f"maxNumberOfRestarts = {limit})")
             delay = max(restart_delay(attempt, self.config.restarts_delay,
-                                      self.config.restarts_backoff_max), rate_limit_wait(job.retry_after))
+                                      self.config.restarts_backoff_max),
+                        rate_limit_wait(job.retry_after))
             self.log.error("install failed", tag=tag, attempt=attempt, limit=limit,
                            retry_in=round(delay, 3), error=job.error)
             if not pause(self.world, delay):
@@ -4519,10 +4520,12 @@ def check_home_writable(home: Path) -> List[Finding]:
 def check_metrics_file(path: Path, metrics_file: str) -> List[Finding]:
     """The folder of metricsFile must exist and take new files (it is replaced atomically)."""
     folder = Path(metrics_file).parent
-    if metrics_file and not folder.is_dir():
+    if not metrics_file:
+        return []
+    if not folder.is_dir():
         return [_problem(f"{path}: metricsFile = {json.dumps(metrics_file)}: {folder} is not a "
                          f"folder; create it or change metricsFile")]
-    if metrics_file and not os.access(folder, os.W_OK | os.X_OK):
+    if not os.access(folder, os.W_OK | os.X_OK):
         return [_problem(f"{path}: metricsFile = {json.dumps(metrics_file)}: {folder} is not "
                          f"writable by uid {os.geteuid()}; give it to the user that runs "
                          f"vegavisor or change metricsFile")]
@@ -5143,8 +5146,9 @@ def settings_in_effect(raw: dict, fields: Sequence[Any], where: str = "") -> Lis
         if isinstance(field, Map):
             value = {name: field.check(v) for name, v in raw.get(field.name, {}).items()}
             default = {}
-        elif isinstance(field, Table) or (field.attr and hasattr(field, "check")):
-            # a table left out (None), a Key, or a new kind of key
+        elif isinstance(field, Table):  # a table the file may leave out, left out
+            value = default = None
+        elif field.attr and hasattr(field, "check"):  # a Key, or a new kind of key
             default = getattr(field, "default", REQUIRED)
             default = None if default is REQUIRED else default
             value = field.check(raw[field.name]) if field.name in raw else default

@@ -51,7 +51,7 @@ def hooks_home(tmp_path: Path, pre: bool = True, post: bool = False, timeout: fl
 def upgrade_world(home: Path, stop: float = 120, **chain: object) -> FakeWorld:
     world = FakeWorld(home, FakeChain("v2", **dict({"upgrade_height": 20}, **chain)).answer)
     world.releases["v2"] = "v2"
-    world.at(stop, lambda w: setattr(w, "stop_signal", "SIGTERM"))
+    world.stop_at(stop)
     return world
 
 
@@ -159,7 +159,7 @@ def test_sigterm_during_pre_upgrade_kills_it_and_the_next_run_runs_it_again(tmp_
     assert (record["step"], record["preUpgrade"]["state"]) == ("installed", "stopped")
 
     again = FakeWorld(home, FakeChain("v2", upgrade_height=20).answer)
-    again.at(60, lambda w: setattr(w, "stop_signal", "SIGTERM"))
+    again.stop_at(60)
     code, log = run_in_process(home, again)
     assert code == 0, log
     assert len(again.hook_runs) == 1, "preUpgrade runs again"
@@ -185,7 +185,7 @@ def test_after_kill_9_during_pre_upgrade_its_leftover_is_stopped_and_it_runs_aga
     home = hooks_home(tmp_path)
     prepared_v2(home)
     world = FakeWorld(home, FakeChain("v2", upgrade_height=20).answer)
-    world.at(60, lambda w: setattr(w, "stop_signal", "SIGTERM"))
+    world.stop_at(60)
     leftover = FakeHook(world, 77, "preUpgrade", ["pre.sh"], {}, None, 0)
     world.leftovers.append(leftover)
     left_journal(home, "installed", preUpgrade={"state": "running", "pid": 77,
@@ -213,7 +213,7 @@ def test_pre_upgrade_is_not_run_again_once_it_succeeded_or_current_was_switched(
         (home / "current").symlink_to("v2")
     left_journal(home, step, preUpgrade=pre)
     world = FakeWorld(home, FakeChain("v2", upgrade_height=20).answer)
-    world.at(60, lambda w: setattr(w, "stop_signal", "SIGTERM"))
+    world.stop_at(60)
     code, log = run_in_process(home, world)
     assert code == 0, log
     assert world.hook_runs == []
@@ -226,7 +226,7 @@ def test_a_journal_written_before_hooks_existed_is_resumed(tmp_path):
     prepared_v2(home)
     left_journal(home, "stopped")  # no preUpgrade, no postUpgrade
     world = FakeWorld(home, FakeChain("v2", upgrade_height=20).answer)
-    world.at(60, lambda w: setattr(w, "stop_signal", "SIGTERM"))
+    world.stop_at(60)
     code, log = run_in_process(home, world)
     assert code == 0, log
     assert [h.name for h in world.hook_runs] == ["postUpgrade"]
@@ -291,7 +291,7 @@ def test_sigterm_during_post_upgrade_kills_it_and_the_next_run_runs_it_again(tmp
     assert (record["step"], record["postUpgrade"]["state"]) == ("done", "stopped")
 
     again = FakeWorld(home, FakeChain("v2", upgrade_height=20).answer)
-    again.at(60, lambda w: setattr(w, "stop_signal", "SIGTERM"))
+    again.stop_at(60)
     code, log = run_in_process(home, again)
     assert code == 0, log
     assert lines(log, "postUpgrade hook did not finish; it runs again once core answers")
@@ -307,7 +307,7 @@ def test_a_post_upgrade_that_ran_to_its_end_is_not_run_again(tmp_path, state):
     (home / "current").symlink_to("v2")
     left_journal(home, "done", preUpgrade={"state": "ok"}, postUpgrade={"state": state})
     world = FakeWorld(home, FakeChain("v2", upgrade_height=20).answer)
-    world.at(60, lambda w: setattr(w, "stop_signal", "SIGTERM"))
+    world.stop_at(60)
     code, log = run_in_process(home, world)
     assert code == 0, log
     assert world.hook_runs == []
