@@ -3686,9 +3686,18 @@ class Upgrade:
 
     def begin(self, tag: str, height: int, current: Path, target: Path) -> None:
         self.close()  # a postUpgrade hook of the last upgrade still running: stopped
-        self.journal = Journal(tag, height, current.name, target.name, "ready", utc_now())
+        self.journal = Journal(tag, height, self.home_relative(current),
+                               self.home_relative(target), "ready", utc_now())
         self.checked = False
         self.write("ready")
+
+    def home_relative(self, folder: Path) -> str:
+        """A folder as the journal names it: relative to HOME (a mapped subfolder such as
+        releases/v2 keeps its path), or absolute when outside it; HOME / it is the folder."""
+        try:
+            return str(folder.relative_to(self.home))
+        except ValueError:
+            return str(folder)
 
     @property
     def unfinished(self) -> bool:

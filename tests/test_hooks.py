@@ -235,6 +235,20 @@ def test_a_journal_written_before_hooks_existed_is_resumed(tmp_path):
 
 # --- postUpgrade, in-process ---
 
+def test_hooks_are_told_the_old_folder_when_current_names_a_subfolder(tmp_path):
+    home = hooks_home(tmp_path, post=True)
+    (home / "releases").mkdir()
+    os.rename(home / "genesis", home / "releases" / "v1")
+    os.symlink("releases/v1", home / "current")
+    world = upgrade_world(home)
+    code, log = run_in_process(home, world)
+    assert code == 0, log
+    assert [(h.name, h.env["VEGAVISOR_OLD_FOLDER"]) for h in world.hook_runs] == [
+        ("preUpgrade", str(home / "releases" / "v1")),
+        ("postUpgrade", str(home / "releases" / "v1"))]
+    assert (journal(home)["from"], journal(home)["to"]) == ("releases/v1", "v2")
+
+
 def test_post_upgrade_runs_once_the_new_core_answers(tmp_path):
     home = hooks_home(tmp_path, pre=False, post=True)
     world = upgrade_world(home)
