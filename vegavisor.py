@@ -3337,6 +3337,23 @@ class Reporter:
                                error=e.strerror or str(e))
         self.write_metrics()
 
+    def upgraded(self, tag: str) -> None:
+        """The upgrade to `tag` is complete: a prefetch record of it (this run's, or one an
+        earlier run left, e.g. "not installed" before an operator installed it) is over."""
+        self.upgrades += 1
+        path = self.home / PREFETCH_STATE_FILE
+        record = self.prefetch or read_record(path, PrefetchState)[0]
+        if record is not None and record.tag == tag:
+            self.prefetch = None
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                self.warn_repeated("prefetch-state", "prefetch state not removed",
+                                   file=str(path), error=e.strerror or str(e))
+        self.write_metrics()
+
     def write_metrics(self) -> None:
         if not self.config.metrics_file:
             return
@@ -3811,7 +3828,7 @@ class Upgrade:
         if journal.step == "started":
             self.write("done", post_upgrade=HookRecord("pending")
                        if self.config.hooks.post_upgrade else None)
-            self.reporter.upgrades += 1
+            self.reporter.upgraded(journal.tag)
             self.log.info("upgrade complete", tag=journal.tag)
         if self.journal.post_upgrade_unfinished:
             self.post_upgrade()

@@ -180,6 +180,9 @@ def test_a_journal_left_at_stopped_is_finished_before_anything_runs(tmp_path):
     write_fake_binary(home / "v2" / "vega", "v2")
     (home / ".upgrade-journal.json").write_text(json.dumps(
         {"tag": "v2", "height": 77, "from": "genesis", "to": "v2", "step": "stopped"}))
+    # the run that stopped at the block had found v2 missing; an operator installed it
+    (home / ".prefetch.json").write_text(json.dumps(
+        {"tag": "v2", "folder": str(home / "v2"), "state": "missing"}))
     world = FakeWorld(home, FakeChain().answer)
     world.stop_at(10)
     code, log = run_in_process(home, world)
@@ -188,6 +191,7 @@ def test_a_journal_left_at_stopped_is_finished_before_anything_runs(tmp_path):
     assert core.version == "v2" and core.argv[-2:] == ("--snapshot.load-from-block-height", "77")
     assert lines(log, "resuming upgrade tag=v2 height=77 step=stopped")
     assert journal(home)["step"] == "done"
+    assert not (home / ".prefetch.json").exists(), "status would say v2 is not installed"
 
 
 def test_a_missing_release_is_reported_once_and_found_once_an_operator_installs_it(tmp_path):
@@ -209,6 +213,7 @@ def test_a_missing_release_is_reported_once_and_found_once_an_operator_installs_
     assert lines(log, "checking prepared release tag=v2")
     assert lines(log, "prepared release checked tag=v2")
     assert [p.version for p in world.started()] == ["v1", "v2"]
+    assert not (home / ".prefetch.json").exists(), "the upgrade to v2 ended its prefetch"
 
 
 def test_a_saved_config_edit_applies_by_itself(tmp_path):
