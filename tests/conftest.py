@@ -34,13 +34,27 @@ sys.path.insert(0, str(ROOT))
 # The fake binaries start with `#!/usr/bin/env python3`: make that the interpreter
 # running the tests, not whatever PATH finds first (a pyenv shim forks bash helpers
 # whose command lines look like cores to the /proc monitor, and is slow). It is the
-# interpreter behind the venv, so that a fake core does not start coverage (the venv's
-# .pth does that for every Python it runs): coverage measures vegavisor.py only, and
-# starting it in each of the suite's thousands of fake cores took a third of its time.
-FAKE_PYTHON_DIR = tempfile.mkdtemp(prefix="vegavisor-tests-python-")
-atexit.register(shutil.rmtree, FAKE_PYTHON_DIR, True)
+# interpreter behind the venv, in a venv of its own without packages: a fake core must
+# not start coverage (the test venv's .pth does that for every Python it runs; it took a
+# third of the suite's time over its thousands of fake cores), nor run the .pth files of
+# the interpreter's own site-packages (40 ms a start on a host with many packages).
+FAKE_PYTHON_ROOT = tempfile.mkdtemp(prefix="vegavisor-tests-python-")
+atexit.register(shutil.rmtree, FAKE_PYTHON_ROOT, True)
+FAKE_PYTHON_DIR = os.path.join(FAKE_PYTHON_ROOT, "bin")
+os.mkdir(FAKE_PYTHON_DIR)
 os.symlink(os.path.realpath(sys.executable), os.path.join(FAKE_PYTHON_DIR, "python3"))
+with open(os.path.join(FAKE_PYTHON_ROOT, "pyvenv.cfg"), "w") as cfg:
+    cfg.write(f"home = {os.path.dirname(os.path.realpath(sys.executable))}\n"
+              "include-system-site-packages = false\n")
 os.environ["PATH"] = FAKE_PYTHON_DIR + os.pathsep + os.environ.get("PATH", "")
+
+# `python -c VIA_CACHED_BYTECODE .../vegavisor.py ARGS` runs vegavisor.py as `python
+# .../vegavisor.py ARGS` does (same argv, sys.path[0] and main), but imports it, so its
+# bytecode is cached: a script is compiled at every start, 0.1 s of CPU the suite would
+# spend thousands of times. Tests of the script's own start run it as a script.
+VIA_CACHED_BYTECODE = ("import os, sys; del sys.argv[0]; "
+                       "sys.path[0] = os.path.dirname(sys.argv[0]); "
+                       "import vegavisor; sys.exit(vegavisor.main())")
 
 # Intervals short enough for tests, long enough that a loaded 2-core machine keeps up.
 FAST_CONFIG = {
@@ -222,8 +236,9 @@ class Visor:
                  preexec_fn: Optional[Callable[[], None]] = None,
                  split_stderr: bool = False) -> None:
         """prefix: a command that runs python (e.g. setpriv ...); launcher: python args
-        before vegavisor.py (e.g. -c CODE ARG); preexec_fn: e.g. setrlimit; split_stderr:
-        stderr to its own file (self.errors) instead of the log, as `run > visor.log`."""
+        before vegavisor.py (default: -c VIA_CACHED_BYTECODE; e.g. -c CODE ARG); preexec_fn:
+        e.g. setrlimit; split_stderr: stderr to its own file (self.errors) instead of the
+        log, as `run > visor.log`."""
         self.home = home
         stamp = time.monotonic_ns()
         self.output = home.root / f"visor-{stamp}.log"
@@ -231,8 +246,8 @@ class Visor:
         self._file = open(self.output, "wb")
         self._errors = open(self.errors, "wb") if split_stderr else None
         self.proc = subprocess.Popen(
-            list(prefix) + [python] + list(launcher) + [str(VEGAVISOR), "run", "--home",
-                                                        str(home.path)],
+            list(prefix) + [python] + list(launcher or ["-c", VIA_CACHED_BYTECODE])
+            + [str(VEGAVISOR), "run", "--home", str(home.path)],
             stdout=self._file, stderr=self._errors or subprocess.STDOUT, env=env,
             cwd=str(home.root), preexec_fn=preexec_fn)
 
@@ -263,7 +278,8 @@ class Visor:
 
 def run_vegavisor(args: Sequence[str], python: str = sys.executable, timeout: float = 30,
                   env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
-    return subprocess.run([python, str(VEGAVISOR)] + list(args), stdout=subprocess.PIPE,
+    return subprocess.run([python, "-c", VIA_CACHED_BYTECODE, str(VEGAVISOR)] + list(args),
+                          stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, timeout=timeout, env=env)
 
 
@@ -805,7 +821,7 @@ def install_elf_version(home, folder: str, version: str, core_args: List[str]) -
     /proc/<pid>/cmdline is exactly the argv visor started (as for a real, compiled vega;
     a #! script's cmdline starts with its interpreter instead)."""
     target = home.install_version(folder, version, core_args)
-    python = os.path.realpath(sys.executable)
+    python = os.path.join(FAKE_PYTHON_DIR, "python3")  # the packageless venv, as for #!
     args = [str(target / "vega")] + home.core_args(core_args)
     (target / "run-config.toml").write_text("\n".join([
         f"name = {json.dumps(version)}", "[vega.binary]", f"path = {json.dumps(python)}",
