@@ -3287,10 +3287,12 @@ class Reporter:
         self.repeats: Dict[str, Tuple[float, int]] = {}
         self.download: Optional[Dict[str, Any]] = None  # set by an install's thread
 
-    def update(self, **changes: Any) -> None:
-        """Change the run state and write it at once (children, phase, how it ended)."""
+    def update(self, save: bool = True, **changes: Any) -> None:
+        """Change the run state and write it at once (children, phase, how it ended), or
+        with the next good poll's write (save=False)."""
         self.state = self.state._replace(**changes)
-        self.save()
+        if save:
+            self.save()
 
     def note_poll(self) -> None:
         """A good poll: written at most every RUN_STATE_POLL_WRITE_SECONDS (the first at once);
@@ -4271,14 +4273,16 @@ class Supervisor:
         previous = self.reporter.state.accepted_tag
         if status.tag and status.tag != previous:
             now = self.world.now()
-            if now - self.tag_changed < REPEAT_WARNING_SECONDS:  # a tag that flips: one line
+            flapping = now - self.tag_changed < REPEAT_WARNING_SECONDS
+            if flapping:  # a tag that flips: one line, and the state file written as polls are
                 self.reporter.warn_repeated("accepted-tag", "the accepted release keeps "
                                             "changing", tag=status.tag, height=status.height,
                                             was=previous)
             else:
                 self.log.info("upgrade accepted", tag=status.tag, height=status.height)
             self.tag_changed = now
-            self.reporter.update(accepted_tag=status.tag, upgrade_height=status.height)
+            self.reporter.update(accepted_tag=status.tag, upgrade_height=status.height,
+                                 save=not flapping)
         self.reporter.note_poll()
         self.prefetch.update(status.tag, run_config, folder)
 

@@ -74,6 +74,33 @@ def test_upgrades_a_minute_apart_each_log_their_acceptance(tmp_path):
     assert not lines(log, "keeps changing")
 
 
+def test_a_flapping_tag_writes_the_run_state_as_polls_do_not_at_every_flip(tmp_path,
+                                                                            monkeypatch):
+    home = make_fake_home(tmp_path)
+    writes = []
+    write_record = vegavisor.write_record
+
+    def counted(path, record, *args, **kwargs):
+        writes.append((path.name, record))
+        return write_record(path, record, *args, **kwargs)
+    monkeypatch.setattr(vegavisor, "write_record", counted)
+    for tag in ("v2", "v3"):
+        write_run_config(home / tag, tag)
+        write_fake_binary(home / tag / "vega", tag)
+
+    def answer(world):  # the tag flips at every poll for ten minutes
+        return vegavisor.UpgradeStatus(False, ("v2", "v3")[len(world.polls) % 2], 5000)
+    world = FakeWorld(home, answer)
+    world.stop_at(600)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    assert len(world.polls) > 1000
+    states = [record for name, record in writes if name == ".run-state.json"]
+    assert len(states) < 30, f"{len(states)} writes of .run-state.json"  # 2,403 before
+    assert len(lines(log, "the accepted release keeps changing")) == 2  # at 0 and 5 min
+    assert states[-1].accepted_tag in ("v2", "v3")
+
+
 def test_a_crash_loop_starts_core_max_restarts_plus_one_times_then_gives_up(tmp_path):
     home = make_fake_home(tmp_path, "maxNumberOfRestarts = 2\nrestartsDelaySeconds = 5\n")
     world = FakeWorld(home)
