@@ -2323,11 +2323,12 @@ def asset_name_problem(name: str) -> Optional[str]:
 
 
 def binary_name_problem(name: str) -> Optional[str]:
-    """Why binaryName would leave the release folder (SPEC 3.1.8), or None."""
-    parts = name.split("/")
-    if name.startswith("/") or "\0" in name or any(p in ("", ".", "..") for p in parts):
-        return (f"[autoInstall.asset] binaryName {name!r} must be a path inside the release "
-                f"folder (e.g. \"vega\" or \"bin/vega\"; no '..', not absolute)")
+    """Why binaryName would leave the release folder (SPEC 3.1.8), or None: the config
+    schema's check, again for an install whose Config was not read from config.toml."""
+    try:
+        _path_inside("the release")(name)
+    except ValueError as e:
+        return f"[autoInstall.asset] binaryName {name!r}: {e}"
     return None
 
 

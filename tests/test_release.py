@@ -463,8 +463,8 @@ def test_an_asset_name_that_is_not_a_plain_file_name_is_refused(installer, githu
 @pytest.mark.timeout(30)
 def test_binary_name_outside_the_folder_is_refused_before_any_request(installer, github):
     assert_install_fails(installer, load_config(installer.home, github.url, binary="../vega"),
-                         r"^cannot install: \[autoInstall.asset\] binaryName '\.\./vega' must "
-                         r"be a path inside the release folder")
+                         r"^cannot install: \[autoInstall.asset\] binaryName '\.\./vega': "
+                         r"expected a path inside the release \(not absolute; no '\.\.'")
     assert github.requests == []
 
 
