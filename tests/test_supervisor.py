@@ -200,6 +200,7 @@ def test_a_dangling_current_points_back_at_genesis_and_its_node_runs(tmp_path):
     world.stop_at(5)
     code, log = run_in_process(home, world)
     assert code == 0
+    assert lines(log, "current points at genesis now")
     assert os.readlink(home / "current") == "genesis"
     assert [(p.version, p.argv[0]) for p in world.started()] == [("v1", f"{home}/current/vega")]
     assert lines(log, "admin socket answering")
