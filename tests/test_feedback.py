@@ -1,5 +1,8 @@
 """SPEC 3.2 through the command line: an operator's mistakes are named within seconds,
-in one line that says what to do, and never as a traceback."""
+in one line that says what to do, and never as a traceback. What `run` decides is driven
+in-process (conftest.FakeWorld: fake clock, processes and admin socket, real files); a
+real `run` only for what needs the real world (other users, a node answering on a real
+socket, closed standard streams, the command lines pgrep sees)."""
 from __future__ import annotations
 
 import json
@@ -11,10 +14,16 @@ from pathlib import Path
 
 import pytest
 
+import vegavisor
+from conftest import FakeChain
+from conftest import FakeWorld
 from conftest import VEGAVISOR
-from conftest import run_vegavisor
-from conftest import set_table
+from conftest import lines
+from conftest import make_fake_home
+from conftest import run_in_process
+from conftest import run_main
 from conftest import wait_for
+from conftest import write_run_config
 
 BLOCKS = ["--block-interval", "0.05"]
 AS_NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
@@ -35,14 +44,14 @@ needs_root = pytest.mark.skipif(not nobody_can_run_this_python(),
                                        "an interpreter nobody can run")
 
 
-def status(home) -> dict:
-    done = run_vegavisor(["status", "--home", str(home.path), "--output", "json"])
+def status(home: Path) -> dict:
+    done = run_main(["status", "--home", str(home), "--output", "json"])
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
     return json.loads(done.stdout)
 
 
-def write_core_config(home, socket: str) -> Path:
-    core_home = home.root / "core-home"
+def write_core_config(root: Path, socket: str) -> Path:
+    core_home = root / "core-home"
     path = core_home / "config" / "node" / "config.toml"
     path.parent.mkdir(parents=True)
     path.write_text(f'[Admin]\n  [Admin.Server]\n    SocketPath = "{socket}"\n'
@@ -50,42 +59,106 @@ def write_core_config(home, socket: str) -> Path:
     return core_home
 
 
-@pytest.mark.timeout(60)
-def test_a_socket_path_that_differs_from_cores_own_is_named_at_start(home, start_visor):
-    core_home = write_core_config(home, str(home.root / "other.sock"))
-    home.install_version("genesis", "v1", ["--home", str(core_home)] + BLOCKS)
-    visor = start_visor()
-    line = visor.wait_log(r"ERROR start-up check .*", timeout=10).group(0)
+class Killed(BaseException):
+    """kill -9 in the in-process world: run ends where it is, nothing after runs."""
+
+
+def kill_9(world: FakeWorld) -> None:
+    raise Killed()
+
+
+# --- what `run` says, in-process ---
+
+def test_a_socket_path_that_differs_from_cores_own_is_named_at_start(tmp_path):
+    home = make_fake_home(tmp_path)
+    core_home = write_core_config(tmp_path, str(tmp_path / "other.sock"))
+    ours = str(tmp_path / "admin.sock")
+    write_run_config(home / "genesis", "v1", socket=ours, args=["node", "--home", str(core_home)])
+    world = FakeWorld(home)
+    world.stop_at(5)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    [line] = lines(log, "ERROR start-up check ")
     # a logfmt value: the finding's own quotes are escaped
-    assert f'finding="{home.path}/genesis/run-config.toml: vega.rpc.socketPath = \\"{home.socket}\\"' \
+    assert f'finding="{home}/genesis/run-config.toml: vega.rpc.socketPath = \\"{ours}\\"' \
         in line
-    assert f'[Admin.Server] SocketPath = \\"{home.root}/other.sock\\": vegavisor would never reach ' \
-           f'core; make them the same"' in line
-    visor.signal(signal.SIGTERM)
-    assert visor.wait_exit() == 0
-    assert "Traceback" not in visor.log()
+    assert f'[Admin.Server] SocketPath = \\"{tmp_path}/other.sock\\": vegavisor would never ' \
+           f'reach core; make them the same"' in line
+    assert "Traceback" not in log
 
 
-@pytest.mark.timeout(60)
-def test_a_core_that_never_answers_is_warned_about_within_ten_seconds(home, start_visor):
-    home.install_version("genesis", "v1", BLOCKS)
+def test_a_core_that_never_answers_is_warned_about_within_ten_seconds(tmp_path):
+    home = make_fake_home(tmp_path, "maxNumberOfFirstConnectionRetries = 1000\n")
     # the run-config's [vega.rpc] names a socket core never opens (core keeps its own)
-    path = home.path / "genesis" / "run-config.toml"
-    rpc_line = f"socketPath = {json.dumps(home.socket)}"
-    assert rpc_line in path.read_text()
-    path.write_text(path.read_text().replace(
-        rpc_line, f"socketPath = {json.dumps(str(home.root / 'wrong.sock'))}"))
-    # polls 0.1 s apart: 100 failed polls (conftest's limit) would give up at 10 s
-    home.set_config(maxNumberOfFirstConnectionRetries=1000)
-    visor = start_visor()
-    line = visor.wait_log(r"WARN  core has not answered yet .*", timeout=15).group(0)
-    assert f"socket={home.root}/wrong.sock waited=10" in line
-    report = status(home)
+    wrong = str(tmp_path / "wrong.sock")
+    write_run_config(home / "genesis", "v1", socket=wrong)
+    world = FakeWorld(home, FakeChain(listen_after=10**9).answer)
+    reports = []
+    world.at(11, lambda w: reports.append(status(home)))
+    world.stop_at(12)
+    lock = vegavisor.lock_home(home)  # as `run` holds it: status reads the state as fresh
+    try:
+        code, log = run_in_process(home, world)
+    finally:
+        os.close(lock)
+    assert code == 0
+    [line] = lines(log, "WARN  core has not answered yet ")
+    assert f"socket={wrong} waited=10 " in line
+    [report] = reports
     assert "has not answered for 10s" in report["run"]["waiting"]
     assert any("has not answered for 10s" in p for p in report["problems"])
-    visor.signal(signal.SIGTERM)
-    assert visor.wait_exit() == 0
 
+
+@pytest.mark.parametrize("how", ["sigterm", "gave-up", "kill-9"])
+def test_status_says_how_run_ended_and_since_when(tmp_path, how):
+    home = make_fake_home(tmp_path, "maxNumberOfRestarts = 0\n")
+    world = FakeWorld(home)
+    if how == "sigterm":
+        world.stop_at(10)
+    elif how == "gave-up":
+        world.at(10, lambda w: w.live("core").exit(-signal.SIGSEGV))
+    else:
+        world.at(10, kill_9)
+    lock = vegavisor.lock_home(home)  # as `run` holds it; its file stays when run ends
+    try:
+        run_in_process(home, world)
+    except Killed:
+        assert how == "kill-9"
+    finally:
+        os.close(lock)
+    run = status(home)["run"]
+    assert run["running"] is False and run["endedAt"]
+    expected = {"sigterm": "stopped by SIGTERM", "gave-up": "gave up: core ",
+                "kill-9": "died without a word"}[how]
+    assert run["ended"].startswith(expected), run
+    state = json.loads((home / ".run-state.json").read_text())
+    assert state["phase"] == {"sigterm": "stopped", "gave-up": "failed",
+                              "kill-9": "running"}[how]
+    text = run_main(["status", "--home", str(home)]).stdout
+    assert f"vegavisor  not running since {run['endedAt']}: {expected}" in text
+
+
+def test_json_logs_use_vegas_keys(tmp_path):
+    home = make_fake_home(tmp_path, '[logging]\nformat = "json"\n')
+    world = FakeWorld(home)
+    world.stop_at(5)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    records = [json.loads(line) for line in log.splitlines()]
+    assert records and all({"T", "L", "N", "M"} <= set(r) for r in records)
+    assert {r["N"] for r in records} == {"vegavisor"}
+    assert "admin socket answering" in [r["M"] for r in records]
+
+
+def test_version_flag_and_a_tilde_home(tmp_path):
+    done = run_main(["--version"])
+    assert (done.returncode, done.stdout.startswith("vegavisor ")) == (0, True)
+    done = run_main(["init", "--home=~/vv"], env={"HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "vv" / "config.toml").is_file() and not Path("~").exists()
+
+
+# --- the real world: other users, real sockets, closed streams, real command lines ---
 
 @needs_root
 @pytest.mark.timeout(60)
@@ -127,48 +200,10 @@ def test_status_answers_with_a_broken_config_and_a_healthy_node(home, start_viso
     visor = start_visor()
     visor.wait_log("admin socket answering")
     (home.path / "config.toml").write_text("pollIntervalSeconds = [\n")
-    report = status(home)
+    report = status(home.path)
     assert report["node"]["reachable"] is True
     assert report["run"]["running"] is True
     assert report["problems"][0].startswith(f"config: {home.path}/config.toml: line 2")
-    visor.signal(signal.SIGTERM)
-    assert visor.wait_exit() == 0
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("how", ["sigterm", "gave-up", "kill-9"])
-def test_status_says_how_run_ended_and_since_when(home, start_visor, how):
-    home.install_version("genesis", "v1", BLOCKS + (["--crash-at-height", "4"]
-                                                   if how == "gave-up" else []))
-    home.set_config(maxNumberOfRestarts=0)
-    visor = start_visor()
-    visor.wait_log("started role=core")
-    if how == "sigterm":
-        visor.wait_log("admin socket answering")
-        visor.signal(signal.SIGTERM)
-    elif how == "kill-9":
-        visor.wait_log("admin socket answering")
-        visor.signal(signal.SIGKILL)
-    visor.wait_exit()
-    run = status(home)["run"]
-    assert run["running"] is False and run["endedAt"]
-    expected = {"sigterm": "stopped by SIGTERM", "gave-up": "gave up: core ",
-                "kill-9": "died without a word"}[how]
-    assert run["ended"].startswith(expected), run
-    state = json.loads((home.path / ".run-state.json").read_text())
-    assert state["phase"] == {"sigterm": "stopped", "gave-up": "failed",
-                              "kill-9": "running"}[how]
-    text = run_vegavisor(["status", "--home", str(home.path)]).stdout
-    assert f"vegavisor  not running since {run['endedAt']}: {expected}" in text
-
-
-@pytest.mark.timeout(60)
-def test_children_do_not_inherit_the_github_token(home, start_visor):
-    home.install_version("genesis", "v1", BLOCKS)
-    visor = start_visor(env=dict(os.environ, GITHUB_TOKEN="ghp_not_for_core"))
-    pid = int(visor.wait_log(r"started role=core pid=(\d+)").group(1))
-    environ = Path(f"/proc/{pid}/environ").read_bytes()
-    assert b"GITHUB_TOKEN" not in environ and b"VEGAVISOR_CHILD=" in environ
     visor.signal(signal.SIGTERM)
     assert visor.wait_exit() == 0
 
@@ -203,28 +238,6 @@ def test_a_closed_stdout_and_stderr_do_not_stop_run(home):
 
 
 @pytest.mark.timeout(60)
-def test_json_logs_use_vegas_keys(home, start_visor):
-    home.install_version("genesis", "v1", BLOCKS)
-    set_table(home, "logging", format="json")
-    visor = start_visor()
-    visor.wait_log('"M": "admin socket answering"')
-    visor.signal(signal.SIGTERM)
-    assert visor.wait_exit() == 0
-    records = [json.loads(line) for line in visor.log().splitlines() if line.startswith("{")]
-    assert records and all({"T", "L", "N", "M"} <= set(r) for r in records)
-    assert {r["N"] for r in records} == {"vegavisor"}
-
-
-def test_version_flag_and_a_tilde_home(tmp_path):
-    done = run_vegavisor(["--version"])
-    assert (done.returncode, done.stdout.startswith("vegavisor ")) == (0, True)
-    env = dict(os.environ, HOME=str(tmp_path))
-    done = run_vegavisor(["init", "--home=~/vv"], env=env)
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "vv" / "config.toml").is_file() and not Path("~").exists()
-
-
-@pytest.mark.timeout(60)
 def test_run_with_its_standard_streams_closed_supervises_and_stops_cleanly(home):
     """`vegavisor run >&- 2>&- <&-` (some init systems start it so): the node runs, no log
     line lands in a file vegavisor opened in their place, and SIGTERM still stops it."""
@@ -233,8 +246,8 @@ def test_run_with_its_standard_streams_closed_supervises_and_stops_cleanly(home)
         ["bash", "-c", 'exec "$0" "$1" run --home "$2" <&- >&- 2>&-',
          sys.executable, str(VEGAVISOR), str(home.path)])
     try:
-        wait_for(lambda: status(home)["node"]["reachable"], 20, "the node to answer")
-        assert status(home)["run"]["running"]
+        wait_for(lambda: status(home.path)["node"]["reachable"], 20, "the node to answer")
+        assert status(home.path)["run"]["running"]
     finally:
         visor.send_signal(signal.SIGTERM)
         code = visor.wait(timeout=30)

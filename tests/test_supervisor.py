@@ -1,18 +1,245 @@
-"""`vegavisor.py run` supervising the fake core: start, poll, crashes, signals, limits."""
+"""`vegavisor.py run` supervising core: restarts, backoff, limits, data node, `current`
+(in-process: conftest.FakeWorld's fake clock, processes and admin socket, real files in a
+temporary home), then what only the real world shows (a real `run` of the fake core:
+signals, the run lock, exec bits and formats of a real binary, the child's environment)."""
 from __future__ import annotations
 
+import argparse
+import io
+import json
 import os
+import re
 import signal
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import VEGAVISOR
+import vegavisor
+from conftest import FakeChain
+from conftest import FakeWorld
+from conftest import lines
+from conftest import make_fake_home
+from conftest import run_in_process
+from conftest import run_vegavisor
 from conftest import wait_for
 
 BLOCKS = ["--block-interval", "0.05"]
 
+
+def crash_after(seconds: float, code: int = -signal.SIGSEGV):
+    """An on_step that ends every core `seconds` after it started, with `code`."""
+    def crash(world: FakeWorld) -> None:
+        for proc in world.procs:
+            if proc.role == "core" and proc.code is None and world.clock - proc.started >= seconds:
+                proc.exit(code)
+    return crash
+
+
+def times(world: FakeWorld, event: str, role: str = "core") -> list:
+    return [e[0] for e in world.events if e[1] == event and e[2] == role]
+
+
+# --- restarts, backoff and limits (in-process) ---
+
+def test_restarts_back_off_doubling_up_to_the_cap(tmp_path):
+    home = make_fake_home(tmp_path, "maxNumberOfRestarts = 3\nrestartsDelaySeconds = 2\n"
+                                    "restartsBackoffMaxSeconds = 5\n")
+    world = FakeWorld(home)
+    world.on_step = crash_after(1)
+    code, log = run_in_process(home, world)
+    assert code == 1
+    delays = [float(d) for d in re.findall(r"restarting delay=([\d.]+)", log)]
+    assert delays == [2, 4, 5]
+    gaps = [start - exit for exit, start in zip(times(world, "exit"), times(world, "spawn")[1:])]
+    assert gaps == pytest.approx([2, 4, 5]), "each restart waits its delay, on the clock"
+
+
+def test_a_child_exiting_0_counts_as_a_crash(tmp_path):
+    home = make_fake_home(tmp_path, "maxNumberOfRestarts = 0\n")
+    world = FakeWorld(home)
+    world.on_step = crash_after(5, code=0)
+    code, log = run_in_process(home, world)
+    assert code == 1
+    assert len(world.started()) == 1
+    assert log.splitlines()[-1].endswith(
+        f'ERROR giving up reason="core {home}/current/vega exited with status 0; it was '
+        f'restarted 0 times already (maxNumberOfRestarts = 0), giving up"')
+
+
+@pytest.mark.parametrize("uptime, gives_up", [(40, False), (20, True)],
+                         ids=["longer-than-reset", "shorter-than-reset"])
+def test_restart_count_resets_after_a_long_enough_uptime(tmp_path, uptime, gives_up):
+    home = make_fake_home(tmp_path, "maxNumberOfRestarts = 1\nrestartsResetAfterSeconds = 30\n")
+    world = FakeWorld(home)
+    world.on_step = crash_after(uptime)
+    world.stop_at(200)
+    code, log = run_in_process(home, world)
+    if gives_up:  # the second crash is the second restart: over the limit of 1
+        assert code == 1 and len(world.started()) == 2
+        assert "(maxNumberOfRestarts = 1), giving up" in log.splitlines()[-1]
+    else:  # every crash after 40 s up is the first restart again
+        assert code == 0 and len(world.started()) >= 4
+        assert len(lines(log, "restart=1 limit=1")) >= 3 and not lines(log, "restart=2")
+
+
+def test_a_node_ignoring_sigterm_is_killed_after_the_grace(tmp_path):
+    home = make_fake_home(tmp_path, "stopSignalTimeoutSeconds = 15\n")
+    world = FakeWorld(home)
+
+    def ignore_sigterm(w: FakeWorld) -> None:
+        for proc in w.procs:
+            proc.ignores_sigterm = True
+    world.on_step = ignore_sigterm
+    world.stop_at(10)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    [core] = world.started()
+    assert core.signals == [signal.SIGTERM, signal.SIGKILL]
+    assert times(world, "exit") == [pytest.approx(25)], "SIGKILL 15 s after SIGTERM"
+    assert lines(log, f"killing role=core pid={core.pid} version=v1 signal=SIGKILL "
+                      f"reason=\"still running 15s after SIGTERM\"")
+    assert lines(log, f'stopped role=core pid={core.pid} version=v1 '
+                      f'status="terminated by SIGKILL"')
+
+
+def test_an_admin_socket_that_never_answers_gives_up(tmp_path):
+    """First start: maxNumberOfFirstConnectionRetries retries, pollIntervalSeconds apart."""
+    home = make_fake_home(tmp_path, "maxNumberOfFirstConnectionRetries = 3\n")
+    world = FakeWorld(home, FakeChain(listen_after=10**9).answer)
+    code, log = run_in_process(home, world)
+    assert code == 1
+    assert world.polls == [2, 4, 6, 8]
+    assert log.splitlines()[-1].endswith(
+        'ERROR giving up reason="core\'s admin socket /tmp/fake.sock failed 4 polls in a row, '
+        '2s apart (maxNumberOfFirstConnectionRetries = 3); last error: the socket file does '
+        'not exist (core still starting?)"')
+    assert world.live("core") is None and world.started()[0].signals == [signal.SIGTERM]
+
+
+def test_an_admin_socket_that_stops_answering_is_warned_once_then_given_up_on(tmp_path):
+    home = make_fake_home(tmp_path, "maxNumberOfFirstConnectionRetries = 3\n")
+
+    def answer(world: FakeWorld) -> object:  # core answers, then hangs from 20 s on
+        if world.clock >= 20:
+            raise vegavisor.AdminError("no answer within 5s")
+        return FakeChain().answer(world)
+    world = FakeWorld(home, answer)
+    code, log = run_in_process(home, world)
+    assert code == 1
+    assert [t for t in world.polls if t >= 20] == [20, 22, 24, 26]
+    [warned] = lines(log, "WARN  admin socket stopped answering ")
+    assert 'attempt=1 limit=3 error="no answer within 5s"' in warned
+    assert log.splitlines()[-1].endswith(
+        'failed 4 polls in a row, 2s apart (maxNumberOfFirstConnectionRetries = 3); last '
+        'error: no answer within 5s"')
+
+
+def test_a_missing_binary_exits_1_naming_it(tmp_path):
+    home = make_fake_home(tmp_path)
+    (home / "genesis" / "vega").unlink()
+    world = FakeWorld(home)
+    code, log = run_in_process(home, world)
+    assert code == 1
+    assert world.procs == []
+    assert log.splitlines()[-1].endswith(
+        f'ERROR giving up reason="binary {home}/current/vega does not exist"')
+
+
+# --- the data node (in-process) ---
+
+def test_a_core_crash_stops_the_data_node_and_restarts_core_from_its_history(tmp_path):
+    home = make_fake_home(tmp_path, data_node=True)
+    world = FakeWorld(home)
+    queries = []
+    world.query = lambda argv: queries.append(argv) or '{"LatestSegment": {"to_height": 500}}'
+    world.at(10, lambda w: w.live("core").exit(1))
+    world.stop_at(30)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    first, restarted = world.started()
+    assert restarted.argv == (f"{home}/current/vega", "node",
+                              "--snapshot.load-from-block-height", "500")
+    assert lines(log, "core resumes from the data node's history height=500")
+    assert queries == [[f"{home}/current/vega", "datanode", "network-history",
+                        "latest-history-segment", "--output", "json"]]
+    old_dn, new_dn = world.started("data node")
+    assert old_dn.signals == [signal.SIGTERM], "a crash brings the data node down"
+    assert times(world, "exit", "data node")[0] <= restarted.started == new_dn.started
+
+
+def test_a_data_node_without_history_restarts_core_as_configured(tmp_path):
+    home = make_fake_home(tmp_path, data_node=True)
+    world = FakeWorld(home)  # its query answers "no history segments found"
+    world.at(10, lambda w: w.live("core").exit(1))
+    world.stop_at(30)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    assert lines(log, "data node has no history segments; core restarts as configured")
+    assert [p.argv[1:] for p in world.started()] == [("node",), ("node",)]
+
+
+def test_a_data_node_crashing_alone_brings_core_down(tmp_path):
+    home = make_fake_home(tmp_path, "maxNumberOfRestarts = 0\n", data_node=True)
+    world = FakeWorld(home)
+    world.at(10, lambda w: w.live("data node").exit(1))
+    code, log = run_in_process(home, world)
+    assert code == 1
+    assert log.splitlines()[-1].endswith(
+        f'ERROR giving up reason="data node {home}/current/vega exited with status 1; it was '
+        f'restarted 0 times already (maxNumberOfRestarts = 0), giving up"')
+    [core] = world.started()
+    assert core.signals == [signal.SIGTERM] and world.live("core") is None
+
+
+# --- HOME/current and config.toml at start (in-process) ---
+
+def test_a_dangling_current_points_back_at_genesis_and_its_node_runs(tmp_path):
+    home = make_fake_home(tmp_path)
+    os.symlink("v9-gone", home / "current")
+    world = FakeWorld(home)
+    world.stop_at(5)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    assert lines(log, "current points at genesis now")
+    assert os.readlink(home / "current") == "genesis"
+    assert [(p.version, p.argv[0]) for p in world.started()] == [("v1", f"{home}/current/vega")]
+    assert lines(log, "admin socket answering")
+
+
+def test_current_that_is_a_real_folder_is_moved_aside_not_deleted(tmp_path):
+    # SPEC 3.1.6: a real folder without a run-config is moved aside and genesis linked
+    home = make_fake_home(tmp_path)
+    (home / "current").mkdir()
+    (home / "current" / "keep.txt").write_text("operator data")
+    world = FakeWorld(home)
+    world.stop_at(5)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    assert lines(log, f"WARN  current points at genesis now link={home}/current "
+                      f"was=\"{home}/current is a folder without run-config.toml; "
+                      f"`vegavisor run` points it at genesis\"")
+    [moved] = home.glob(".current-replaced-*")
+    assert lines(log, f"WARN  current was a real folder; moved aside folder={moved}")
+    assert (moved / "keep.txt").read_text() == "operator data"
+    assert os.readlink(home / "current") == "genesis"
+    assert [p.version for p in world.started()] == ["v1"]
+
+
+def test_unknown_config_key_is_warned_and_run_goes_on(tmp_path):
+    home = make_fake_home(tmp_path, "restartDelaySeconds = 1\n")
+    out = io.StringIO()
+    # as cmd_run opens the home: config warnings are its first lines
+    _, config, log = vegavisor.open_home(argparse.Namespace(home=str(home)), out)
+    world = FakeWorld(home)
+    world.stop_at(5)
+    code = vegavisor.Supervisor(home, config, log, world, {}).run()
+    assert code == 0
+    assert re.search(r"WARN  config warning problem=.*unknown key restartDelaySeconds is "
+                     r"ignored \(did you mean restartsDelaySeconds\?\)", out.getvalue())
+    assert [p.version for p in world.started()] == ["v1"]
+
+
+# --- the real world: a real `vegavisor.py run` of the fake core ---
 
 def alive(pid: int) -> bool:
     try:
@@ -30,12 +257,14 @@ def started_pids(home, role="core"):
 @pytest.mark.timeout(60)
 def test_runs_the_node_and_sigterm_stops_it_with_exit_0(home, start_visor):
     home.install_version("genesis", "v1", BLOCKS)
-    visor = start_visor()
+    visor = start_visor(env=dict(os.environ, GITHUB_TOKEN="ghp_not_for_core"))
     visor.wait_log(r"INFO  started role=core pid=\d+ version=v1 attempt=1")
     visor.wait_log(r"INFO  admin socket answering socket=")
     [pid] = started_pids(home)
-    rpc_calls = wait_for(lambda: len(home.records("rpc")) >= 3, 10, "three admin polls")
-    assert rpc_calls
+    # the environment the child really got: no token, the marker a later run finds it by
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert b"GITHUB_TOKEN" not in environ and b"VEGAVISOR_CHILD=" in environ
+    wait_for(lambda: len(home.records("rpc")) >= 3, 10, "three admin polls")
     visor.signal(signal.SIGTERM)
     assert visor.wait_exit() == 0
     assert not alive(pid)
@@ -44,6 +273,7 @@ def test_runs_the_node_and_sigterm_stops_it_with_exit_0(home, start_visor):
     assert f"stopped role=core pid={pid} version=v1 status=\"exited with status 0\"" in log
     assert "vegavisor stopped signal=SIGTERM" in log
     assert [r["event"] for r in home.records(role="core")].count("sigterm") == 1
+    assert json.loads((home.path / ".run-state.json").read_text())["children"] == []
 
 
 @pytest.mark.timeout(60)
@@ -55,145 +285,6 @@ def test_sigint_stops_like_sigterm(home, start_visor):
     assert visor.wait_exit() == 0
     assert "vegavisor stopped signal=SIGINT" in visor.log()
     assert home.records("sigterm"), "the node gets SIGTERM, not the SIGINT"
-
-
-@pytest.mark.timeout(60)
-def test_crash_loop_exits_1_after_exactly_max_restarts(home, start_visor):
-    home.set_config(maxNumberOfRestarts=2)
-    home.install_version("genesis", "v1", BLOCKS + ["--crash-at-height", "3",
-                                                    "--crash-signal", "SEGV"])
-    visor = start_visor()
-    assert visor.wait_exit(30) == 1
-    assert len(started_pids(home)) == 3  # the first start and exactly 2 restarts
-    last = visor.log().strip().splitlines()[-1]
-    assert "ERROR giving up" in last
-    assert "terminated by SIGSEGV; it was restarted 2 times already " \
-           "(maxNumberOfRestarts = 2), giving up" in last
-    # children run as HOME/current/<binary> (SPEC 3.1.5)
-    assert f'reason="core {home.path}/current/vega terminated by SIGSEGV' in last
-
-
-@pytest.mark.timeout(60)
-def test_restarts_back_off_doubling_up_to_the_cap(home, start_visor):
-    home.set_config(maxNumberOfRestarts=3, restartsDelaySeconds=0.2,
-                    restartsBackoffMaxSeconds=0.5)
-    home.install_version("genesis", "v1", BLOCKS + ["--crash-at-height", "1"])
-    visor = start_visor()
-    assert visor.wait_exit(30) == 1
-    delays = [float(d) for d in __import__("re").findall(r"restarting delay=([\d.]+)",
-                                                           visor.log())]
-    assert delays == [0.2, 0.4, 0.5]
-    starts = [r["time"] for r in home.records("start")]
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
-    assert all(gap >= delay for gap, delay in zip(gaps, delays)), (gaps, delays)
-
-
-@pytest.mark.timeout(60)
-def test_a_child_exiting_0_counts_as_a_crash(home, start_visor):
-    home.set_config(maxNumberOfRestarts=0)
-    home.install_version("genesis", "v1", BLOCKS + ["--exit-zero-at-height", "2"])
-    visor = start_visor()
-    assert visor.wait_exit(30) == 1
-    assert "exited with status 0; it was restarted 0 times already" in visor.log()
-
-
-@pytest.mark.timeout(60)
-def test_restart_count_resets_after_a_long_enough_uptime(home, start_visor):
-    home.set_config(maxNumberOfRestarts=1, restartsResetAfterSeconds=0.3)
-    home.install_version("genesis", "v1", BLOCKS + ["--crash-at-height", "12"])
-    visor = start_visor()
-    wait_for(lambda: len(started_pids(home)) >= 4, 30, "a fourth start")
-    assert visor.proc.poll() is None, visor.log()
-    assert "restart=1 limit=1" in visor.log() and "restart=2" not in visor.log()
-    visor.signal(signal.SIGTERM)
-    assert visor.wait_exit() == 0
-
-
-@pytest.mark.timeout(60)
-def test_a_node_ignoring_sigterm_is_killed_after_the_grace(home, start_visor):
-    home.set_config(stopSignalTimeoutSeconds=0.5)
-    home.install_version("genesis", "v1", BLOCKS + ["--ignore-sigterm"])
-    visor = start_visor()
-    visor.wait_log("admin socket answering")
-    [pid] = started_pids(home)
-    visor.signal(signal.SIGTERM)
-    assert visor.wait_exit() == 0
-    assert not alive(pid)
-    assert f"killing role=core pid={pid} version=v1 signal=SIGKILL reason=\"still running " \
-           f"0.5s after SIGTERM\"" in visor.log()
-    assert "status=\"terminated by SIGKILL\"" in visor.log()
-
-
-@pytest.mark.timeout(60)
-def test_admin_socket_that_never_answers_gives_up(home, start_visor):
-    home.set_config(maxNumberOfFirstConnectionRetries=3)
-    home.install_version("genesis", "v1", BLOCKS + ["--socket-delay", "600"])
-    visor = start_visor()
-    assert visor.wait_exit(30) == 1
-    last = visor.log().strip().splitlines()[-1]
-    assert last.endswith(f'ERROR giving up reason="core\'s admin socket {home.socket} failed 4 '
-                         f'polls in a row, 0.1s apart (maxNumberOfFirstConnectionRetries = 3); '
-                         f'last error: the socket file does not exist (core still starting?)"')
-    assert not any(alive(pid) for pid in started_pids(home))
-
-
-@pytest.mark.timeout(60)
-def test_hanging_admin_socket_counts_as_failed_polls(home, start_visor):
-    home.set_config(maxNumberOfFirstConnectionRetries=2, rpcTimeoutSeconds=0.3)
-    home.install_version("genesis", "v1", BLOCKS + ["--rpc-fault", "hang"])
-    visor = start_visor()
-    assert visor.wait_exit(30) == 1
-    assert "failed 3 polls in a row" in visor.log()
-    assert "last error: no answer within 0.3s" in visor.log()
-
-
-@pytest.mark.timeout(60)
-def test_data_node_runs_and_a_crash_restarts_core_from_its_history(home, start_visor):
-    home.dn_home.mkdir()
-    (home.dn_home / "fake-latest-segment").write_text("500\n")
-    home.install_version("genesis", "v1", BLOCKS + ["--crash-at-height", "4"], data_node=True)
-    visor = start_visor()
-    wait_for(lambda: len(started_pids(home)) >= 2, 30, "a restart of core")
-    visor.wait_log("core resumes from the data node's history height=500")
-    restarted = home.records("start", role="core")[1]
-    assert restarted["argv"][-2:] == ["--snapshot.load-from-block-height", "500"]
-    wait_for(lambda: len(started_pids(home, "datanode")) >= 2, 10, "the data node's restart")
-    first_dn = started_pids(home, "datanode")[0]
-    assert not alive(first_dn), "a crash brings the data node down"
-    visor.signal(signal.SIGTERM)
-    assert visor.wait_exit() == 0
-
-
-@pytest.mark.timeout(60)
-def test_a_data_node_without_history_restarts_core_as_configured(home, start_visor):
-    home.install_version("genesis", "v1", BLOCKS + ["--crash-at-height", "4"], data_node=True)
-    visor = start_visor()
-    visor.wait_log("data node has no history segments; core restarts as configured")
-    wait_for(lambda: len(started_pids(home)) >= 2, 30, "a restart of core")
-    assert "--snapshot.load-from-block-height" not in home.records("start", role="core")[1]["argv"]
-    visor.signal(signal.SIGTERM)
-    assert visor.wait_exit() == 0
-
-
-@pytest.mark.timeout(60)
-def test_a_data_node_crashing_alone_brings_core_down(home, start_visor):
-    home.set_config(maxNumberOfRestarts=0)
-    home.install_version("genesis", "v1", BLOCKS, data_node=True,
-                         data_node_args=["--crash-after", "0.5"])
-    visor = start_visor()
-    assert visor.wait_exit(30) == 1
-    assert "giving up reason=\"data node" in visor.log()
-    assert not any(alive(pid) for pid in started_pids(home))
-
-
-@pytest.mark.timeout(60)
-def test_missing_binary_exits_1_naming_it(home, start_visor):
-    folder = home.install_version("genesis", "v1", BLOCKS)
-    (folder / "vega").unlink()
-    visor = start_visor()
-    assert visor.wait_exit() == 1
-    assert visor.log().strip().splitlines()[-1].endswith(
-        f'ERROR giving up reason="binary {home.path}/current/vega does not exist"')
 
 
 @pytest.mark.timeout(60)
@@ -223,55 +314,10 @@ def test_only_one_run_per_home(home, start_visor):
     home.install_version("genesis", "v1", BLOCKS)
     first = start_visor()
     first.wait_log("admin socket answering")
-    second = subprocess.run([sys.executable, str(VEGAVISOR), "run", "--home", str(home.path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=20)
+    second = run_vegavisor(["run", "--home", str(home.path)], timeout=20)
     assert second.returncode == 1
     assert (f"another vegavisor (pid {first.proc.pid}) is running on {home.path}"
             in second.stderr)
     assert len(started_pids(home)) == 1
     first.signal(signal.SIGTERM)
     assert first.wait_exit() == 0
-
-
-@pytest.mark.timeout(60)
-def test_dangling_current_points_back_at_genesis(home, start_visor):
-    home.install_version("genesis", "v1", BLOCKS)
-    os.symlink("v9-gone", home.path / "current")
-    visor = start_visor()
-    visor.wait_log("current points at genesis")
-    visor.wait_log("admin socket answering")
-    assert os.readlink(home.path / "current") == "genesis"
-    visor.signal(signal.SIGTERM)
-    assert visor.wait_exit() == 0
-
-
-@pytest.mark.timeout(60)
-def test_current_that_is_a_real_folder_is_moved_aside_not_deleted(home, start_visor):
-    # SPEC 3.1.6: a real folder without a run-config is moved aside and genesis linked
-    home.install_version("genesis", "v1", BLOCKS)
-    (home.path / "current").mkdir()
-    (home.path / "current" / "keep.txt").write_text("operator data")
-    visor = start_visor()
-    visor.wait_log(f"WARN  current points at genesis now link={home.path}/current "
-                   f"was=\"{home.path}/current is a folder without run-config.toml; "
-                   f"`vegavisor run` points it at genesis\"")
-    aside = visor.wait_log(r"WARN  current was a real folder; moved aside folder=(\S+)").group(1)
-    visor.wait_log("admin socket answering")
-    assert os.readlink(home.path / "current") == "genesis"
-    [moved] = home.path.glob(".current-replaced-*")
-    assert str(moved) == aside
-    assert (moved / "keep.txt").read_text() == "operator data"
-    visor.signal(signal.SIGTERM)
-    assert visor.wait_exit() == 0
-
-
-@pytest.mark.timeout(60)
-def test_unknown_config_key_is_warned_and_run_goes_on(home, start_visor):
-    home.set_config(restartDelaySeconds=1)
-    home.install_version("genesis", "v1", BLOCKS)
-    visor = start_visor()
-    visor.wait_log(r"WARN  config warning problem=.*unknown key restartDelaySeconds is ignored "
-                   r"\(did you mean restartsDelaySeconds\?\)")
-    visor.wait_log("admin socket answering")
-    visor.signal(signal.SIGTERM)
-    assert visor.wait_exit() == 0
