@@ -4516,10 +4516,12 @@ def check_core_admin_config(path: Path, args: Sequence[str], rpc: RpcConfig) -> 
         if theirs is None:
             found.append(_note(f"{config_path}: [Admin.Server] {theirs_key} is not set; "
                                f"{path}: vega.rpc.{key} not checked"))
-        elif theirs != ours:
+        elif theirs != ours:  # shown whole, as ours is: the two are to be compared
+            shown = json.dumps(theirs) if isinstance(theirs, str) and len(theirs) <= 200 \
+                else _show(theirs)
             found.append(_problem(
                 f"{path}: vega.rpc.{key} = {json.dumps(ours)}, but core's {config_path} has "
-                f"[Admin.Server] {theirs_key} = {_show(theirs)}: vegavisor would never "
+                f"[Admin.Server] {theirs_key} = {shown}: vegavisor would never "
                 f"reach core; make them the same"))
     return found
 

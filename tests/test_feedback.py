@@ -71,7 +71,8 @@ def kill_9(world: FakeWorld) -> None:
 
 def test_a_socket_path_that_differs_from_cores_own_is_named_at_start(tmp_path):
     home = make_fake_home(tmp_path)
-    core_home = write_core_config(tmp_path, str(tmp_path / "other.sock"))
+    theirs = str(tmp_path / ("other-" + "x" * 60 + ".sock"))  # shown whole, not cut at 80
+    core_home = write_core_config(tmp_path, theirs)
     ours = str(tmp_path / "admin.sock")
     write_run_config(home / "genesis", "v1", socket=ours, args=["node", "--home", str(core_home)])
     world = FakeWorld(home)
@@ -82,7 +83,7 @@ def test_a_socket_path_that_differs_from_cores_own_is_named_at_start(tmp_path):
     # a logfmt value: the finding's own quotes are escaped
     assert f'finding="{home}/genesis/run-config.toml: vega.rpc.socketPath = \\"{ours}\\"' \
         in line
-    assert f'[Admin.Server] SocketPath = \\"{tmp_path}/other.sock\\": vegavisor would never ' \
+    assert f'[Admin.Server] SocketPath = \\"{theirs}\\": vegavisor would never ' \
            f'reach core; make them the same"' in line
     assert "Traceback" not in log
 
