@@ -1,6 +1,7 @@
 """The supervisor in-process (SPEC 1.6, 2.4, 3.1, 3.2, 3.3): a fake clock, fake processes
 and a fake admin socket (conftest.FakeWorld), real files in a temporary home. Each test
-takes milliseconds; the same behaviour end to end is in test_supervisor.py."""
+takes milliseconds; test_supervisor.py has more, beside the few real-process runs that
+check the real world end to end (signals, exec formats, the lock between two runs)."""
 from __future__ import annotations
 
 import json
