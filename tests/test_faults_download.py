@@ -61,10 +61,11 @@ BIG_ASSET_BYTES = 20 * 1024 * 1024
 FILE_SIZE_LIMIT = 5 * 1024 * 1024
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
-# Runs vegavisor.py as __main__ after installing an audit hook that appends one line
-# per name lookup ("resolve HOST") and per IP connect ("connect HOST") to argv[1].
+# Runs vegavisor.py (as conftest's VIA_CACHED_BYTECODE does) after installing an audit
+# hook that appends one line per name lookup ("resolve HOST") and per IP connect
+# ("connect HOST") to argv[1].
 AUDIT_LAUNCHER = r"""
-import os, runpy, sys
+import os, sys
 LOG = sys.argv[1]
 def record(kind, host):
     fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -81,7 +82,9 @@ def hook(event, args):
         record("connect", args[-1][0])
 sys.addaudithook(hook)
 sys.argv = sys.argv[2:]
-runpy.run_path(sys.argv[0], run_name="__main__")
+sys.path[0] = os.path.dirname(sys.argv[0])
+import vegavisor
+sys.exit(vegavisor.main())
 """
 
 
