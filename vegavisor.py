@@ -4623,6 +4623,26 @@ def home_folders(home: Path) -> List[Path]:
             if p.is_dir() and p.name != CURRENT_LINK and not p.name.startswith(".")]
 
 
+def version_folders(home: Path, upgrade_folders: Dict[str, str]) -> List[Path]:
+    """HOME's version folders, each once: its own, the subfolders upgradeFolders maps tags
+    to, and the folder `current` runs when it is neither (e.g. releases/v1, /opt/vega/v1)."""
+    mapped = {home / name for name in upgrade_folders.values() if "/" in name}
+    folders = home_folders(home) + sorted(p for p in mapped if p.is_dir())
+    current = read_current(home)
+    if current.usable and current.folder is not None and os.path.realpath(current.folder) \
+            not in {os.path.realpath(p) for p in folders}:
+        folders.append(current.folder)
+    return folders
+
+
+def folder_name(home: Path, folder: Path) -> str:
+    """A version folder as upgradeFolders names it: relative to HOME, else absolute."""
+    try:
+        return str(folder.relative_to(home))
+    except ValueError:
+        return str(folder)
+
+
 def folder_tag(name: str, upgrade_folders: Dict[str, str]) -> Optional[str]:
     """The release whose upgrade uses folder `name` (SPEC 1.2); None for genesis and others."""
     mapped = sorted(tag for tag, folder in upgrade_folders.items() if folder == name)
@@ -4654,10 +4674,8 @@ def validate_home(home: Path, timeout: float) -> Tuple[List[Finding], int]:
     found += [(_note if usable else _problem)(current.problem)] if current.problem else []
     # 3. every version folder: run-config, binaries, and core's and the data node's config
     checked = 0
-    subfolders = {home / name for name in upgrade_folders.values() if "/" in name}
-    for folder in home_folders(home) + sorted(p for p in subfolders if p.is_dir()):
-        name = str(folder.relative_to(home))
-        tag = folder_tag(name, upgrade_folders)
+    for folder in version_folders(home, upgrade_folders):
+        tag = folder_tag(folder_name(home, folder), upgrade_folders)
         if tag is not None and not TAG_FOLDER_RE.fullmatch(tag):
             found.append(_note(f"{folder} is for {tag!r}, which is not a release tag (the Go "
                                f"Visor's init writes such an example): not checked"))
@@ -4797,10 +4815,10 @@ def current_json(current: CurrentLink, run_config: Optional[RunConfig], problems
             and run_config else None, "version": version, "error": current.problem or None}
 
 
-def describe_installed(home: Path) -> List[Dict[str, Any]]:
-    """Every folder holding a run-config (not via `current`): its folder and name."""
+def describe_installed(home: Path, upgrade_folders: Dict[str, str]) -> List[Dict[str, Any]]:
+    """Every version folder holding a run-config: its folder and name."""
     installed = []
-    for folder in home_folders(home):
+    for folder in version_folders(home, upgrade_folders):
         if not (folder / RUN_CONFIG_FILE).is_file():
             continue
         try:
@@ -4842,7 +4860,7 @@ def collect_status(home: Path, request_id: int) -> Dict[str, Any]:
     report = {
         "home": str(home),
         "current": current_json(current, run_config, problems),
-        "installed": describe_installed(home),
+        "installed": describe_installed(home, config.upgrade_folders),
         "node": node,
         "run": run_json(holder, state),
         "prefetch": prefetch.to_json() if prefetch else None,
@@ -5224,8 +5242,8 @@ def tags_json(home: Path, config: Config, current_name: str, in_use: Path
     `current` runs (in_use); and the problems of the state files read on the way."""
     (state, prefetch, journal), problems = read_state_records(home)
     known = [(tag, "upgradeFolders") for tag in config.upgrade_folders]
-    known += [(folder_tag(folder.name, config.upgrade_folders), "folder")
-              for folder in home_folders(home)]
+    known += [(folder_tag(folder_name(home, folder), config.upgrade_folders), "folder")
+              for folder in version_folders(home, config.upgrade_folders)]
     known += [(current_name if current_name != GENESIS_FOLDER else None, "current"),
               (state and state.accepted_tag, "accepted"), (prefetch and prefetch.tag, "prefetch"),
               (journal and journal.tag, "journal")]

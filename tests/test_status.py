@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -168,6 +169,20 @@ def test_status_json_has_the_spec_shape(home):
     assert {"running", "pid", "restarts", "phase", "lastPollOk", "stale"} <= set(report["run"])
     assert (report["prefetch"], report["lastUpgrade"], report["upgradeInProgress"]) == (
         None, None, None)
+
+
+@pytest.mark.timeout(30)
+def test_installed_names_mapped_subfolders_and_what_current_runs(home):
+    set_table(home, "upgradeFolders", v2="releases/v2")
+    home.install_version("releases/v2", "v2")
+    home.install_version(str(home.root / "opt" / "v1"), "v1")
+    os.symlink(home.root / "opt" / "v1", home.path / "current")
+    report = status(home)
+    assert report["installed"] == [
+        {"folder": str(home.path / "genesis"), "name": "genesis"},
+        {"folder": str(home.path / "releases" / "v2"), "name": "v2"},
+        {"folder": str(home.root / "opt" / "v1"), "name": "v1"}]
+    assert re.search(r"^installed +genesis, v2, v1 \(current\)$", status(home, "human"), re.M)
 
 
 @pytest.mark.timeout(30)

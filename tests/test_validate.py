@@ -212,6 +212,17 @@ BREAKAGES = {
                    h.install_version("releases/v2", "v3")),
         r"releases/v2/run-config\.toml: vega\.binary\.path: the binary reports version v3, but "
         r"this folder is for release v2"),
+    # what current runs is checked when it is no folder of HOME's own, nor mapped
+    "current-in-a-subfolder-without-binary": (
+        lambda h: (h.install_version("releases/v1", "v1"), relink_current(h, "releases/v1"),
+                   h.path.joinpath("releases", "v1", "vega").unlink()),
+        r"releases/v1/run-config\.toml: vega\.binary\.path: \S+/releases/v1/vega does not "
+        r"exist"),
+    "current-outside-home-without-binary": (
+        lambda h: (h.install_version(str(h.root / "opt" / "v1"), "v1"),
+                   relink_current(h, str(h.root / "opt" / "v1")),
+                   h.root.joinpath("opt", "v1", "vega").unlink()),
+        r"opt/v1/run-config\.toml: vega\.binary\.path: \S+/opt/v1/vega does not exist"),
     "metrics-folder-missing": (
         lambda h: h.set_config(metricsFile=str(h.root / "nowhere" / "vegavisor.prom")),
         r'config\.toml: metricsFile = "\S+/nowhere/vegavisor\.prom": \S+/nowhere is not a '
