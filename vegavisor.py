@@ -1177,9 +1177,19 @@ def read_toml_file(path: Path) -> dict:
         raise ConfigError(f"{path}: line {e.line}, column {e.col}: {e.msg}") from None
 
 
+def not_a_home(home: Path) -> str:
+    """What to do about a --home that is no folder."""
+    if home.is_file():  # named the file, as other tools' --config does
+        return (f"{home} is a file, not a home; --home names the folder that holds "
+                f"{CONFIG_FILE} (here {home.parent})")
+    return f"{home} is not a folder; create a home with `vegavisor init --home {home}`"
+
+
 def read_config_toml(home: Path) -> dict:
     """HOME/config.toml parsed; a ConfigError saying how to make one when it is missing."""
     path = home / CONFIG_FILE
+    if not home.is_dir():
+        raise ConfigError(not_a_home(home))
     if not path.exists():
         raise ConfigError(f"{path} does not exist; create it with `vegavisor init --home {home}`")
     return read_toml_file(path)
@@ -4656,8 +4666,7 @@ def folder_tag(name: str, upgrade_folders: Dict[str, str]) -> Optional[str]:
 def validate_home(home: Path, timeout: float) -> Tuple[List[Finding], int]:
     """Every problem of a home in one pass, and how many version folders were checked."""
     if not home.is_dir():
-        return [_problem(f"{home} is not a folder; create a home with "
-                         f"`vegavisor init --home {home}`")], 0
+        return [_problem(not_a_home(home))], 0
     found = check_home_writable(home)
     # 1. vegavisor's own config.toml, and the folder of its metricsFile
     path = home / CONFIG_FILE
@@ -5266,8 +5275,7 @@ def collect_config(home: Path, home_source: str, env: Dict[str, str],
                    host: Tuple[str, str]) -> Dict[str, Any]:
     """What `config` shows (its JSON form); ConfigError as `run` gives it for a bad file."""
     if not home.is_dir():
-        raise ConfigError(f"{home} is not a folder; create a home with "
-                          f"`vegavisor init --home {home}`")
+        raise ConfigError(not_a_home(home))
     # 1. config.toml, read strictly as `run` reads it
     doc = read_config_toml(home)
     config, warnings = parse_config(doc, home / CONFIG_FILE)

@@ -79,6 +79,23 @@ def test_no_home_at_all_is_a_usage_error(command, monkeypatch, capsys):
         f"vegavisor: error: {command}: --home is required (or set VEGAVISOR_HOME)\n")
 
 
+@pytest.mark.parametrize("command", [["run"], ["validate"], ["status"], ["config"],
+                                     ["prepare-upgrade", "v2"]])
+@pytest.mark.timeout(10)
+def test_a_home_given_as_its_config_file_names_the_folder_to_give(command, tmp_path, capsys):
+    assert vegavisor.main(["init", "--home", str(tmp_path)]) == 0
+    capsys.readouterr()
+    code = vegavisor.main([command[0], "--home", str(tmp_path / "config.toml")] + command[1:])
+    out, err = capsys.readouterr()
+    said = (f"{tmp_path}/config.toml is a file, not a home; --home names the folder that "
+            f"holds config.toml (here {tmp_path})")
+    # validate and status report it as their finding; the others exit 2 with it
+    assert (code, out + err) in [(1, f"problem: {said}\n1 problem in {tmp_path}/config.toml (0 "
+                                     f"version folders checked)\n"),
+                                 (2, f"vegavisor: error: {said}\n")] or (
+        command == ["status"] and code == 0 and f"  - config: {said}\n" in out), (code, out, err)
+
+
 @pytest.mark.parametrize("argv", [[], ["frobnicate"], ["version", "--output", "xml"]])
 @pytest.mark.timeout(10)
 def test_bad_usage_exits_2(argv, capsys):
