@@ -127,8 +127,10 @@ class SlowJob:
 
 
 class SlowInstallWorld(FakeWorld):
+    install_seconds = 20.0
+
     def start_job(self, name, work):
-        self.job = SlowJob(self, work, 20)
+        self.job = SlowJob(self, work, self.install_seconds)
         return self.job
 
 
@@ -144,6 +146,23 @@ def test_admin_polling_goes_on_while_a_slow_prefetch_downloads(tmp_path):
     assert log.index("prefetching tag=v2") < log.index("prefetched tag=v2") \
         < log.index("ready to upgrade")
     assert [t for t, _ in world.installs] == [job.due], "one install, none at the block"
+
+
+def test_a_prefetch_still_under_way_at_the_block_is_waited_for_not_started_again(tmp_path):
+    home = make_fake_home(tmp_path, AUTO)
+    world = far_world(home, SlowInstallWorld)
+    world.install_seconds = 80.0  # accepted at 2 s, done at 82 s: after the block at 60
+    code, log = run_in_process(home, world)
+    assert_upgraded_at_60(home, world, code, log)
+    job = world.job
+    assert [t for t, _ in world.installs] == [job.due], "one install: the prefetch's"
+    assert line_index(log, "ready to upgrade tag=v2") \
+        < line_index(log, "waiting for the prefetch to finish tag=v2") \
+        < line_index(log, "prefetched tag=v2") < line_index(log, "switched")
+    assert "installing tag=v2" not in log
+    [v1_exit] = [e[0] for e in world.events if e[1] == "exit" and e[3] == world.started()[0].pid]
+    assert v1_exit >= job.due, "the node runs on at the block until the prefetch is done"
+    assert world.started()[1].started >= job.due
 
 
 class FlakyWorld(FakeWorld):

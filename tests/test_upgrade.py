@@ -17,6 +17,7 @@ import pytest
 
 import vegavisor
 from conftest import FakeChain
+from conftest import FakeJob
 from conftest import FakeWorld
 from conftest import host_asset_name
 from conftest import lines
@@ -201,6 +202,47 @@ def test_an_install_retry_at_the_block_waits_for_the_rate_limit_reset(tmp_path):
     first, second = [t for t, _ in world.installs]
     assert second - first == 100, "not restartsDelaySeconds (5 s): the reset"
     assert lines(log, "ERROR install failed tag=v2 attempt=1 limit=1 retry_in=100 ")
+
+
+class ProgressJob:
+    """An install that runs at once, reporting half its bytes, then takes `seconds` of the
+    world's clock to finish (a FakeJob is done at once)."""
+
+    def __init__(self, world: FakeWorld, work, seconds: float) -> None:
+        self.world, self.due = world, world.clock + seconds
+        job = FakeJob(work)
+        self.error, self.retry_after = job.error, job.retry_after
+
+    def done(self) -> bool:
+        return self.world.clock >= self.due
+
+    def cancel(self) -> None:
+        pass
+
+
+class ProgressWorld(FakeWorld):
+    def install(self, home, config, tag, folder, current, cancel, on_progress=None):
+        super().install(home, config, tag, folder, current, cancel, on_progress)
+        on_progress(vegavisor.download_progress(500, 1000, 5.0))
+
+    def start_job(self, name, work):
+        return ProgressJob(self, work, 30)
+
+
+def test_a_download_at_the_block_shows_its_progress_in_the_run_state(tmp_path):
+    home = make_fake_home(tmp_path, AUTO + "prefetch = false\n")
+    world = ProgressWorld(home, FakeChain("v2", upgrade_height=20).answer)
+    world.releases["v2"] = "v2"
+    seen = []
+    world.at(35, lambda w: seen.append(json.loads((home / ".run-state.json").read_text())))
+    world.stop_at(90)
+    code, log = run_in_process(home, world)
+    assert_switched(home, world, code, log)
+    [during] = seen
+    assert during["phase"] == "upgrading"
+    assert during["download"] == {"tag": "v2", "done": 500, "total": 1000, "rate": 100,
+                                  "eta": 5.0}, "status shows the download under way"
+    assert json.loads((home / ".run-state.json").read_text())["download"] is None
 
 
 # --- real processes, end to end ---
