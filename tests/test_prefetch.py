@@ -19,7 +19,6 @@ from conftest import FakeChain
 from conftest import FakeJob
 from conftest import FakeWorld
 from conftest import host_asset_name
-from conftest import lines
 from conftest import make_release_zip
 from conftest import make_fake_home
 from conftest import run_in_process
