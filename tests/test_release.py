@@ -713,3 +713,137 @@ def test_an_os_error_while_installing_is_one_line_naming_the_folder(installer, g
         vegavisor.install_release(installer.home.path, config, "v2", folder, current, None,
                                   installer.log)
     assert leftovers(installer.home) == ["a-file"]
+
+
+# --- what a real `run` installed at the upgrade block (test_upgrade.py), decided here ---
+
+def zip_with(entries: List[Any]) -> bytes:
+    """A zip of (ZipInfo, bytes) entries, for hostile archives."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        for info, data in entries:
+            z.writestr(info, data)
+    return buffer.getvalue()
+
+
+def hostile(name: str, mode: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.external_attr = mode << 16
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info
+
+
+BAD_RELEASES = [
+    pytest.param(lambda gh, z: gh.add_release("v2", {host_asset_name(): z},
+                                              digest="sha256:" + "0" * 64),
+                 r"has SHA-256 [0-9a-f]{64}, expected 0{64}", id="wrong-digest"),
+    pytest.param(lambda gh, z: gh.add_releases(["v1", "v3"], {host_asset_name(): z}),
+                 r"vegaprotocol/vega has no release v2; its 2 releases are: v3, v1",
+                 id="missing-tag"),
+    pytest.param(lambda gh, z: gh.add_release("v2", {"vega-plan9-mips.zip": z}),
+                 r"release v2 of vegaprotocol/vega has no asset vega-\w+-\w+\.zip; it has: "
+                 r"vega-plan9-mips\.zip", id="missing-asset"),
+    pytest.param(lambda gh, z: (gh.add_release("v2", {host_asset_name(): z}),
+                                gh.truncate(r"^/objects/", 1000)),
+                 r"gave 1000 bytes, GitHub says it has \d+", id="truncated"),
+    pytest.param(lambda gh, z: gh.add_release("v2", {host_asset_name(): zip_with(
+        [(hostile("vega", 0o100755), b"#!/bin/sh\n"),
+         (hostile("../escaped", 0o100644), b"owned")])}),
+        r"holds '\.\./escaped', a path outside its folder", id="zip-slip"),
+    pytest.param(lambda gh, z: gh.add_release("v2", {host_asset_name(): zip_with(
+        [(hostile("vega", 0o120777), b"/bin/sh")])}),
+        r"holds 'vega', a symlink; only files and folders are unpacked", id="symlink"),
+    pytest.param(lambda gh, z: gh.add_release("v2", {host_asset_name(): zip_with(
+        [(hostile("vega", 0o100755), b"\0" * (80 * 1024 * 1024))])}),
+        r"would unpack to 83886080 bytes, more than the 67108864 allowed \(a zip bomb\?\)",
+        id="zip-bomb"),
+    pytest.param(lambda gh, z: (gh.add_release("v2", {host_asset_name(): z}),
+                                gh.rate_limit(403, reset=4102444800)),
+                 r"GitHub's API rate limit is used up \(.* answered 403\); it resets at "
+                 r"2100-01-01 00:00:00 UTC; set GITHUB_TOKEN for a higher limit",
+                 id="rate-limit"),
+    pytest.param(lambda gh, z: (gh.add_release("v2", {host_asset_name(): z}),
+                                gh.redirect(r"^/repos/.*/releases/assets/",
+                                            "http://downloads.example.com/vega.zip")),
+                 r"refused the redirect from .*: 'http://downloads\.example\.com/vega\.zip' is "
+                 r"plain http:// to a host that is not loopback", id="insecure-redirect"),
+    pytest.param(lambda gh, z: gh.add_release("v2", {host_asset_name(): b"PK not a zip"}),
+                 r"is not a valid zip archive", id="not-a-zip"),
+    pytest.param(lambda gh, z: gh.add_release("v2", {host_asset_name(): zip_with(
+        [(hostile("vega", 0o100755), b"#!/bin/sh\necho '{\"version\": \"v3\"}'\n")])}),
+        r"the asset's vega reports version v3, not v2", id="wrong-version"),
+    pytest.param(lambda gh, z: gh.add_release("v2", {host_asset_name(): zip_with(
+        [(hostile("vega-binary", 0o100755), b"#!/bin/sh\n")])}),
+        r"the asset holds no vega \(its top level holds: vega-binary\)", id="no-binary"),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("arrange", "error"), BAD_RELEASES)
+def test_a_bad_release_is_never_installed(installer, github, short_tmp, arrange, error):
+    arrange(github, release_zip(short_tmp))
+    assert_install_fails(installer, load_config(installer.home, github.url),
+                         r"^cannot install v2 from vegaprotocol/vega: .*" + error)
+    assert not (installer.home.path.parent / "escaped").exists()
+
+
+@pytest.mark.timeout(60)
+def test_more_than_100_releases_and_assets_are_paged(installer, github, short_tmp):
+    filler = {f"extra-{i:03}.zip": b"x" for i in range(150)}
+    github.add_release("v2", dict(filler, **{host_asset_name(): release_zip(short_tmp)}),
+                       embed_assets=10)
+    github.add_releases([f"v1.{i}" for i in range(160)])
+    github.fail(r"/releases/tags/", 404)  # as for a tag the API does not find directly
+    folder = installer(load_config(installer.home, github.url))
+    assert vegavisor.binary_version(folder / "vega") == "v2"
+    pages = [r.path for r in github.requests if re.search(r"/releases\?|/assets\?", r.path)]
+    assert any("page=2" in p and "/releases?" in p for p in pages), pages
+    assert any("page=2" in p and "/assets?" in p for p in pages), pages
+
+
+@pytest.mark.timeout(30)
+def test_require_checksum_refuses_an_asset_without_one(installer, github, short_tmp):
+    github.add_release("v2", {host_asset_name(): release_zip(short_tmp)}, digest=None)
+    assert_install_fails(installer, load_config(installer.home, github.url,
+                                                requireChecksum=True),
+                         r"has no known SHA-256 .* requireChecksum = true")
+    assert not [r for r in github.requests if r.path.startswith("/objects/")], \
+        "nothing was downloaded"
+
+
+@pytest.mark.timeout(30)
+def test_a_pinned_checksum_verifies_an_asset_without_digest(installer, github, short_tmp):
+    import hashlib
+    data = release_zip(short_tmp)
+    github.add_release("v2", {host_asset_name(): data}, digest=None)
+    set_table(installer.home, "autoInstall.checksums",
+              v2="sha256:" + hashlib.sha256(data).hexdigest())
+    folder = installer(load_config(installer.home, github.url, requireChecksum=True))
+    assert "verified=sha256" in installer.lines("downloaded")[0]
+    assert vegavisor.binary_version(folder / "vega") == "v2"
+
+
+@pytest.mark.timeout(30)
+def test_an_install_into_a_subfolder_makes_its_parent(installer, github, short_tmp):
+    """SPEC 1.7: an [upgradeFolders] value may name a subfolder that does not exist yet."""
+    github.add_release("v2", {host_asset_name(): release_zip(short_tmp)})
+    config = load_config(installer.home, github.url)
+    current, _ = vegavisor.load_run_config(installer.home.path / "genesis")
+    folder = installer.home.path / "releases" / "v2"
+    vegavisor.install_release(installer.home.path, config, "v2", folder, current, None,
+                              installer.log)
+    assert 'name = "v2"' in (folder / "run-config.toml").read_text()
+    assert vegavisor.binary_version(folder / "vega") == "v2"
+
+
+@pytest.mark.timeout(30)
+def test_the_installed_run_config_keeps_the_running_data_node(installer, github, short_tmp):
+    github.add_release("v2", {host_asset_name(): release_zip(short_tmp)})
+    installer.home.install_version("genesis", "v1", ["--flag"], data_node=True)
+    genesis, _ = vegavisor.load_run_config(installer.home.path / "genesis")
+    folder = installer(load_config(installer.home, github.url))
+    installed, _ = vegavisor.load_run_config(folder)
+    assert installed.name == "v2" and installed.rpc == genesis.rpc
+    assert installed.vega.args == genesis.vega.args
+    assert installed.data_node == genesis.data_node and installed.data_node.args[:2] == (
+        "datanode", "start")

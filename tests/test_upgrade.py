@@ -1,27 +1,251 @@
-"""Protocol upgrades through `vegavisor.py run` with the fake core and the fake GitHub."""
+"""Protocol upgrades: which folder is used, what is installed and what never runs.
+
+The decisions run in-process (conftest.FakeWorld: fake clock, processes, admin answers and
+installs; each test takes milliseconds); the install decisions (checksums, paging, bad
+archives) are in test_release.py, against the fake GitHub. A few real `vegavisor.py run`
+processes with the fake core and the fake GitHub remain, end to end: a real download that
+is verified and switched to, and a SIGTERM during a stalled lookup."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import signal
 import stat
-import zipfile
 
 import pytest
 
+import vegavisor
+from conftest import FakeChain
+from conftest import FakeJob
+from conftest import FakeWorld
 from conftest import host_asset_name
+from conftest import lines
+from conftest import make_fake_home
 from conftest import make_release_zip
-from conftest import run_vegavisor
+from conftest import run_in_process
+from conftest import run_main
 from conftest import set_table
 from conftest import wait_for
+from conftest import write_fake_binary
+from conftest import write_run_config
 
 TOKEN = "ghp_fakeTOKENthatMustNeverShow1234567890"
+AUTO = "[autoInstall]\nenabled = true\n"
+SNAPSHOT = "--snapshot.load-from-block-height"
 # v1 accepts v2 at height 2 and is ready to upgrade at height 8 (0.4 s in).
 UPGRADE = ["--block-interval", "0.05", "--upgrade-tag", "v2", "--accept-height", "2",
            "--upgrade-height", "8"]
 
+
+# --- in-process: the supervisor's decisions, on a fake clock ---
+
+def prepare(home, folder: str, version: str, data_node: bool = False) -> None:
+    """A release folder as an operator makes it by hand."""
+    write_run_config(home / folder, version, data_node=data_node)
+    write_fake_binary(home / folder / "vega", version)
+
+
+def upgrade_world(home, stop: float = 60) -> FakeWorld:
+    """v1 accepts v2 at 2 s and is ready to upgrade at block 20 (20 s in)."""
+    world = FakeWorld(home, FakeChain("v2", upgrade_height=20).answer)
+    world.stop_at(stop)
+    return world
+
+
+def assert_switched(home, world: FakeWorld, code: int, log: str, folder: str = "v2") -> None:
+    assert code == 0, log
+    v1, v2 = world.started()
+    assert (v1.version, v2.version) == ("v1", "v2")
+    assert v2.argv[-2:] == (SNAPSHOT, "20"), "the new core starts from the upgrade snapshot"
+    assert os.path.realpath(home / "current") == os.path.realpath(home / folder)
+    if "/" not in folder:
+        assert os.readlink(home / "current") == folder, "relative, as Go's Visor makes it"
+    assert log.index("ready to upgrade tag=v2 height=20") < log.index("switched")
+    assert lines(log, f"version checked role=core binary={home / folder / 'vega'} version=v2")
+
+
+def assert_never_switched(home, world: FakeWorld, code: int, log: str, reason: str) -> None:
+    """Exit 1 naming why; the node stays at v1, current at genesis; nothing else ran."""
+    assert code == 1, log
+    last = log.splitlines()[-1]
+    assert "ERROR giving up" in last and reason in last, last
+    assert os.readlink(home / "current") == "genesis"
+    assert [p.version for p in world.started()] == ["v1"], "no node ran another release"
+
+
+def test_a_pre_made_folder_is_used_as_the_operator_prepared_it(tmp_path):
+    home = make_fake_home(tmp_path, AUTO + 'githubApiUrl = "http://127.0.0.1:9"\n')
+    prepare(home, "v2", "v2")
+    world = upgrade_world(home)  # world.releases is empty: an install would fail
+    code, log = run_in_process(home, world)
+    assert_switched(home, world, code, log)
+    assert world.installs == [], "a prepared folder is checked, never downloaded"
+    assert lines(log, "prepared release checked tag=v2")
+    assert not lines(log, "installing") and not lines(log, "prefetching")
+
+
+def test_upgrade_folders_maps_a_tag_to_another_folder(tmp_path):
+    home = make_fake_home(tmp_path, AUTO + '[upgradeFolders]\nv2 = "custom-v2"\n')
+    prepare(home, "custom-v2", "v2")
+    world = upgrade_world(home)
+    code, log = run_in_process(home, world)
+    assert_switched(home, world, code, log, folder="custom-v2")
+    assert world.installs == [] and not (home / "v2").exists()
+
+
+def test_auto_install_off_and_no_folder_exits_1_naming_it(tmp_path):
+    home = make_fake_home(tmp_path, "[autoInstall]\nenabled = false\n")
+    world = upgrade_world(home)
+    code, log = run_in_process(home, world)
+    assert_never_switched(home, world, code, log, (
+        f"release v2 is not installed: {home}/v2 does not exist and auto-install is off "
+        f"([autoInstall] enabled); create it with the release's binaries and a "
+        f"run-config.toml, or run `vegavisor prepare-upgrade --home {home} v2` with "
+        f"auto-install on, then start vegavisor again"))
+    assert world.installs == []
+
+
+def test_a_folder_without_run_config_is_a_clear_error(tmp_path):
+    home = make_fake_home(tmp_path, AUTO)
+    (home / "v2").mkdir()
+    world = upgrade_world(home)
+    world.releases["v2"] = "v2"  # never installed: the folder is there
+    code, log = run_in_process(home, world)
+    assert_never_switched(home, world, code, log, f"{home}/v2 exists but has no run-config.toml")
+    assert world.installs == [] and list((home / "v2").iterdir()) == []
+
+
+def test_a_pre_made_folder_with_the_wrong_version_never_runs(tmp_path):
+    home = make_fake_home(tmp_path, AUTO)
+    prepare(home, "v2", "v3")
+    world = upgrade_world(home)
+    code, log = run_in_process(home, world)
+    assert_never_switched(home, world, code, log,
+                          f"core binary {home}/v2/vega reports version v3, not v2")
+
+
+class ReleaseWorld(FakeWorld):
+    """Installs write the run-config vegavisor's installer writes (derived from the running
+    one, data node and all) beside a fake binary, and move it into place as it does."""
+
+    def install(self, home, config, tag, folder, current, cancel, on_progress=None):
+        self.installs.append((self.clock, tag))
+        self.folders = getattr(self, "folders", []) + [folder]
+        if self.releases.get(tag) is None:
+            raise vegavisor.InstallError(self.install_error)
+        staged = home / f".staged-{tag}"
+        write_fake_binary(staged / "vega", self.releases[tag])
+        document = vegavisor.run_config_document(vegavisor.release_run_config(current, tag,
+                                                                              "vega"))
+        (staged / "run-config.toml").write_text(vegavisor.write_toml(document))
+        vegavisor.move_into_place(staged, folder)
+
+
+def test_auto_install_into_a_mapped_subfolder_that_does_not_exist_yet(tmp_path):
+    """SPEC 1.7: an [upgradeFolders] value may name a subfolder; its parent is made."""
+    home = make_fake_home(tmp_path, AUTO + '[upgradeFolders]\nv2 = "releases/v2"\n')
+    world = ReleaseWorld(home, FakeChain("v2", upgrade_height=20).answer)
+    world.releases["v2"] = "v2"
+    world.stop_at(60)
+    code, log = run_in_process(home, world)
+    assert_switched(home, world, code, log, folder="releases/v2")
+    assert world.folders == [home / "releases" / "v2"]
+    assert 'name = "v2"' in (home / "releases" / "v2" / "run-config.toml").read_text()
+    assert json.loads((home / ".upgrade-journal.json").read_text())["to"] == "releases/v2"
+
+
+def test_auto_install_with_a_data_node(tmp_path):
+    home = make_fake_home(tmp_path, AUTO, data_node=True)
+    world = ReleaseWorld(home, FakeChain("v2", upgrade_height=20).answer)
+    world.releases["v2"] = "v2"
+    world.stop_at(60)
+    code, log = run_in_process(home, world)
+    assert_switched(home, world, code, log)
+    assert [p.version for p in world.started("data node")] == ["v1", "v2"]
+    v2 = world.started("data node")[1]
+    assert v2.argv[1:3] == ("datanode", "start"), "the installed run-config keeps the data node"
+    assert lines(log, f"version checked role=\"data node\" binary={home / 'v2' / 'vega'}")
+
+
+@pytest.mark.parametrize("restarts", [0, 2])
+def test_a_failed_install_at_the_block_is_retried_then_gives_up_and_never_runs(
+        tmp_path, restarts):
+    home = make_fake_home(tmp_path, f"maxNumberOfRestarts = {restarts}\nrestartsDelaySeconds = 5\n"
+                          + AUTO + "prefetch = false\n")
+    world = upgrade_world(home, stop=10**3)
+    world.install_error = "cannot install v2 from vegaprotocol/vega: answered HTTP 500"
+    code, log = run_in_process(home, world)
+    assert_never_switched(home, world, code, log, (
+        f"cannot install v2 from vegaprotocol/vega: answered HTTP 500 (gave up after "
+        f"{restarts + 1} attempts: maxNumberOfRestarts = {restarts})"))
+    times = [t for t, _ in world.installs]
+    assert len(times) == restarts + 1 and times[0] >= 20, "at the block, not before"
+    assert [b - a for a, b in zip(times, times[1:])] == [5, 10][:restarts], "the backoff"
+    assert len(lines(log, "ERROR install failed tag=v2")) == restarts
+    assert world.live("core") is None and not (home / "v2").exists()
+
+
+class RateLimitedWorld(FakeWorld):
+    def install(self, home, config, tag, folder, current, cancel, on_progress=None):
+        self.installs.append((self.clock, tag))
+        raise vegavisor.InstallError("GitHub's API rate limit is used up", retry_after=100)
+
+
+def test_an_install_retry_at_the_block_waits_for_the_rate_limit_reset(tmp_path):
+    home = make_fake_home(tmp_path, "maxNumberOfRestarts = 1\nrestartsDelaySeconds = 5\n"
+                          + AUTO + "prefetch = false\n")
+    world = RateLimitedWorld(home, FakeChain("v2", upgrade_height=20).answer)
+    code, log = run_in_process(home, world)
+    assert_never_switched(home, world, code, log, "GitHub's API rate limit is used up (gave "
+                          "up after 2 attempts: maxNumberOfRestarts = 1)")
+    first, second = [t for t, _ in world.installs]
+    assert second - first == 100, "not restartsDelaySeconds (5 s): the reset"
+    assert lines(log, "ERROR install failed tag=v2 attempt=1 limit=1 retry_in=100 ")
+
+
+class ProgressJob:
+    """An install that runs at once, reporting half its bytes, then takes `seconds` of the
+    world's clock to finish (a FakeJob is done at once)."""
+
+    def __init__(self, world: FakeWorld, work, seconds: float) -> None:
+        self.world, self.due = world, world.clock + seconds
+        job = FakeJob(work)
+        self.error, self.retry_after = job.error, job.retry_after
+
+    def done(self) -> bool:
+        return self.world.clock >= self.due
+
+    def cancel(self) -> None:
+        pass
+
+
+class ProgressWorld(FakeWorld):
+    def install(self, home, config, tag, folder, current, cancel, on_progress=None):
+        super().install(home, config, tag, folder, current, cancel, on_progress)
+        on_progress(vegavisor.download_progress(500, 1000, 5.0))
+
+    def start_job(self, name, work):
+        return ProgressJob(self, work, 30)
+
+
+def test_a_download_at_the_block_shows_its_progress_in_the_run_state(tmp_path):
+    home = make_fake_home(tmp_path, AUTO + "prefetch = false\n")
+    world = ProgressWorld(home, FakeChain("v2", upgrade_height=20).answer)
+    world.releases["v2"] = "v2"
+    seen = []
+    world.at(35, lambda w: seen.append(json.loads((home / ".run-state.json").read_text())))
+    world.stop_at(90)
+    code, log = run_in_process(home, world)
+    assert_switched(home, world, code, log)
+    [during] = seen
+    assert during["phase"] == "upgrading"
+    assert during["download"] == {"tag": "v2", "done": 500, "total": 1000, "rate": 100,
+                                  "eta": 5.0}, "status shows the download under way"
+    assert json.loads((home / ".run-state.json").read_text())["download"] is None
+
+
+# --- real processes, end to end ---
 
 def use_github(home, gh, **keys) -> None:
     set_table(home, "autoInstall", githubApiUrl=gh.url, **keys)
@@ -31,101 +255,23 @@ def release_zip(tmp, version="v2", **kwargs) -> bytes:
     return make_release_zip(tmp / f"release-{version}.zip", version, **kwargs).read_bytes()
 
 
-def zip_with(entries) -> bytes:
-    """A zip of (ZipInfo or name, bytes) entries, for hostile archives."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-        for info, data in entries:
-            z.writestr(info, data)
-    return buffer.getvalue()
-
-
 def core_starts(home, version=None):
     return [r for r in home.records("start", role="core")
             if version is None or r["version"] == version]
 
 
-def assert_upgraded(home, visor, folder="v2", data_node=False):
+def assert_upgraded(home, visor, folder="v2"):
     visor.wait_log(r"INFO  started role=core pid=\d+ version=v2 attempt=1")
     wait_for(lambda: core_starts(home, "v2"), 10, "the v2 core's first line of life")
     [new] = core_starts(home, "v2")
-    assert new["argv"][-2:] == ["--snapshot.load-from-block-height", "8"]
+    assert new["argv"][-2:] == [SNAPSHOT, "8"]
     assert (home.path / "current").resolve() == (home.path / folder).resolve()
-    if "/" not in folder:
-        assert os.readlink(home.path / "current") == folder, "relative, as Go's Visor makes it"
-    if data_node:
-        wait_for(lambda: [r for r in home.records("start", role="datanode")
-                          if r["version"] == "v2"], 10, "the v2 data node")
+    assert os.readlink(home.path / "current") == folder, "relative, as Go's Visor makes it"
     log = visor.log()
     assert log.index("ready to upgrade tag=v2 height=8") < log.index("switched")
     assert "version checked " in log
     visor.signal(signal.SIGTERM)
     assert visor.wait_exit() == 0
-
-
-def assert_nothing_installed(home, visor, error):
-    assert visor.wait_exit(30) == 1
-    last = visor.log().strip().splitlines()[-1]
-    assert "ERROR giving up" in last
-    assert re.search(error, last), last
-    assert not (home.path / "v2").exists()
-    assert [p.name for p in home.path.iterdir() if p.name.startswith(".staging")] == []
-    assert os.readlink(home.path / "current") == "genesis"
-    assert core_starts(home, "v2") == [], "no node ran the bad release"
-    assert len(core_starts(home, "v1")) == 1
-
-
-@pytest.mark.timeout(60)
-def test_pre_made_folder_is_used_as_the_operator_prepared_it(home, start_visor):
-    set_table(home, "autoInstall", githubApiUrl="http://127.0.0.1:9")  # never called
-    home.install_version("genesis", "v1", UPGRADE)
-    home.install_version("v2", "v2", UPGRADE)
-    visor = start_visor()
-    assert_upgraded(home, visor)
-    assert "downloading" not in visor.log()
-
-
-@pytest.mark.timeout(60)
-def test_upgrade_folders_maps_a_tag_to_another_folder(home, start_visor):
-    set_table(home, "upgradeFolders", v2="custom-v2")
-    home.install_version("genesis", "v1", UPGRADE)
-    home.install_version("custom-v2", "v2", UPGRADE)
-    visor = start_visor()
-    assert_upgraded(home, visor, folder="custom-v2")
-
-
-@pytest.mark.timeout(60)
-def test_auto_install_off_and_no_folder_exits_1_naming_it(home, start_visor):
-    set_table(home, "autoInstall", enabled=False)
-    home.install_version("genesis", "v1", UPGRADE)
-    visor = start_visor()
-    assert visor.wait_exit(30) == 1
-    assert (f"release v2 is not installed: {home.path}/v2 does not exist and auto-install "
-            f"is off ([autoInstall] enabled); create it with the release's binaries and a "
-            f"run-config.toml, or run `vegavisor prepare-upgrade --home {home.path} v2` with "
-            f"auto-install on, then start vegavisor again") in visor.log()
-    assert os.readlink(home.path / "current") == "genesis"
-
-
-@pytest.mark.timeout(60)
-def test_a_folder_without_run_config_is_a_clear_error(home, start_visor):
-    home.install_version("genesis", "v1", UPGRADE)
-    (home.path / "v2").mkdir()
-    visor = start_visor()
-    assert visor.wait_exit(30) == 1
-    assert f"{home.path}/v2 exists but has no run-config.toml" in visor.log()
-    assert os.readlink(home.path / "current") == "genesis"
-
-
-@pytest.mark.timeout(60)
-def test_a_pre_made_folder_with_the_wrong_version_never_runs(home, start_visor):
-    home.install_version("genesis", "v1", UPGRADE)
-    home.install_version("v2", "v3", UPGRADE)
-    visor = start_visor()
-    assert visor.wait_exit(30) == 1
-    assert f"core binary {home.path}/v2/vega reports version v3, not v2" in visor.log()
-    assert os.readlink(home.path / "current") == "genesis"
-    assert core_starts(home, "v3") == []
 
 
 @pytest.mark.timeout(60)
@@ -154,163 +300,15 @@ def test_auto_install_downloads_verifies_and_switches(home, start_visor, github,
 
 
 @pytest.mark.timeout(60)
-def test_auto_install_into_a_mapped_subfolder_that_does_not_exist_yet(
+def test_sigterm_during_a_stalled_lookup_at_the_block_is_never_an_install(
         home, start_visor, github, short_tmp):
-    """SPEC 1.7: an [upgradeFolders] value may name a subfolder; its parent is made."""
-    github.add_release("v2", {host_asset_name(): release_zip(short_tmp, "v2")})
-    use_github(home, github)
-    set_table(home, "upgradeFolders", v2="releases/v2")
-    home.install_version("genesis", "v1", UPGRADE)
-    visor = start_visor()
-    assert_upgraded(home, visor, folder="releases/v2")
-    assert 'name = "v2"' in (home.path / "releases" / "v2" / "run-config.toml").read_text()
-
-
-@pytest.mark.timeout(60)
-def test_auto_install_with_a_data_node(home, start_visor, github, short_tmp):
-    github.add_release("v2", {host_asset_name(): release_zip(short_tmp)})
-    use_github(home, github)
-    home.install_version("genesis", "v1", UPGRADE, data_node=True)
-    visor = start_visor()
-    assert_upgraded(home, visor, data_node=True)
-    [dn] = [r for r in home.records("start", role="datanode") if r["version"] == "v2"]
-    assert dn["argv"][:2] == ["datanode", "start"]  # argv without the program
-
-
-@pytest.mark.timeout(60)
-def test_more_than_100_releases_and_assets_are_paged(home, start_visor, github, short_tmp):
-    filler = {f"extra-{i:03}.zip": b"x" for i in range(150)}
-    github.add_release("v2", dict(filler, **{host_asset_name(): release_zip(short_tmp)}),
-                       embed_assets=10)
-    github.add_releases([f"v1.{i}" for i in range(160)])
-    github.fail(r"/releases/tags/", 404)  # as for a tag the API does not find directly
-    use_github(home, github)
-    home.install_version("genesis", "v1", UPGRADE)
-    visor = start_visor()
-    assert_upgraded(home, visor)
-    pages = [r.path for r in github.requests if re.search(r"/releases\?|/assets\?", r.path)]
-    assert any("page=2" in p and "/releases?" in p for p in pages), pages
-    assert any("page=2" in p and "/assets?" in p for p in pages), pages
-
-
-def hostile(name, mode):
-    info = zipfile.ZipInfo(name)
-    info.external_attr = mode << 16
-    info.compress_type = zipfile.ZIP_DEFLATED
-    return info
-
-
-def rate_limited(gh, z):
-    gh.add_release("v2", {host_asset_name(): z})
-    gh.rate_limit(403, reset=4102444800)
-
-
-# A retry at the block waits for the rate limit's reset (in 2100 here): give up at once.
-rate_limited.max_restarts = 0
-
-FAILURES = [
-    pytest.param(lambda gh, z: gh.add_release("v2", {host_asset_name(): z},
-                                              digest="sha256:" + "0" * 64),
-                 r"has SHA-256 [0-9a-f]{64}, expected 0{64}", id="wrong-digest"),
-    pytest.param(lambda gh, z: gh.add_releases(["v1", "v3"], {host_asset_name(): z}),
-                 r"vegaprotocol/vega has no release v2; its 2 releases are: v3, v1",
-                 id="missing-tag"),
-    pytest.param(lambda gh, z: gh.add_release("v2", {"vega-plan9-mips.zip": z}),
-                 r"release v2 of vegaprotocol/vega has no asset vega-\w+-\w+\.zip; it has: "
-                 r"vega-plan9-mips\.zip", id="missing-asset"),
-    pytest.param(lambda gh, z: (gh.add_release("v2", {host_asset_name(): z}),
-                                gh.truncate(r"^/objects/", 1000)),
-                 r"gave 1000 bytes, GitHub says it has \d+", id="truncated"),
-    pytest.param(lambda gh, z: gh.add_release("v2", {host_asset_name(): zip_with(
-        [(hostile("vega", 0o100755), b"#!/bin/sh\n"),
-         (hostile("../escaped", 0o100644), b"owned")])}),
-        r"holds '\.\./escaped', a path outside its folder", id="zip-slip"),
-    pytest.param(lambda gh, z: gh.add_release("v2", {host_asset_name(): zip_with(
-        [(hostile("vega", 0o120777), b"/bin/sh")])}),
-        r"holds 'vega', a symlink; only files and folders are unpacked", id="symlink"),
-    pytest.param(lambda gh, z: gh.add_release("v2", {host_asset_name(): zip_with(
-        [(hostile("vega", 0o100755), b"\0" * (80 * 1024 * 1024))])}),
-        r"would unpack to 83886080 bytes, more than the 67108864 allowed \(a zip bomb\?\)",
-        id="zip-bomb"),
-    pytest.param(rate_limited,
-                 r"GitHub's API rate limit is used up \(.* answered 403\); it resets at "
-                 r"2100-01-01 00:00:00 UTC; set GITHUB_TOKEN for a higher limit",
-                 id="rate-limit"),
-    pytest.param(lambda gh, z: (gh.add_release("v2", {host_asset_name(): z}),
-                                gh.redirect(r"^/repos/.*/releases/assets/",
-                                            "http://downloads.example.com/vega.zip")),
-                 r"refused the redirect from .*: 'http://downloads\.example\.com/vega\.zip' is "
-                 r"plain http:// to a host that is not loopback", id="insecure-redirect"),
-    pytest.param(lambda gh, z: gh.add_release("v2", {host_asset_name(): b"PK not a zip"}),
-                 r"is not a valid zip archive", id="not-a-zip"),
-    pytest.param(lambda gh, z: gh.add_release("v2", {host_asset_name(): zip_with(
-        [(hostile("vega", 0o100755), b"#!/bin/sh\necho '{\"version\": \"v3\"}'\n")])}),
-        r"the asset's vega reports version v3, not v2", id="wrong-version"),
-    pytest.param(lambda gh, z: gh.add_release("v2", {host_asset_name(): zip_with(
-        [(hostile("vega-binary", 0o100755), b"#!/bin/sh\n")])}),
-        r"the asset holds no vega \(its top level holds: vega-binary\)", id="no-binary"),
-]
-
-
-@pytest.mark.parametrize(("arrange", "error"), FAILURES)
-@pytest.mark.timeout(90)
-def test_a_bad_release_is_never_installed_nor_run(home, start_visor, github, short_tmp,
-                                                  arrange, error):
-    arrange(github, release_zip(short_tmp))
-    use_github(home, github)
-    if hasattr(arrange, "max_restarts"):
-        home.set_config(maxNumberOfRestarts=arrange.max_restarts)
-    home.install_version("genesis", "v1", UPGRADE)
-    visor = start_visor()
-    assert_nothing_installed(home, visor, r"cannot install v2 from vegaprotocol/vega: .*" + error)
-    assert not (home.path.parent / "escaped").exists()
-
-
-@pytest.mark.timeout(60)
-def test_require_checksum_refuses_an_asset_without_one(home, start_visor, github, short_tmp):
-    github.add_release("v2", {host_asset_name(): release_zip(short_tmp)}, digest=None)
-    use_github(home, github, requireChecksum=True)
-    home.install_version("genesis", "v1", UPGRADE)
-    visor = start_visor()
-    assert_nothing_installed(home, visor, r"has no known SHA-256 .* requireChecksum = true")
-    assert not [r for r in github.requests if r.path.startswith("/objects/")], \
-        "nothing was downloaded"
-
-
-@pytest.mark.timeout(60)
-def test_a_pinned_checksum_verifies_an_asset_without_digest(home, start_visor, github,
-                                                            short_tmp):
-    import hashlib
-    data = release_zip(short_tmp)
-    github.add_release("v2", {host_asset_name(): data}, digest=None)
-    use_github(home, github, requireChecksum=True)
-    set_table(home, "autoInstall.checksums", v2="sha256:" + hashlib.sha256(data).hexdigest())
-    home.install_version("genesis", "v1", UPGRADE)
-    visor = start_visor()
-    assert_upgraded(home, visor)
-
-
-@pytest.mark.timeout(30)
-def test_an_insecure_api_url_is_refused_before_anything_runs(home):
-    set_table(home, "autoInstall", githubApiUrl="http://api.github.com")
-    done = run_vegavisor(["run", "--home", str(home.path)])
-    assert done.returncode == 2
-    assert ("autoInstall.githubApiUrl: 'http://api.github.com' is plain http:// to a host "
-            "that is not loopback; use https://") in done.stderr
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("prefetch", [False, True], ids=["at-the-block", "prefetch"])
-def test_sigterm_during_a_stalled_lookup_is_never_an_install(home, start_visor, github,
-                                                             short_tmp, prefetch):
     github.add_release("v2", {host_asset_name(): release_zip(short_tmp)})
     github.slow(r"/releases/tags/v2", stall_after=10)  # then nothing, for ever
-    use_github(home, github, prefetch=prefetch)
+    use_github(home, github, prefetch=False)
     home.install_version("genesis", "v1", UPGRADE)
     visor = start_visor()
     wait_for(lambda: github.connections, 20, "the lookup under way")
-    if not prefetch:
-        visor.wait_log(r"INFO  stopped role=core")
+    visor.wait_log(r"INFO  stopped role=core")
     visor.signal(signal.SIGTERM)
     assert visor.wait_exit(4) == 0, "the cancel ended the lookup at once, not after 5 s"
     log = visor.log()
@@ -318,25 +316,33 @@ def test_sigterm_during_a_stalled_lookup_is_never_an_install(home, start_visor, 
     assert "has no run-config.toml" not in log
     assert not (home.path / "v2").exists()
     assert [p.name for p in home.path.iterdir() if p.name.startswith(".staging")] == []
-    journal = home.path / ".upgrade-journal.json"
-    if not prefetch:
-        assert json.loads(journal.read_text())["step"] == "stopped"
+    assert json.loads((home.path / ".upgrade-journal.json").read_text())["step"] == "stopped"
 
 
-# --- prepare-upgrade ---
+# --- commands that need no node, in-process through vegavisor.main ---
+
+@pytest.mark.timeout(30)
+def test_an_insecure_api_url_is_refused_before_anything_runs(home):
+    set_table(home, "autoInstall", githubApiUrl="http://api.github.com")
+    done = run_main(["run", "--home", str(home.path)])
+    assert done.returncode == 2
+    assert ("autoInstall.githubApiUrl: 'http://api.github.com' is plain http:// to a host "
+            "that is not loopback; use https://") in done.stderr
+    assert not os.path.lexists(home.path / "current"), "nothing ran"
+
 
 @pytest.mark.timeout(60)
 def test_prepare_upgrade_installs_once_then_is_a_no_op(home, github, short_tmp):
     github.add_release("v2", {host_asset_name(): release_zip(short_tmp)})
     use_github(home, github)
     home.install_version("genesis", "v1", UPGRADE, data_node=True)
-    done = run_vegavisor(["prepare-upgrade", "--home", str(home.path), "v2"])
+    done = run_main(["prepare-upgrade", "--home", str(home.path), "v2"])
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"installed v2 in {home.path}/v2\n"
     assert (home.path / "v2" / "run-config.toml").is_file()
     assert not os.path.lexists(home.path / "current"), "prepare-upgrade links nothing"
     requests = len(github.requests)
-    again = run_vegavisor(["prepare-upgrade", "--home", str(home.path), "v2"])
+    again = run_main(["prepare-upgrade", "--home", str(home.path), "v2"])
     assert (again.returncode, again.stdout) == (0, f"v2 is already installed in {home.path}/v2\n")
     assert len(github.requests) == requests
 
@@ -345,7 +351,7 @@ def test_prepare_upgrade_installs_once_then_is_a_no_op(home, github, short_tmp):
 def test_prepare_upgrade_failure_exits_1_and_leaves_nothing(home, github):
     use_github(home, github)
     home.install_version("genesis", "v1", UPGRADE)
-    done = run_vegavisor(["prepare-upgrade", "--home", str(home.path), "v2"])
+    done = run_main(["prepare-upgrade", "--home", str(home.path), "v2"])
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
         "vegavisor: error: cannot install v2 from vegaprotocol/vega: vegaprotocol/vega has no "
