@@ -56,6 +56,18 @@ VIA_CACHED_BYTECODE = ("import os, sys; del sys.argv[0]; "
                        "sys.path[0] = os.path.dirname(sys.argv[0]); "
                        "import vegavisor; sys.exit(vegavisor.main())")
 
+# The longest tests first: pytest-xdist (--dist loadgroup, in scripts/test) hands tests
+# out one at a time in collection order, so a rehearsal of a minute starts at once
+# instead of running on alone after the rest are done.
+SLOWEST_FIRST = ("test_simulation.py", "test_invariants.py", "test_migration.py",
+                 "test_soak.py", "test_faults_random_kills.py")
+
+
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort
+
+
 # Intervals short enough for tests, long enough that a loaded 2-core machine keeps up.
 FAST_CONFIG = {
     "pollIntervalSeconds": 0.1,

@@ -130,6 +130,7 @@ def full_rehearsal(tmp_path_factory):
 
 
 @pytest.mark.timeout(200)
+@pytest.mark.xdist_group("full-rehearsal")  # its fixture runs once, on one worker
 def test_go_visor_home_passes_every_scenario_with_a_junit_report(full_rehearsal):
     _, _, _, result = full_rehearsal
     assert result.code == 0, result.out + result.err
@@ -146,6 +147,7 @@ def test_go_visor_home_passes_every_scenario_with_a_junit_report(full_rehearsal)
 
 
 @pytest.mark.timeout(200)
+@pytest.mark.xdist_group("full-rehearsal")  # its fixture runs once, on one worker
 def test_rehearsal_timeline_shows_each_step_of_the_upgrade_in_order(full_rehearsal):
     _, _, _, result = full_rehearsal
     timeline = result.cases["plain"].find("system-out").text.splitlines()
@@ -178,6 +180,7 @@ def test_rehearsal_timeline_shows_each_step_of_the_upgrade_in_order(full_rehears
 
 
 @pytest.mark.timeout(200)
+@pytest.mark.xdist_group("full-rehearsal")  # its fixture runs once, on one worker
 def test_rehearsal_never_writes_the_operators_home(full_rehearsal):
     root, home, before, result = full_rehearsal
     assert snapshot(home) == before  # every file, link, mode and mtime
@@ -185,6 +188,7 @@ def test_rehearsal_never_writes_the_operators_home(full_rehearsal):
 
 
 @pytest.mark.timeout(200)
+@pytest.mark.xdist_group("full-rehearsal")  # its fixture runs once, on one worker
 def test_rehearsal_runs_the_fake_core_with_the_operators_args(full_rehearsal):
     _, _, _, result = full_rehearsal
     timeline = result.cases["plain"].find("system-out").text.splitlines()
