@@ -1,4 +1,9 @@
-"""`vegavisor status`: what is installed, what runs and what the node says; it only reads."""
+"""`vegavisor status`: what is installed, what runs and what the node says; it only reads.
+
+status runs in-process (conftest.run_main). What it reports of a run's state files is
+checked against the state an in-process `run` writes (conftest.FakeWorld) or a hand-written
+one; real processes only where the real world is the subject: one status of a real running
+vegavisor and node, and real cores answering (or not) on a real socket."""
 from __future__ import annotations
 
 import json
@@ -11,14 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import host_asset_name
-from conftest import make_release_zip
+from conftest import FakeChain
+from conftest import FakeWorld
+from conftest import init_in_process
+from conftest import make_fake_home
 from conftest import point_current
+from conftest import run_in_process
 from conftest import run_main
-from conftest import run_vegavisor
 from conftest import set_table
 from conftest import snapshot
 from conftest import wait_for
+from conftest import write_run_config
 
 # v2 accepted at height 2 (0.1 s in), upgrade block 400 (20 s in): the test is long over.
 FAR_UPGRADE = ["--block-interval", "0.05", "--upgrade-tag", "v2", "--accept-height", "2",
@@ -29,8 +37,17 @@ NODE_KEYS = {"reachable", "answered", "readyToUpgrade", "acceptedReleaseTag", "u
              "socket"}
 
 
+@pytest.fixture
+def home(short_tmp):
+    """conftest's `home`, its `init` run in-process."""
+    home = init_in_process(short_tmp)
+    yield home
+    home.kill_leftovers()
+
+
 def status(home, output="json"):
-    done = run_main(["status", "--home", str(home.path), "--output", output])
+    """status of a conftest Home or of a home folder."""
+    done = run_main(["status", "--home", str(getattr(home, "path", home)), "--output", output])
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
     return json.loads(done.stdout) if output == "json" else done.stdout
 
@@ -62,7 +79,8 @@ def dead_pid() -> int:
 # --- while `run` runs ---
 
 @pytest.mark.timeout(60)
-def test_status_while_run_runs_shows_the_node_and_the_run(home, start_visor):
+def test_status_while_run_runs_shows_the_node_and_the_run_and_changes_nothing(
+        home, start_visor):
     home.install_version("genesis", "v1")
     visor = start_visor()
     visor.wait_log("admin socket answering")
@@ -82,17 +100,8 @@ def test_status_while_run_runs_shows_the_node_and_the_run(home, start_visor):
     assert f"vegavisor  running (pid {visor.proc.pid}), node running, 0 crash restarts" in text
     assert "node       reachable; no upgrade accepted\n" in text
     assert text.endswith("no problems\n")
-    visor.signal(signal.SIGTERM)
-    assert visor.wait_exit() == 0
-
-
-@pytest.mark.timeout(60)
-def test_status_changes_nothing_while_run_runs(home, start_visor):
-    home.install_version("genesis", "v1")
-    visor = start_visor()
-    visor.wait_log("admin socket answering")
-    wait_for(lambda: (home.path / ".run-state.json").exists(), 10, "the run state file")
-    # Visor is frozen so that only status could change a file; core keeps answering.
+    # status changes nothing: visor is frozen so that only status could change a file;
+    # core keeps answering
     visor.signal(signal.SIGSTOP)
     try:
         wait_for(lambda: is_stopped(visor.proc.pid), 10, "visor stopped by SIGSTOP")
@@ -107,30 +116,25 @@ def test_status_changes_nothing_while_run_runs(home, start_visor):
     assert visor.wait_exit() == 0, "status disturbed nothing: run stops cleanly"
 
 
-@pytest.mark.timeout(60)
-def test_a_staged_prefetch_and_the_accepted_release_are_shown(
-        home, start_visor, github, short_tmp):
-    github.add_release("v2", {host_asset_name(): make_release_zip(short_tmp / "v2.zip", "v2")})
-    set_table(home, "autoInstall", githubApiUrl=github.url)
-    home.install_version("genesis", "v1", FAR_UPGRADE)
-    visor = start_visor()
-    visor.wait_log("prefetched tag=v2", timeout=30)
-    report = status(home)
+def test_a_staged_prefetch_is_shown(tmp_path):
+    home = make_fake_home(tmp_path, "[autoInstall]\nenabled = true\n")
+    write_run_config(home / "genesis", "v1", socket=str(tmp_path / "admin.sock"))
+    world = FakeWorld(home, FakeChain("v2", upgrade_height=400).answer)
+    world.releases["v2"] = "v2"
+    seen = []
+    world.at(30, lambda w: seen.append((status(home), status(home, "human"))))
+    world.stop_at(31)
+    code, log = run_in_process(home, world)
+    assert code == 0, log
+    [(report, text)] = seen
     prefetch = report["prefetch"]
     assert (prefetch["tag"], prefetch["state"], prefetch["folder"]) == (
-        "v2", "staged", str(home.path / "v2"))
-    node = report["node"]
-    assert (node["acceptedReleaseTag"], node["upgradeBlockHeight"], node["readyToUpgrade"]) == (
-        "v2", 400, False)
-    assert report["installed"] == [{"folder": str(home.path / "genesis"), "name": "v1"},
-                                   {"folder": str(home.path / "v2"), "name": "v2"}]
-    text = status(home, "human")
-    assert f"prefetch   v2 staged in {home.path}/v2, updated " in text
-    assert "node       reachable; upgrade to v2 accepted for block 400, not ready yet" in text
+        "v2", "staged", str(home / "v2"))
+    assert report["installed"] == [{"folder": str(home / "genesis"), "name": "v1"},
+                                   {"folder": str(home / "v2"), "name": "v2"}]
+    assert f"prefetch   v2 staged in {home}/v2, updated " in text
     # a folder named as its run-config's name is shown by the folder name alone
     assert "installed  genesis (v1, current), v2\n" in text
-    visor.signal(signal.SIGTERM)
-    assert visor.wait_exit() == 0
 
 
 # --- without `run` ---
@@ -265,6 +269,10 @@ def test_a_failed_prefetch_is_a_problem(home):
     finally:
         core.kill()
         core.wait()
+    node = report["node"]
+    assert (node["acceptedReleaseTag"], node["upgradeBlockHeight"], node["readyToUpgrade"]) == (
+        "v2", 400, False)
+    assert "node       reachable; upgrade to v2 accepted for block 400, not ready yet" in text
     assert report["prefetch"]["state"] == "failed"
     assert ("prefetch: v2: GitHub's API rate limit is used up (attempt 3); fix the cause "
             "before the upgrade block") in report["problems"]
@@ -354,7 +362,7 @@ def test_a_run_state_left_by_a_dead_visor_is_stale_and_its_live_children_a_probl
 def test_a_bad_config_is_one_problem_naming_file_and_key(home):
     # SPEC 3.2.3: status answers whatever the state of HOME; a broken config is a finding
     home.set_config(rpcTimeoutSeconds=0)
-    done = run_vegavisor(["status", "--home", str(home.path)])
+    done = run_main(["status", "--home", str(home.path)])
     assert (done.returncode, done.stderr) == (0, "")
     problem = (f"config: {home.path}/config.toml: rpcTimeoutSeconds: expected a number of "
                f"seconds > 0, got 0")
@@ -365,6 +373,6 @@ def test_a_bad_config_is_one_problem_naming_file_and_key(home):
 @pytest.mark.timeout(30)
 def test_status_without_a_home_is_a_usage_error():
     env = {k: v for k, v in os.environ.items() if k != "VEGAVISOR_HOME"}
-    done = run_vegavisor(["status"], env=env)
+    done = run_main(["status"], env=env)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == "vegavisor: error: status: --home is required (or set VEGAVISOR_HOME)\n"
