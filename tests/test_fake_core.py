@@ -48,6 +48,10 @@ STATUS_CALL = {"method": "protocolupgrade.UpgradeStatus", "params": [None],
                "id": 8485730894528034258}
 EMPTY_RELEASE = {"VegaReleaseTag": "", "UpgradeBlockHeight": 0}
 JSON_TYPE = "application/json"
+# The fakes run on the test interpreter without the test venv's packages (conftest's
+# python3): under coverage the venv's .pth starts coverage in every Python it runs,
+# twice a fake's start-up, for a fake coverage does not measure.
+PYTHON = os.path.join(conftest.FAKE_PYTHON_DIR, "python3")
 
 
 # --- helpers ---
@@ -203,7 +207,7 @@ class Launcher:
         folder = self.folder / ("%s%d" % (name, len(self.processes)))
         folder.mkdir()
         socket_path = str(folder / "s")
-        argv = [sys.executable, str(CORE)] + [a.replace("{socket}", socket_path) for a in args]
+        argv = [PYTHON, str(CORE)] + [a.replace("{socket}", socket_path) for a in args]
         argv += ["--record", str(folder / "record.jsonl")]
         with open(folder / "stdout", "wb") as out, open(folder / "stderr", "wb") as err:
             popen = subprocess.Popen(argv, stdout=out, stderr=err, cwd=str(folder))
@@ -223,7 +227,7 @@ class Launcher:
             process.popen.wait()
 
 
-def run_fake(*args: str, executable: str = sys.executable) -> subprocess.CompletedProcess:
+def run_fake(*args: str, executable: str = PYTHON) -> subprocess.CompletedProcess:
     return subprocess.run([executable, str(CORE)] + list(args), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, universal_newlines=True,
                           timeout=DEADLINE_SECONDS)
