@@ -617,7 +617,7 @@ def test_snapshot_start_waits_socket_delay_when_no_snapshot_delay_is_given(
 
 @pytest.mark.timeout(20)
 def test_no_socket_file_while_loading(launcher: Launcher) -> None:
-    node = launcher.start("node", "--admin-socket", "{socket}", "--socket-delay", "1")
+    node = launcher.start("node", "--admin-socket", "{socket}", "--socket-delay", "0.5")
     node.wait_event("start")
     assert not os.path.exists(node.socket)
     with pytest.raises(FileNotFoundError):
@@ -628,9 +628,10 @@ def test_no_socket_file_while_loading(launcher: Launcher) -> None:
 
 @pytest.mark.timeout(20)
 def test_blocks_start_when_the_socket_opens(launcher: Launcher) -> None:
-    """No block is made while loading: the first answer is null, the first block follows."""
+    """No block is made while loading: the first answer is null, the first block follows
+    (the load lasts longer than a block: a clock counting from the start would be past 50)."""
     node = launcher.start("node", "--admin-socket", "{socket}", "--socket-delay", "0.6",
-                          "--block-interval", "1", "--start-height", "50")
+                          "--block-interval", "0.5", "--start-height", "50")
     wait_for(lambda: answers(node.socket), "the socket")
     first = node.events("rpc")[0]
     assert (first["height"], first["tag"]) == (50, None)
@@ -643,7 +644,7 @@ def test_restart_while_an_upgrade_is_accepted_says_null_until_its_first_block(
     launcher: Launcher,
 ) -> None:
     """A crash restart (snapshot below the upgrade block): null first, then the release."""
-    node = launcher.start("node", "--admin-socket", "{socket}", "--block-interval", "1",
+    node = launcher.start("node", "--admin-socket", "{socket}", "--block-interval", "0.5",
                           "--upgrade-tag", "v0.74.0", "--accept-height", "2",
                           "--upgrade-height", "40", "--snapshot.load-from-block-height", "5",
                           "--snapshot-socket-delay", "0.3")
