@@ -30,7 +30,6 @@ import base64
 import hashlib
 import json
 import os
-import random
 import re
 import resource
 import select
@@ -39,11 +38,9 @@ import socketserver
 import stat
 import string
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
-from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 from typing import Callable
@@ -1240,6 +1237,14 @@ class AdminServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             warn("admin connection failed: %r" % (error,))
 
 
+def http_date() -> str:
+    """The Date header's value. email.utils (like tempfile and random for make-binary) is
+    imported where it is used: a fake starts thousands of times a test run, most of them
+    for `version`, and those imports were a tenth of its start-up."""
+    from email.utils import formatdate
+    return formatdate(usegmt=True)
+
+
 class AdminHandler(socketserver.StreamRequestHandler):
     """One connection: requests answered in turn while the client keeps it alive."""
 
@@ -1275,7 +1280,7 @@ class AdminHandler(socketserver.StreamRequestHandler):
         # Recorded before it is sent: whoever holds the answer finds it in the record.
         self.record_answer(request, reply.status, reply,
                            mode if mode == "slow" else reply.fault, state)
-        self.wfile.write(http_answer(reply, request, keep_alive, formatdate(usegmt=True)))
+        self.wfile.write(http_answer(reply, request, keep_alive, http_date()))
         return keep_alive
 
     def record_answer(self, request: Optional[HttpRequest], status: int,
@@ -1495,6 +1500,7 @@ LAUNCHER_BULK_BYTES = 23000
 
 def launcher_bulk(version: str) -> str:
     """Comment lines of base64 random bytes, the same for the same version."""
+    import random  # here, not at the top: only make-binary needs it (see http_date)
     data = random.Random(version).getrandbits(8 * LAUNCHER_BULK_BYTES)
     text = base64.b64encode(data.to_bytes(LAUNCHER_BULK_BYTES, "little")).decode()
     return "\n".join("# " + text[i:i + 76] for i in range(0, len(text), 76))
@@ -1516,6 +1522,7 @@ def make_binary(dest: Union[str, os.PathLike], version: str) -> Path:
     if path.is_dir():
         raise FakeError("%s is a folder: give the path of the binary to write" % path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile  # only make-binary needs it (see http_date)
     handle, staging = tempfile.mkstemp(prefix=".fake-vega-", dir=str(path.parent))
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:

@@ -4,6 +4,7 @@ of admin answers, crashes, installs that fail or lie, operators replacing folder
 signals, and checks the invariants after every step the supervisor takes."""
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -54,6 +55,7 @@ class Supervised(RuleBasedStateMachine):
         self.world.releases.update(v2="v2", v3="v3")
         self.complete = set()  # release folders seen complete: never deleted
         self.corrupted = set()  # folders whose binary reports another version
+        self.procs_checked = 0  # world.procs[:procs_checked] were checked (check)
         self.go, self.back = threading.Semaphore(0), threading.Semaphore(0)
         self.done = threading.Event()
         self.code: Optional[int] = None
@@ -154,23 +156,31 @@ class Supervised(RuleBasedStateMachine):
 
     # the invariants (SPEC 3.3), after every step the supervisor took
     def check(self, during: bool = False) -> None:
+        """Runs at every wait (tens of thousands a run): one scandir of home and one stat
+        a subfolder, strings rather than Paths, and each spawned child looked at once."""
         world = self.world
         try:
             world.live("core")
             world.live("data node")
         except AssertionError as e:
             self.violations.append(str(e))
-        for folder in sorted(self.home.iterdir()):
-            if (folder / "run-config.toml").is_file() and not folder.is_symlink():
-                self.complete.add(str(folder))
-        for folder in self.complete:
-            if not (Path(folder) / "run-config.toml").is_file():
+        seen = set()  # complete now: a real folder (not a symlink) with a run-config file
+        with os.scandir(self.home) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False) \
+                        and os.path.isfile(os.path.join(entry.path, "run-config.toml")):
+                    seen.add(entry.path)
+        self.complete |= seen
+        for folder in self.complete - seen:  # gone, or replaced by a symlink
+            if not os.path.isfile(os.path.join(folder, "run-config.toml")):
                 self.violations.append(f"a complete release folder was deleted: {folder}")
-        for proc in world.procs:
+        # a child's argv and version never change: look at each once, when it is new
+        for proc in world.procs[self.procs_checked:]:
             # at the block (or resuming it) the binary started reports the tag (3.3.3)
             if "--snapshot.load-from-block-height" in proc.argv and proc.version == "v9":
                 self.violations.append(f"a binary reporting v9 was started at the block: "
                                        f"{proc.argv}")
+        self.procs_checked = len(world.procs)
         installs = [t for t, _ in world.installs if t > world.clock - 3600]
         if len(installs) > MAX_INSTALLS_AN_HOUR:
             self.violations.append(f"{len(installs)} installs in an hour")
