@@ -56,8 +56,8 @@ VIA_CACHED_BYTECODE = ("import os, sys; del sys.argv[0]; "
                        "sys.path[0] = os.path.dirname(sys.argv[0]); "
                        "import vegavisor; sys.exit(vegavisor.main())")
 
-# The longest tests first: pytest-xdist (--dist loadgroup, in scripts/test) hands tests
-# out one at a time in collection order, so a rehearsal of a minute starts at once
+# The longest tests first: pytest-xdist (--maxschedchunk 2, in scripts/test) hands tests
+# out two at a time in collection order, so a rehearsal of a minute starts at once
 # instead of running on alone after the rest are done.
 SLOWEST_FIRST = ("test_simulation.py", "test_invariants.py", "test_migration.py",
                  "test_soak.py", "test_faults_random_kills.py")

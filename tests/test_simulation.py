@@ -120,18 +120,21 @@ def test_simulate_upgrade_brings_core_and_data_node_back_on_v2():
 
 # --- a Go Visor home through every scenario (one run, many checks) ---
 
-@pytest.fixture(scope="module")
-def full_rehearsal(tmp_path_factory):
-    root = Path(os.path.realpath(tmp_path_factory.mktemp("rehearse")))
+@pytest.mark.timeout(200)
+def test_a_go_visor_home_is_rehearsed_through_every_scenario(tmp_path):
+    """One rehearsal (about a minute), checked four ways: one test, so that it runs once
+    whichever worker runs it (a module fixture would run again on each worker)."""
+    root = Path(os.path.realpath(tmp_path))
     home = write_operator_home(root)
     before = snapshot(home)
-    result = rehearse(home, timeout=170)
-    return root, home, before, result
+    full_rehearsal = root, home, before, rehearse(home, timeout=170)
+    check_every_scenario_passes_with_a_junit_report(full_rehearsal)
+    check_the_timeline_shows_each_step_of_the_upgrade_in_order(full_rehearsal)
+    check_the_operators_home_is_never_written(full_rehearsal)
+    check_the_fake_core_runs_with_the_operators_args(full_rehearsal)
 
 
-@pytest.mark.timeout(200)
-@pytest.mark.xdist_group("full-rehearsal")  # its fixture runs once, on one worker
-def test_go_visor_home_passes_every_scenario_with_a_junit_report(full_rehearsal):
+def check_every_scenario_passes_with_a_junit_report(full_rehearsal):
     _, _, _, result = full_rehearsal
     assert result.code == 0, result.out + result.err
     suite = result.suite
@@ -146,9 +149,7 @@ def test_go_visor_home_passes_every_scenario_with_a_junit_report(full_rehearsal)
     assert result.out.splitlines()[-1].startswith("6 passed, 0 failed, 0 skipped in ")
 
 
-@pytest.mark.timeout(200)
-@pytest.mark.xdist_group("full-rehearsal")  # its fixture runs once, on one worker
-def test_rehearsal_timeline_shows_each_step_of_the_upgrade_in_order(full_rehearsal):
+def check_the_timeline_shows_each_step_of_the_upgrade_in_order(full_rehearsal):
     _, _, _, result = full_rehearsal
     timeline = result.cases["plain"].find("system-out").text.splitlines()
     # The prefetch usually ends before the block, but on a loaded host it may end after it
@@ -179,17 +180,13 @@ def test_rehearsal_timeline_shows_each_step_of_the_upgrade_in_order(full_rehears
     assert "node: core v0.0.0-wrong-asset" not in wrong
 
 
-@pytest.mark.timeout(200)
-@pytest.mark.xdist_group("full-rehearsal")  # its fixture runs once, on one worker
-def test_rehearsal_never_writes_the_operators_home(full_rehearsal):
+def check_the_operators_home_is_never_written(full_rehearsal):
     root, home, before, result = full_rehearsal
     assert snapshot(home) == before  # every file, link, mode and mtime
     assert not (root / "vega.sock").exists()  # the node's own socket is never touched
 
 
-@pytest.mark.timeout(200)
-@pytest.mark.xdist_group("full-rehearsal")  # its fixture runs once, on one worker
-def test_rehearsal_runs_the_fake_core_with_the_operators_args(full_rehearsal):
+def check_the_fake_core_runs_with_the_operators_args(full_rehearsal):
     _, _, _, result = full_rehearsal
     timeline = result.cases["plain"].find("system-out").text.splitlines()
     operator_args = ("node --home /home/vega/.vega --tendermint-home /home/vega/.tm "
