@@ -286,15 +286,18 @@ def test_a_real_current_folder_runs_and_is_moved_aside_at_the_upgrade(tmp_path):
     assert os.readlink(home / "current") == "v2"
 
 
-def test_a_current_naming_a_missing_folder_is_a_warning(tmp_path):
+def test_a_current_naming_a_missing_folder_is_a_warning_and_genesis_runs(tmp_path):
     home = make_fake_home(tmp_path)
     os.symlink("v9", home / "current")
     world = FakeWorld(home)
-    world.stop_at(3)
+    world.stop_at(5)
     code, log = run_in_process(home, world)
     assert code == 0
     [line] = lines(log, "current points at genesis now")
     assert " WARN " in line and "it points at v9, which does not exist" in line
+    assert os.readlink(home / "current") == "genesis"
+    assert [(p.version, p.argv[0]) for p in world.started()] == [("v1", f"{home}/current/vega")]
+    assert lines(log, "admin socket answering")
 
 
 def test_an_unwritable_metrics_file_is_warned_about_every_five_minutes(tmp_path):

@@ -193,19 +193,6 @@ def test_a_data_node_crashing_alone_brings_core_down(tmp_path):
 
 # --- HOME/current and config.toml at start (in-process) ---
 
-def test_a_dangling_current_points_back_at_genesis_and_its_node_runs(tmp_path):
-    home = make_fake_home(tmp_path)
-    os.symlink("v9-gone", home / "current")
-    world = FakeWorld(home)
-    world.stop_at(5)
-    code, log = run_in_process(home, world)
-    assert code == 0
-    assert lines(log, "current points at genesis now")
-    assert os.readlink(home / "current") == "genesis"
-    assert [(p.version, p.argv[0]) for p in world.started()] == [("v1", f"{home}/current/vega")]
-    assert lines(log, "admin socket answering")
-
-
 def test_current_that_is_a_real_folder_is_moved_aside_not_deleted(tmp_path):
     # SPEC 3.1.6: a real folder without a run-config is moved aside and genesis linked
     home = make_fake_home(tmp_path)
