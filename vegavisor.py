@@ -1073,11 +1073,11 @@ def is_plain_name(name: str) -> bool:
     return bool(name) and "/" not in name and "\0" not in name and name not in (".", "..")
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, limit: int = 80) -> str:
     """A value as an error message quotes it: JSON-like, cut short when long."""
     shown = (json.dumps(value, default=str) if isinstance(value, (str, bool, list, dict))
              else repr(value))
-    return shown if len(shown) <= 80 else shown[:77] + "..."
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
 
 
 def _key(name: str) -> str:
@@ -3716,18 +3716,10 @@ class Upgrade:
 
     def begin(self, tag: str, height: int, current: Path, target: Path) -> None:
         self.close()  # a postUpgrade hook of the last upgrade still running: stopped
-        self.journal = Journal(tag, height, self.home_relative(current),
-                               self.home_relative(target), "ready", utc_now())
+        self.journal = Journal(tag, height, folder_name(self.home, current),
+                               folder_name(self.home, target), "ready", utc_now())
         self.checked = False
         self.write("ready")
-
-    def home_relative(self, folder: Path) -> str:
-        """A folder as the journal names it: relative to HOME (a mapped subfolder such as
-        releases/v2 keeps its path), or absolute when outside it; HOME / it is the folder."""
-        try:
-            return str(folder.relative_to(self.home))
-        except ValueError:
-            return str(folder)
 
     @property
     def unfinished(self) -> bool:
@@ -4526,12 +4518,10 @@ def check_core_admin_config(path: Path, args: Sequence[str], rpc: RpcConfig) -> 
         if theirs is None:
             found.append(_note(f"{config_path}: [Admin.Server] {theirs_key} is not set; "
                                f"{path}: vega.rpc.{key} not checked"))
-        elif theirs != ours:  # shown whole, as ours is: the two are to be compared
-            shown = json.dumps(theirs) if isinstance(theirs, str) and len(theirs) <= 200 \
-                else _show(theirs)
+        elif theirs != ours:  # a path shown whole, as ours is: the two are to be compared
             found.append(_problem(
                 f"{path}: vega.rpc.{key} = {json.dumps(ours)}, but core's {config_path} has "
-                f"[Admin.Server] {theirs_key} = {shown}: vegavisor would never "
+                f"[Admin.Server] {theirs_key} = {_show(theirs, 200)}: vegavisor would never "
                 f"reach core; make them the same"))
     return found
 
@@ -4646,7 +4636,8 @@ def version_folders(home: Path, upgrade_folders: Dict[str, str]) -> List[Path]:
 
 
 def folder_name(home: Path, folder: Path) -> str:
-    """A version folder as upgradeFolders names it: relative to HOME, else absolute."""
+    """A version folder as upgradeFolders and the journal name it: relative to HOME (a
+    subfolder such as releases/v2 keeps its path), else absolute; HOME / it is the folder."""
     try:
         return str(folder.relative_to(home))
     except ValueError:
@@ -5274,9 +5265,7 @@ def tags_json(home: Path, config: Config, current_name: str, in_use: Path
 def collect_config(home: Path, home_source: str, env: Dict[str, str],
                    host: Tuple[str, str]) -> Dict[str, Any]:
     """What `config` shows (its JSON form); ConfigError as `run` gives it for a bad file."""
-    if not home.is_dir():
-        raise ConfigError(not_a_home(home))
-    # 1. config.toml, read strictly as `run` reads it
+    # 1. config.toml, read strictly as `run` reads it (a HOME that is no folder: ConfigError)
     doc = read_config_toml(home)
     config, warnings = parse_config(doc, home / CONFIG_FILE)
     # 2. the run-config `run` would start: current's, or genesis's when current is unusable

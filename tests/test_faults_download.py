@@ -38,6 +38,7 @@ import pytest
 
 from conftest import Home
 from conftest import Row
+from conftest import VIA_CACHED_BYTECODE
 from conftest import Visor
 from conftest import host_asset_name
 from conftest import make_release_zip
@@ -61,12 +62,12 @@ BIG_ASSET_BYTES = 20 * 1024 * 1024
 FILE_SIZE_LIMIT = 5 * 1024 * 1024
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
-# Runs vegavisor.py (as conftest's VIA_CACHED_BYTECODE does) after installing an audit
-# hook that appends one line per name lookup ("resolve HOST") and per IP connect
-# ("connect HOST") to argv[1].
+# Runs vegavisor.py through conftest's VIA_CACHED_BYTECODE after installing an audit hook
+# that appends one line per name lookup ("resolve HOST") and per IP connect ("connect
+# HOST") to argv[1].
 AUDIT_LAUNCHER = r"""
 import os, sys
-LOG = sys.argv[1]
+LOG = sys.argv.pop(1)
 def record(kind, host):
     fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -81,11 +82,7 @@ def hook(event, args):
             and isinstance(args[-1], tuple):
         record("connect", args[-1][0])
 sys.addaudithook(hook)
-sys.argv = sys.argv[2:]
-sys.path[0] = os.path.dirname(sys.argv[0])
-import vegavisor
-sys.exit(vegavisor.main())
-"""
+""" + VIA_CACHED_BYTECODE
 
 
 def audited_hosts(home: Home) -> List[str]:
