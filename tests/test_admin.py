@@ -451,6 +451,25 @@ def test_a_connection_closed_as_the_request_arrives_is_retried_once_on_a_new_one
 
 
 @pytest.mark.timeout(30)
+def test_a_kept_connection_reset_as_the_request_arrives_is_retried_once_on_a_new_one(serve):
+    def handle_factory(box):
+        def handle(conn, index):
+            if index == 1:  # answers, then closes with the next request unread: a reset
+                conn.sendall(reply(box[0].read_request(conn)))
+                wait_for(lambda: select_readable(conn), 5, "the second request")
+                conn.close()
+                return
+            keep_alive(box)(conn, index)
+        return handle
+    server = serve(handle_factory)
+    client = client_for(server)
+    assert client.upgrade_status(1) == ACCEPTED
+    assert client.upgrade_status(2) == ACCEPTED  # not a failed poll
+    assert len(server.connections) == 2
+    assert [request_id(r) for r in server.requests] == [1, 2]
+
+
+@pytest.mark.timeout(30)
 def test_the_retry_is_only_once(serve):
     def handle_factory(box):
         def handle(conn, index):

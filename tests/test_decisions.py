@@ -117,6 +117,8 @@ def test_parse_latest_segment_rejects(output):
     pytest.param("http://localhost.evil.com", "plain http://", id="lookalike"),
     pytest.param("file:///etc/passwd", "is not an https:// URL", id="file"),
     pytest.param("https://", "has no host", id="no-host"),
+    pytest.param("http://127.0.0.1:99999/x", "http://127.0.0.1:99999/x is not a valid URL (Port "
+                 "out of range 0-65535)", id="port-out-of-range"),
 ])
 def test_url_problem(url, problem):
     found = vegavisor.url_problem(url)

@@ -6,6 +6,7 @@ clock where time matters); the command-line ones run `vegavisor.py prepare-upgra
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
@@ -599,6 +600,15 @@ def test_a_hostile_release_answer_is_one_line(installer, github, body, error):
 
 
 @pytest.mark.timeout(30)
+def test_a_release_list_that_is_not_a_list_is_one_line(installer, github):
+    github.fail(r"/releases/tags/v2", 404)
+    github.fail(r"/releases\?", 200, body='{"message": "a list, once"}')
+    assert_install_fails(installer, load_config(installer.home, github.url),
+                         r"^cannot install v2 from vegaprotocol/vega: http://127\.0\.0\.1:\d+/repos/vegaprotocol/vega/"
+                         r"releases did not answer a list$")
+
+
+@pytest.mark.timeout(30)
 def test_a_release_list_with_odd_tags_is_one_line(installer, github):
     github.fail(r"/releases/tags/v2", 404)
     github.fail(r"/releases\?", 200, body='[{"tag_name": %s}, 7]' % nested(500))
@@ -809,6 +819,38 @@ def test_require_checksum_refuses_an_asset_without_one(installer, github, short_
                          r"has no known SHA-256 .* requireChecksum = true")
     assert not [r for r in github.requests if r.path.startswith("/objects/")], \
         "nothing was downloaded"
+
+
+@pytest.mark.timeout(30)
+def test_a_pin_that_differs_from_githubs_digest_refuses_both(installer, github, short_tmp):
+    data = release_zip(short_tmp)
+    github.add_release("v2", {host_asset_name(): data})
+    pin = "sha256:" + "0" * 64
+    set_table(installer.home, "autoInstall.checksums", v2=pin)
+    assert_install_fails(installer, load_config(installer.home, github.url), (
+        rf"^cannot install v2 from vegaprotocol/vega: \[autoInstall.checksums\] pins v2 to {pin} but GitHub says {host_asset_name()} has "
+        rf"sha256:{hashlib.sha256(data).hexdigest()}; refusing both$"))
+    assert not [r for r in github.requests if r.path.startswith("/objects/")], \
+        "nothing was downloaded"
+
+
+@pytest.mark.timeout(30)
+def test_a_download_reset_midway_is_one_line_naming_the_asset(installer, github, short_tmp):
+    github.add_release("v2", {host_asset_name(): release_zip(short_tmp)})
+    github.reset(r"/objects/", after_bytes=100)
+    assert_install_fails(installer, load_config(installer.home, github.url),
+                         rf"^cannot install v2 from vegaprotocol/vega: download of {host_asset_name()} \(http://127\.0\.0\.1:\d+/repos/"
+                         rf"vegaprotocol/vega/releases/assets/\d+\) failed after \d+ bytes: ")
+
+
+@pytest.mark.timeout(30)
+def test_an_asset_url_that_is_not_http_is_never_fetched(installer, github):
+    asset = {"name": host_asset_name(), "size": 100, "url": "file:///etc/passwd",
+             "digest": None}
+    github.fail(r"/releases/tags/v2", 200,
+                body=json.dumps({"tag_name": "v2", "id": 1, "assets": [asset]}))
+    assert_install_fails(installer, load_config(installer.home, github.url),
+                         r"^cannot install v2 from vegaprotocol/vega: refused to fetch: 'file:///etc/passwd' is not an https:// URL$")
 
 
 @pytest.mark.timeout(30)

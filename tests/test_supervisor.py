@@ -10,6 +10,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -145,6 +147,31 @@ def test_a_missing_binary_exits_1_naming_it(tmp_path):
         f'ERROR giving up reason="binary {home}/current/vega does not exist"')
 
 
+def test_a_binary_path_naming_a_folder_exits_1_naming_it(tmp_path):
+    home = make_fake_home(tmp_path)
+    (home / "genesis" / "vega").unlink()
+    (home / "genesis" / "vega").mkdir()
+    world = FakeWorld(home)
+    code, log = run_in_process(home, world)
+    assert code == 1
+    assert world.procs == []
+    assert log.splitlines()[-1].endswith(
+        f'ERROR giving up reason="binary {home}/current/vega is not a regular file"')
+
+
+def test_a_sigterm_in_the_restart_backoff_ends_the_run_at_once(tmp_path):
+    home = make_fake_home(tmp_path, "restartsDelaySeconds = 60\n")
+    world = FakeWorld(home)
+    world.on_step = crash_after(1)
+    world.stop_at(30)
+    code, log = run_in_process(home, world)
+    assert code == 0
+    assert len(world.started()) == 1, "no restart after the signal"
+    assert lines(log, "INFO  restarting delay=60.0 restart=1 limit=3")
+    assert log.splitlines()[-1].endswith("INFO  vegavisor stopped signal=SIGTERM")
+    assert world.clock == 30, "the backoff was cut short by the signal"
+
+
 # --- the data node (in-process) ---
 
 def test_a_core_crash_stops_the_data_node_and_restarts_core_from_its_history(tmp_path):
@@ -227,6 +254,33 @@ def test_unknown_config_key_is_warned_and_run_goes_on(tmp_path):
 
 
 # --- the real world: a real `vegavisor.py run` of the fake core ---
+
+@pytest.mark.timeout(30)
+def test_an_earlier_visors_child_is_found_by_its_marker_and_watched_until_it_is_gone():
+    """What a restarted visor finds of the children an earlier one left (the crash rows
+    started-not-recorded and leftover-child-alive): by the marker in their environment,
+    alive only while that very process runs."""
+    marker = f"test-{os.getpid()}-{time.monotonic_ns()}"
+    ours = subprocess.Popen(["sleep", "60"], env=dict(os.environ, VEGAVISOR_CHILD=marker))
+    another = subprocess.Popen(["sleep", "60"],
+                               env=dict(os.environ, VEGAVISOR_CHILD=marker + "-2"))
+    try:
+        world = vegavisor.World(None, None, vegavisor.Log(io.StringIO()), None)  # needs none
+        assert [p.pid for p in world.spawned_with(marker)] == [ours.pid]
+        started = vegavisor.process_start_time(ours.pid)
+        assert world.leftover(ours.pid, started + 1) is None, "a pid taken by another process"
+        leftover = world.leftover(ours.pid, started)
+        assert leftover is not None and leftover.returncode() is None
+        ours.kill()
+        ours.wait()
+        assert leftover.returncode() == -1, "gone: not ours to know its exit status"
+        assert world.leftover(ours.pid, started) is None
+        assert world.spawned_with(marker) == []
+    finally:
+        for proc in (ours, another):
+            proc.kill()
+            proc.wait()
+
 
 def alive(pid: int) -> bool:
     try:

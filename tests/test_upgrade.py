@@ -46,6 +46,10 @@ def prepare(home, folder: str, version: str, data_node: bool = False) -> None:
     write_fake_binary(home / folder / "vega", version)
 
 
+def journal(home) -> dict:
+    return json.loads((home / ".upgrade-journal.json").read_text())
+
+
 def upgrade_world(home, stop: float = 60) -> FakeWorld:
     """v1 accepts v2 at 2 s and is ready to upgrade at block 20 (20 s in)."""
     world = FakeWorld(home, FakeChain("v2", upgrade_height=20).answer)
@@ -152,7 +156,7 @@ def test_auto_install_into_a_mapped_subfolder_that_does_not_exist_yet(tmp_path):
     assert_switched(home, world, code, log, folder="releases/v2")
     assert world.folders == [home / "releases" / "v2"]
     assert 'name = "v2"' in (home / "releases" / "v2" / "run-config.toml").read_text()
-    assert json.loads((home / ".upgrade-journal.json").read_text())["to"] == "releases/v2"
+    assert journal(home)["to"] == "releases/v2"
 
 
 def test_auto_install_with_a_data_node(tmp_path):
@@ -184,6 +188,33 @@ def test_a_failed_install_at_the_block_is_retried_then_gives_up_and_never_runs(
     assert [b - a for a, b in zip(times, times[1:])] == [5, 10][:restarts], "the backoff"
     assert len(lines(log, "ERROR install failed tag=v2")) == restarts
     assert world.live("core") is None and not (home / "v2").exists()
+
+
+def test_a_sigterm_in_the_install_retry_delay_ends_the_run_leaving_the_journal(tmp_path):
+    home = make_fake_home(tmp_path, "maxNumberOfRestarts = 3\nrestartsDelaySeconds = 60\n"
+                          + AUTO + "prefetch = false\n")
+    world = upgrade_world(home, stop=50)
+    code, log = run_in_process(home, world)
+    assert code == 0, log
+    assert len(world.installs) == 1, "no second attempt after the signal"
+    assert lines(log, "ERROR install failed tag=v2 attempt=1 limit=3 retry_in=60.0 ")
+    assert log.splitlines()[-1].endswith("INFO  vegavisor stopped signal=SIGTERM")
+    assert world.clock == 50, "the retry delay was cut short by the signal"
+    assert journal(home)["step"] != "done", "the next run finishes the upgrade"
+    assert os.readlink(home / "current") == "genesis" and world.live("core") is None
+
+
+def test_a_sigterm_while_the_node_stops_at_the_block_installs_nothing(tmp_path):
+    home = make_fake_home(tmp_path, "stopDelaySeconds = 10\n" + AUTO + "prefetch = false\n")
+    world = upgrade_world(home, stop=25)  # ready at 20 s, stopping until 30 s
+    world.releases["v2"] = "v2"
+    code, log = run_in_process(home, world)
+    assert code == 0, log
+    assert world.installs == [], "a stop requested at the block installs nothing"
+    assert [p.version for p in world.started()] == ["v1"] and world.live("core") is None
+    assert journal(home)["step"] == "stopped", "the next run finishes the upgrade"
+    assert os.readlink(home / "current") == "genesis"
+    assert log.splitlines()[-1].endswith("INFO  vegavisor stopped signal=SIGTERM")
 
 
 class RateLimitedWorld(FakeWorld):
