@@ -136,27 +136,20 @@ def test_an_admin_socket_that_stops_answering_is_warned_once_then_given_up_on(tm
         'error: no answer within 5s"')
 
 
-def test_a_missing_binary_exits_1_naming_it(tmp_path):
+@pytest.mark.parametrize("folder, problem", [(False, "does not exist"),
+                                             (True, "is not a regular file")],
+                         ids=["missing", "a-folder"])
+def test_a_missing_binary_exits_1_naming_it(tmp_path, folder, problem):
     home = make_fake_home(tmp_path)
     (home / "genesis" / "vega").unlink()
+    if folder:
+        (home / "genesis" / "vega").mkdir()
     world = FakeWorld(home)
     code, log = run_in_process(home, world)
     assert code == 1
     assert world.procs == []
     assert log.splitlines()[-1].endswith(
-        f'ERROR giving up reason="binary {home}/current/vega does not exist"')
-
-
-def test_a_binary_path_naming_a_folder_exits_1_naming_it(tmp_path):
-    home = make_fake_home(tmp_path)
-    (home / "genesis" / "vega").unlink()
-    (home / "genesis" / "vega").mkdir()
-    world = FakeWorld(home)
-    code, log = run_in_process(home, world)
-    assert code == 1
-    assert world.procs == []
-    assert log.splitlines()[-1].endswith(
-        f'ERROR giving up reason="binary {home}/current/vega is not a regular file"')
+        f'ERROR giving up reason="binary {home}/current/vega {problem}"')
 
 
 def test_a_sigterm_in_the_restart_backoff_ends_the_run_at_once(tmp_path):
