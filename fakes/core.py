@@ -26,22 +26,15 @@ HOME/v0.74.0/vega. Standard library only; CPython 3.8 to 3.13. See `--help`.
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import json
 import os
 import re
-import resource
-import select
 import signal
-import socketserver
 import stat
-import string
 import sys
-import threading
 import time
-import urllib.parse
-from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Any
 from typing import Callable
 from typing import Dict
@@ -51,6 +44,13 @@ from typing import Optional
 from typing import Sequence
 from typing import Tuple
 from typing import Union
+
+# The modules only some commands use (socketserver and threading for a node, base64 and
+# tempfile for make-binary, ...) are imported where they are used: a test run starts
+# hundreds of fakes, most of them for `version`, which a real vega answers in ~10 ms;
+# importing them all was half of this fake's start-up.
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # The version this binary reports; make_binary()'s launchers set another.
 VERSION = "v0.73.0"
@@ -610,6 +610,7 @@ def split_target(target: str) -> Tuple[str, str, Optional[str]]:
     """(scheme://host of an absolute-form target, escaped path, query or None)."""
     prefix = ""
     if ABSOLUTE_URI.match(target):
+        import urllib.parse  # only a node answers requests (see the imports)
         parts = urllib.parse.urlsplit(target)
         prefix, target = "%s://%s" % (parts.scheme, parts.netloc), parts.path + (
             "?" + parts.query if "?" in target else "")
@@ -633,6 +634,7 @@ def answer_admin_request(
     request: HttpRequest, http_path: str, state: ChainState, fault: Optional[str]
 ) -> HttpReply:
     """Answer one HTTP request as core's admin server (mux + gorilla/rpc) does."""
+    import urllib.parse  # only a node answers requests (see the imports)
     prefix, raw_path, query = split_target(request.target)
     path = raw_path if raw_path == "*" else urllib.parse.unquote(raw_path, errors="replace")
     cleaned = clean_path(path)
@@ -773,6 +775,7 @@ def describe_json_error(text: str, error: json.JSONDecodeError) -> str:
         return "unexpected EOF"
     if message.startswith("Invalid \\uXXXX"):  # position: the 'u'
         digits = text[position + 1:position + 5]
+        import string  # only a node decodes requests (see the imports)
         bad = next((c for c in digits if c not in string.hexdigits), None)
         if bad is None:
             return "unexpected EOF"
@@ -1076,6 +1079,7 @@ class Reporter:
     def __init__(self, version: str, role: str, record_path: Optional[str]) -> None:
         self.version = version
         self.role = role
+        import threading  # only a node and a data node run threads (see the imports)
         self._lock = threading.Lock()
         self._record_fd: Optional[int] = None
         if record_path:
@@ -1130,6 +1134,7 @@ class SignalInbox:
 
     def wait(self, timeout: float) -> None:
         """Sleep until a signal arrives or `timeout` seconds pass."""
+        import select  # only a node and a data node wait (see the imports)
         readable, _, _ = select.select([self._read_fd], [], [], timeout)
         if readable:
             try:
@@ -1145,6 +1150,7 @@ class SignalInbox:
 
 def die_by_signal(signum: int) -> None:
     """Kill this process with `signum` (no core file); never returns."""
+    import resource  # only a node and a data node die by a signal (see the imports)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if signum != signal.SIGKILL:
         signal.signal(signum, signal.SIG_DFL)
@@ -1181,6 +1187,7 @@ class Node:
         self.reporter = reporter
         self._clock = clock
         self._joined_at: Optional[float] = None  # None while loading and replaying
+        import threading  # only a node and a data node run threads (see the imports)
         self._lock = threading.Lock()
         self._accepted_reported = False
         self._ready_reported = False
@@ -1215,19 +1222,24 @@ class Node:
 # --- the admin socket ---
 
 
-class AdminServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+# AdminServer and AdminHandler are mixed into socketserver's classes by
+# open_admin_socket, so that only a node imports socketserver (see the imports).
+
+
+class AdminServer:
     """Core's admin server: one thread per connection, none waited for at exit."""
 
     daemon_threads = True
 
-    def __init__(self, path: str, node: Node, mode: Optional[int] = None) -> None:
+    def __init__(self, path: str, node: Node, mode: Optional[int], handler: type) -> None:
         self.node = node
         self.mode = mode
+        import threading  # only a node serves a socket (see the imports)
         self.stopping = threading.Event()  # wakes hanging and slow answers at exit
-        super().__init__(path, AdminHandler)
+        super().__init__(path, handler)  # type: ignore[call-arg]
 
     def server_bind(self) -> None:
-        super().server_bind()
+        super().server_bind()  # type: ignore[misc]
         if self.mode is not None:  # before listen(): no client can connect in between
             os.chmod(self.server_address, self.mode)
 
@@ -1238,17 +1250,17 @@ class AdminServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 def http_date() -> str:
-    """The Date header's value. email.utils (like tempfile and random for make-binary) is
-    imported where it is used: a fake starts thousands of times a test run, most of them
-    for `version`, and those imports were a tenth of its start-up."""
-    from email.utils import formatdate
+    """The Date header's value."""
+    from email.utils import formatdate  # only a node answers requests (see the imports)
     return formatdate(usegmt=True)
 
 
-class AdminHandler(socketserver.StreamRequestHandler):
+class AdminHandler:
     """One connection: requests answered in turn while the client keeps it alive."""
 
     server: AdminServer
+    rfile: Any
+    wfile: Any
 
     def handle(self) -> None:
         while self.serve_one_request():
@@ -1318,9 +1330,18 @@ def remove_stale_socket(path: str) -> None:
 def open_admin_socket(path: str, node: Node,
                       mode: Optional[int] = None) -> Tuple[AdminServer, Tuple[int, int]]:
     """Bind the socket (a stale one is removed) and serve it in a thread."""
+    import socketserver  # only a node serves a socket (see the imports)
+    import threading
+
+    class Server(AdminServer, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        pass
+
+    class Handler(AdminHandler, socketserver.StreamRequestHandler):
+        pass
+
     remove_stale_socket(path)
     try:
-        server = AdminServer(path, node, mode)
+        server = Server(path, node, mode, Handler)
     except OSError as exc:
         raise FakeError("cannot listen on admin socket %s: %s" % (path, exc)) from None
     identity = socket_identity(path)
@@ -1465,7 +1486,8 @@ def read_latest_segment(home: str) -> Optional[int]:
     """The height in HOME/fake-latest-segment, or None when there is no such file."""
     path = os.path.join(home, SEGMENT_FILE)
     try:
-        text = Path(path).read_text(encoding="utf-8").strip()
+        with open(path, encoding="utf-8") as file:
+            text = file.read().strip()
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -1500,7 +1522,8 @@ LAUNCHER_BULK_BYTES = 23000
 
 def launcher_bulk(version: str) -> str:
     """Comment lines of base64 random bytes, the same for the same version."""
-    import random  # here, not at the top: only make-binary needs it (see http_date)
+    import base64  # only make-binary needs these (see the imports)
+    import random
     data = random.Random(version).getrandbits(8 * LAUNCHER_BULK_BYTES)
     text = base64.b64encode(data.to_bytes(LAUNCHER_BULK_BYTES, "little")).decode()
     return "\n".join("# " + text[i:i + 76] for i in range(0, len(text), 76))
@@ -1515,6 +1538,7 @@ def make_binary(dest: Union[str, os.PathLike], version: str) -> Path:
     """
     if not TAG_PATTERN.fullmatch(version):
         raise ValueError("not a version tag: %r (letters, digits, '.', '_', '+', '-')" % version)
+    from pathlib import Path  # only make-binary needs it (see the imports)
     source = Path(__file__).resolve()
     text = LAUNCHER % {"source": source, "version": version, "folder": str(source.parent),
                        "bulk": launcher_bulk(version)}
@@ -1522,7 +1546,7 @@ def make_binary(dest: Union[str, os.PathLike], version: str) -> Path:
     if path.is_dir():
         raise FakeError("%s is a folder: give the path of the binary to write" % path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    import tempfile  # only make-binary needs it (see http_date)
+    import tempfile  # only make-binary needs it (see the imports)
     handle, staging = tempfile.mkstemp(prefix=".fake-vega-", dir=str(path.parent))
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
@@ -1652,7 +1676,8 @@ def find_admin_socket(args: argparse.Namespace) -> Tuple[str, str]:
 
 def read_core_config(path: str) -> Dict[str, str]:
     try:
-        return read_admin_server_keys(Path(path).read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as file:
+            return read_admin_server_keys(file.read())
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
