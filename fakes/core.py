@@ -26,6 +26,7 @@ HOME/v0.74.0/vega. Standard library only; CPython 3.8 to 3.13. See `--help`.
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import os
@@ -34,23 +35,24 @@ import signal
 import stat
 import sys
 import time
-from typing import TYPE_CHECKING
-from typing import Any
-from typing import Callable
-from typing import Dict
-from typing import List
-from typing import NamedTuple
-from typing import Optional
-from typing import Sequence
-from typing import Tuple
-from typing import Union
 
-# The modules only some commands use (socketserver and threading for a node, base64 and
-# tempfile for make-binary, ...) are imported where they are used: a test run starts
-# hundreds of fakes, most of them for `version`, which a real vega answers in ~10 ms;
-# importing them all was half of this fake's start-up.
+# A test run starts hundreds of fakes, most of them for `version`, which a real vega
+# answers in ~10 ms. So the modules only some commands use (socketserver and threading
+# for a node, base64 and tempfile for make-binary, ...) are imported where they are
+# used, and typing only by a type checker: the annotations are strings at run time,
+# and importing typing cost every start ~4 ms (its NamedTuple ~3 ms more: see
+# named_tuple).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any
+    from typing import Callable
+    from typing import Dict
+    from typing import List
+    from typing import Optional
+    from typing import Sequence
+    from typing import Tuple
+    from typing import Union
 
 # The version this binary reports; make_binary()'s launchers set another.
 VERSION = "v0.73.0"
@@ -280,7 +282,19 @@ class UsageError(FakeError):
     """Flags that do not go together: exit 2 with the usage, as argparse does."""
 
 
-class ReleaseInfo(NamedTuple):
+def named_tuple(cls: type) -> Any:
+    """A class of annotated fields (and methods) made a collections.namedtuple, as
+    typing.NamedTuple makes it, without typing's import and its checks of every
+    annotation (see the imports)."""
+    made = collections.namedtuple(cls.__name__, cls.__annotations__, module=cls.__module__)
+    for name, value in vars(cls).items():
+        if name not in ("__dict__", "__weakref__") and not (name == "__doc__" and value is None):
+            setattr(made, name, value)
+    return made
+
+
+@named_tuple
+class ReleaseInfo:
     tag: str
     upgrade_height: int
 
@@ -289,32 +303,37 @@ class ReleaseInfo(NamedTuple):
 NO_RELEASE = ReleaseInfo("", 0)
 
 
-class UpgradeScript(NamedTuple):
+@named_tuple
+class UpgradeScript:
     tag: str
     accept_height: int
     upgrade_height: int
     ready_delay: float
 
 
-class ChainConfig(NamedTuple):
+@named_tuple
+class ChainConfig:
     start_height: int
     block_interval: float
     upgrade: Optional[UpgradeScript]  # None: no proposal is ever accepted
 
 
-class ChainState(NamedTuple):
+@named_tuple
+class ChainState:
     height: int
     release: Optional[ReleaseInfo]  # None before the first block
     ready: bool
 
 
-class RpcFault(NamedTuple):
+@named_tuple
+class RpcFault:
     mode: str
     delay: float  # slow only
     after_height: int  # the fault starts at this height
 
 
-class NodeConfig(NamedTuple):
+@named_tuple
+class NodeConfig:
     chain: ChainConfig
     upgrade_skipped: Optional[str]  # why a scripted upgrade is off, or None
     socket_path: str
@@ -329,7 +348,8 @@ class NodeConfig(NamedTuple):
     fault: Optional[RpcFault]
 
 
-class HttpReply(NamedTuple):
+@named_tuple
+class HttpReply:
     status: int
     headers: Tuple[Tuple[str, str], ...]
     body: bytes
@@ -338,7 +358,8 @@ class HttpReply(NamedTuple):
     fault: Optional[str]  # the answer fault that shaped this reply
 
 
-class RpcRequest(NamedTuple):
+@named_tuple
+class RpcRequest:
     method: str
     params: Optional[str]  # the raw JSON text; None when absent or null
     request_id: Optional[str]  # the raw JSON text; None (a notification) when absent or null
@@ -456,7 +477,8 @@ def decide_on_signal(ignore_signals: bool, ready: bool) -> str:
 # answers 405, 415 and 400 in plain text; a good call gets one line of JSON.
 
 
-class HttpRequest(NamedTuple):
+@named_tuple
+class HttpRequest:
     verb: str
     target: str  # the request-target as sent, e.g. "/rpc" or "//rpc?x"
     version: Tuple[int, int]
@@ -1452,7 +1474,8 @@ class NodeRun:
 # --- the data node ---
 
 
-class DatanodeConfig(NamedTuple):
+@named_tuple
+class DatanodeConfig:
     crash_after: Optional[float]
     stop_delay: float
     ignore_sigterm: bool
