@@ -1221,7 +1221,7 @@ class Node:
         self.reporter = reporter
         self._clock = clock
         self._joined_at: Optional[float] = None  # None while loading and replaying
-        import threading  # only a node and a data node run threads (see the imports)
+        import threading  # only a node runs threads (see the imports)
         self._lock = threading.Lock()
         self._accepted_reported = False
         self._ready_reported = False
@@ -1362,10 +1362,10 @@ def open_admin_socket(path: str, node: Node,
     import threading
 
     class Server(AdminServer, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-        pass
+        """AdminServer on socketserver's threading unix stream server."""
 
     class Handler(AdminHandler, socketserver.StreamRequestHandler):
-        pass
+        """AdminHandler on socketserver's stream handler."""
 
     remove_stale_socket(path)
     try:
