@@ -26,31 +26,33 @@ HOME/v0.74.0/vega. Standard library only; CPython 3.8 to 3.13. See `--help`.
 from __future__ import annotations
 
 import argparse
-import base64
+import collections
 import hashlib
 import json
 import os
 import re
-import resource
-import select
 import signal
-import socketserver
 import stat
-import string
 import sys
-import threading
 import time
-import urllib.parse
-from pathlib import Path
-from typing import Any
-from typing import Callable
-from typing import Dict
-from typing import List
-from typing import NamedTuple
-from typing import Optional
-from typing import Sequence
-from typing import Tuple
-from typing import Union
+
+# A test run starts hundreds of fakes, most of them for `version`, which a real vega
+# answers in ~10 ms. So the modules only some commands use (socketserver and threading
+# for a node, base64 and tempfile for make-binary, ...) are imported where they are
+# used, and typing only by a type checker: the annotations are strings at run time,
+# and importing typing cost every start ~4 ms (its NamedTuple ~3 ms more: see
+# named_tuple).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+    from typing import Callable
+    from typing import Dict
+    from typing import List
+    from typing import Optional
+    from typing import Sequence
+    from typing import Tuple
+    from typing import Union
 
 # The version this binary reports; make_binary()'s launchers set another.
 VERSION = "v0.73.0"
@@ -131,6 +133,9 @@ HARMLESS_SIGNALS = ("SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGCONT", "SIGC
 SIGNAL_EVENTS = {signal.SIGTERM: "sigterm", signal.SIGINT: "sigint"}
 PLAIN_TEXT = "text/plain; charset=utf-8"
 JSON_TEXT = "application/json; charset=utf-8"
+# The Date header names days and months in English, whatever the locale.
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 # --- help ---
 
@@ -280,7 +285,19 @@ class UsageError(FakeError):
     """Flags that do not go together: exit 2 with the usage, as argparse does."""
 
 
-class ReleaseInfo(NamedTuple):
+def named_tuple(cls: type) -> Any:
+    """A class of annotated fields (and methods) made a collections.namedtuple, as
+    typing.NamedTuple makes it, without typing's import and its checks of every
+    annotation (see the imports)."""
+    made = collections.namedtuple(cls.__name__, cls.__annotations__, module=cls.__module__)
+    for name, value in vars(cls).items():
+        if name not in ("__dict__", "__weakref__") and not (name == "__doc__" and value is None):
+            setattr(made, name, value)
+    return made
+
+
+@named_tuple
+class ReleaseInfo:
     tag: str
     upgrade_height: int
 
@@ -289,32 +306,37 @@ class ReleaseInfo(NamedTuple):
 NO_RELEASE = ReleaseInfo("", 0)
 
 
-class UpgradeScript(NamedTuple):
+@named_tuple
+class UpgradeScript:
     tag: str
     accept_height: int
     upgrade_height: int
     ready_delay: float
 
 
-class ChainConfig(NamedTuple):
+@named_tuple
+class ChainConfig:
     start_height: int
     block_interval: float
     upgrade: Optional[UpgradeScript]  # None: no proposal is ever accepted
 
 
-class ChainState(NamedTuple):
+@named_tuple
+class ChainState:
     height: int
     release: Optional[ReleaseInfo]  # None before the first block
     ready: bool
 
 
-class RpcFault(NamedTuple):
+@named_tuple
+class RpcFault:
     mode: str
     delay: float  # slow only
     after_height: int  # the fault starts at this height
 
 
-class NodeConfig(NamedTuple):
+@named_tuple
+class NodeConfig:
     chain: ChainConfig
     upgrade_skipped: Optional[str]  # why a scripted upgrade is off, or None
     socket_path: str
@@ -329,7 +351,8 @@ class NodeConfig(NamedTuple):
     fault: Optional[RpcFault]
 
 
-class HttpReply(NamedTuple):
+@named_tuple
+class HttpReply:
     status: int
     headers: Tuple[Tuple[str, str], ...]
     body: bytes
@@ -338,7 +361,8 @@ class HttpReply(NamedTuple):
     fault: Optional[str]  # the answer fault that shaped this reply
 
 
-class RpcRequest(NamedTuple):
+@named_tuple
+class RpcRequest:
     method: str
     params: Optional[str]  # the raw JSON text; None when absent or null
     request_id: Optional[str]  # the raw JSON text; None (a notification) when absent or null
@@ -456,7 +480,8 @@ def decide_on_signal(ignore_signals: bool, ready: bool) -> str:
 # answers 405, 415 and 400 in plain text; a good call gets one line of JSON.
 
 
-class HttpRequest(NamedTuple):
+@named_tuple
+class HttpRequest:
     verb: str
     target: str  # the request-target as sent, e.g. "/rpc" or "//rpc?x"
     version: Tuple[int, int]
@@ -610,6 +635,7 @@ def split_target(target: str) -> Tuple[str, str, Optional[str]]:
     """(scheme://host of an absolute-form target, escaped path, query or None)."""
     prefix = ""
     if ABSOLUTE_URI.match(target):
+        import urllib.parse  # only a node answers requests (see the imports)
         parts = urllib.parse.urlsplit(target)
         prefix, target = "%s://%s" % (parts.scheme, parts.netloc), parts.path + (
             "?" + parts.query if "?" in target else "")
@@ -633,6 +659,7 @@ def answer_admin_request(
     request: HttpRequest, http_path: str, state: ChainState, fault: Optional[str]
 ) -> HttpReply:
     """Answer one HTTP request as core's admin server (mux + gorilla/rpc) does."""
+    import urllib.parse  # only a node answers requests (see the imports)
     prefix, raw_path, query = split_target(request.target)
     path = raw_path if raw_path == "*" else urllib.parse.unquote(raw_path, errors="replace")
     cleaned = clean_path(path)
@@ -773,6 +800,7 @@ def describe_json_error(text: str, error: json.JSONDecodeError) -> str:
         return "unexpected EOF"
     if message.startswith("Invalid \\uXXXX"):  # position: the 'u'
         digits = text[position + 1:position + 5]
+        import string  # only a node decodes requests (see the imports)
         bad = next((c for c in digits if c not in string.hexdigits), None)
         if bad is None:
             return "unexpected EOF"
@@ -945,6 +973,15 @@ def format_line(version: str, message: str, facts: Dict[str, Any]) -> str:
     return " ".join([OUTPUT_PREFIX, version, message] + words)
 
 
+def http_date(now: float) -> str:
+    """The Date header's value at `now` (Unix time), as Go's http.TimeFormat writes it.
+    (email.utils.formatdate writes the same, but importing it cost a node ~15 ms.)"""
+    t = time.gmtime(now)
+    return "%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+        WEEKDAYS[t.tm_wday], t.tm_mday, MONTHS[t.tm_mon - 1], t.tm_year,
+        t.tm_hour, t.tm_min, t.tm_sec)
+
+
 def base58(data: bytes) -> str:
     number, digits = int.from_bytes(data, "big"), []
     while number:
@@ -1076,6 +1113,7 @@ class Reporter:
     def __init__(self, version: str, role: str, record_path: Optional[str]) -> None:
         self.version = version
         self.role = role
+        import threading  # only a node and a data node run threads (see the imports)
         self._lock = threading.Lock()
         self._record_fd: Optional[int] = None
         if record_path:
@@ -1130,6 +1168,7 @@ class SignalInbox:
 
     def wait(self, timeout: float) -> None:
         """Sleep until a signal arrives or `timeout` seconds pass."""
+        import select  # only a node and a data node wait (see the imports)
         readable, _, _ = select.select([self._read_fd], [], [], timeout)
         if readable:
             try:
@@ -1145,6 +1184,7 @@ class SignalInbox:
 
 def die_by_signal(signum: int) -> None:
     """Kill this process with `signum` (no core file); never returns."""
+    import resource  # only a node and a data node die by a signal (see the imports)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if signum != signal.SIGKILL:
         signal.signal(signum, signal.SIG_DFL)
@@ -1181,6 +1221,7 @@ class Node:
         self.reporter = reporter
         self._clock = clock
         self._joined_at: Optional[float] = None  # None while loading and replaying
+        import threading  # only a node runs threads (see the imports)
         self._lock = threading.Lock()
         self._accepted_reported = False
         self._ready_reported = False
@@ -1215,19 +1256,24 @@ class Node:
 # --- the admin socket ---
 
 
-class AdminServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+# AdminServer and AdminHandler are mixed into socketserver's classes by
+# open_admin_socket, so that only a node imports socketserver (see the imports).
+
+
+class AdminServer:
     """Core's admin server: one thread per connection, none waited for at exit."""
 
     daemon_threads = True
 
-    def __init__(self, path: str, node: Node, mode: Optional[int] = None) -> None:
+    def __init__(self, path: str, node: Node, mode: Optional[int], handler: type) -> None:
         self.node = node
         self.mode = mode
+        import threading  # only a node serves a socket (see the imports)
         self.stopping = threading.Event()  # wakes hanging and slow answers at exit
-        super().__init__(path, AdminHandler)
+        super().__init__(path, handler)  # type: ignore[call-arg]
 
     def server_bind(self) -> None:
-        super().server_bind()
+        super().server_bind()  # type: ignore[misc]
         if self.mode is not None:  # before listen(): no client can connect in between
             os.chmod(self.server_address, self.mode)
 
@@ -1237,18 +1283,12 @@ class AdminServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             warn("admin connection failed: %r" % (error,))
 
 
-def http_date() -> str:
-    """The Date header's value. email.utils (like tempfile and random for make-binary) is
-    imported where it is used: a fake starts thousands of times a test run, most of them
-    for `version`, and those imports were a tenth of its start-up."""
-    from email.utils import formatdate
-    return formatdate(usegmt=True)
-
-
-class AdminHandler(socketserver.StreamRequestHandler):
+class AdminHandler:
     """One connection: requests answered in turn while the client keeps it alive."""
 
     server: AdminServer
+    rfile: Any
+    wfile: Any
 
     def handle(self) -> None:
         while self.serve_one_request():
@@ -1280,7 +1320,7 @@ class AdminHandler(socketserver.StreamRequestHandler):
         # Recorded before it is sent: whoever holds the answer finds it in the record.
         self.record_answer(request, reply.status, reply,
                            mode if mode == "slow" else reply.fault, state)
-        self.wfile.write(http_answer(reply, request, keep_alive, http_date()))
+        self.wfile.write(http_answer(reply, request, keep_alive, http_date(time.time())))
         return keep_alive
 
     def record_answer(self, request: Optional[HttpRequest], status: int,
@@ -1318,9 +1358,18 @@ def remove_stale_socket(path: str) -> None:
 def open_admin_socket(path: str, node: Node,
                       mode: Optional[int] = None) -> Tuple[AdminServer, Tuple[int, int]]:
     """Bind the socket (a stale one is removed) and serve it in a thread."""
+    import socketserver  # only a node serves a socket (see the imports)
+    import threading
+
+    class Server(AdminServer, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        """AdminServer on socketserver's threading unix stream server."""
+
+    class Handler(AdminHandler, socketserver.StreamRequestHandler):
+        """AdminHandler on socketserver's stream handler."""
+
     remove_stale_socket(path)
     try:
-        server = AdminServer(path, node, mode)
+        server = Server(path, node, mode, Handler)
     except OSError as exc:
         raise FakeError("cannot listen on admin socket %s: %s" % (path, exc)) from None
     identity = socket_identity(path)
@@ -1431,7 +1480,8 @@ class NodeRun:
 # --- the data node ---
 
 
-class DatanodeConfig(NamedTuple):
+@named_tuple
+class DatanodeConfig:
     crash_after: Optional[float]
     stop_delay: float
     ignore_sigterm: bool
@@ -1465,7 +1515,8 @@ def read_latest_segment(home: str) -> Optional[int]:
     """The height in HOME/fake-latest-segment, or None when there is no such file."""
     path = os.path.join(home, SEGMENT_FILE)
     try:
-        text = Path(path).read_text(encoding="utf-8").strip()
+        with open(path, encoding="utf-8") as file:
+            text = file.read().strip()
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -1500,7 +1551,8 @@ LAUNCHER_BULK_BYTES = 23000
 
 def launcher_bulk(version: str) -> str:
     """Comment lines of base64 random bytes, the same for the same version."""
-    import random  # here, not at the top: only make-binary needs it (see http_date)
+    import base64  # only make-binary needs these (see the imports)
+    import random
     data = random.Random(version).getrandbits(8 * LAUNCHER_BULK_BYTES)
     text = base64.b64encode(data.to_bytes(LAUNCHER_BULK_BYTES, "little")).decode()
     return "\n".join("# " + text[i:i + 76] for i in range(0, len(text), 76))
@@ -1515,6 +1567,7 @@ def make_binary(dest: Union[str, os.PathLike], version: str) -> Path:
     """
     if not TAG_PATTERN.fullmatch(version):
         raise ValueError("not a version tag: %r (letters, digits, '.', '_', '+', '-')" % version)
+    from pathlib import Path  # only make-binary needs it (see the imports)
     source = Path(__file__).resolve()
     text = LAUNCHER % {"source": source, "version": version, "folder": str(source.parent),
                        "bulk": launcher_bulk(version)}
@@ -1522,7 +1575,7 @@ def make_binary(dest: Union[str, os.PathLike], version: str) -> Path:
     if path.is_dir():
         raise FakeError("%s is a folder: give the path of the binary to write" % path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    import tempfile  # only make-binary needs it (see http_date)
+    import tempfile  # only make-binary needs it (see the imports)
     handle, staging = tempfile.mkstemp(prefix=".fake-vega-", dir=str(path.parent))
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
@@ -1652,7 +1705,8 @@ def find_admin_socket(args: argparse.Namespace) -> Tuple[str, str]:
 
 def read_core_config(path: str) -> Dict[str, str]:
     try:
-        return read_admin_server_keys(Path(path).read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as file:
+            return read_admin_server_keys(file.read())
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as exc:

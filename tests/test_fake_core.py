@@ -985,6 +985,14 @@ def test_every_request_is_answered_as_gorilla_answers_it(
         assert not body.endswith(b"\n") or status == 404
 
 
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("now", [0, 951782400.5, 1767225599.999, 1796270400, 4102444800],
+                         ids=["epoch", "leap-day", "last-second-of-2025", "2026", "2100"])
+def test_date_header_is_what_email_utils_writes(now: float) -> None:
+    from email.utils import formatdate
+    assert core.http_date(now) == formatdate(now, usegmt=True)
+
+
 WIRE_DATE = re.compile(rb"\r\nDate: [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT\r\n")
 
 
