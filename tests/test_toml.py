@@ -246,9 +246,13 @@ plain_chars = st.text(
     st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\"'\\"), max_size=4
 ) | st.sampled_from(["\t", "é", "✓", "\U0001F600", "#", "a.b", " ", "=", "[", "x"])
 rare_chars = st.sampled_from(["\x00", "\x1f", "\x7f", "\r", "\b", "\n"])
+HEX = "0123456789abcdefABCDEF"
 escapes = st.sampled_from([
     "\\b", "\\t", "\\n", "\\f", "\\r", '\\"', "\\\\", "\\u00e9", "\\U0001F600",
-]) | st.from_regex(r"\\u[0-9a-fA-F]{4}|\\U000[0-9a-fA-F]{5}|\\U0010[0-9a-fA-F]{4}", fullmatch=True)
+]) | st.tuples(  # \uXXXX (surrogates too), \U000XXXXX, \U0010XXXX
+    st.sampled_from([("\\u", 4), ("\\U000", 5), ("\\U0010", 4)]),
+    st.text(HEX, min_size=5, max_size=5),
+).map(lambda p: p[0][0] + p[1][:p[0][1]])
 bad_escapes = st.sampled_from(
     ["\\uD800", "\\U00110000", "\\x41", "\\e", "\\u12", "\\ ", "\\", "\\ x"]
 )
@@ -269,34 +273,71 @@ multiline_literal_strings = st.tuples(
 ).map(lambda p: f"'''{p[0]}{p[1]}'''{p[2]}")
 strings = basic_strings | literal_strings | multiline_basic_strings | multiline_literal_strings
 
-decimal_integers = st.from_regex(r"[+-]?(0|[1-9](_?[0-9]){0,6})", fullmatch=True)
-radix_integers = st.from_regex(
-    r"0x[0-9A-Fa-f](_?[0-9A-Fa-f]){0,5}|0o[0-7](_?[0-7]){0,5}|0b[01](_?[01]){0,8}", fullmatch=True
+DIGITS = "0123456789"
+SIGNS = st.sampled_from(["", "+", "-"])
+
+
+@st.composite
+def digit_runs(draw: st.DrawFn, first: str, rest: str, most: int) -> str:
+    """What the regex [first](_?[rest]){0,most} matches: one of `first`, then up to `most`
+    of `rest`, each maybe after an underscore. Three choices, where st.from_regex drew one
+    or more for every character at several times the cost."""
+    tail = draw(st.text(rest, max_size=most))
+    underscores = draw(st.integers(0, 2 ** len(tail) - 1))
+    return draw(st.sampled_from(first)) + "".join(
+        "_" * (underscores >> i & 1) + digit for i, digit in enumerate(tail))
+
+
+def two_digits(low: int, high: int) -> st.SearchStrategy:
+    return st.integers(low, high).map("{:02d}".format)
+
+
+def joined_tuple(*parts: st.SearchStrategy) -> st.SearchStrategy:
+    return st.tuples(*parts).map("".join)
+
+
+def optional(part: st.SearchStrategy) -> st.SearchStrategy:
+    return st.just("") | part
+
+
+decimal_integers = joined_tuple(SIGNS, st.just("0") | digit_runs("123456789", DIGITS, 6))
+radix_integers = (
+    digit_runs("0123456789ABCDEFabcdef", "0123456789ABCDEFabcdef", 5).map("0x".__add__)
+    | digit_runs("01234567", "01234567", 5).map("0o".__add__)
+    | digit_runs("01", "01", 8).map("0b".__add__)
 )
-floats = st.from_regex(
-    r"[+-]?(0|[1-9](_?[0-9]){0,3})(\.[0-9](_?[0-9]){0,3})?([eE][+-]?[0-9](_?[0-9]){0,2})?",
-    fullmatch=True,
+floats = joined_tuple(
+    SIGNS, st.just("0") | digit_runs("123456789", DIGITS, 3),
+    optional(digit_runs(DIGITS, DIGITS, 3).map(".".__add__)),
+    optional(joined_tuple(st.sampled_from("eE"), SIGNS, digit_runs(DIGITS, DIGITS, 2))),
 ) | st.sampled_from(["inf", "+inf", "-inf", "nan", "+nan", "-nan", "1e400", "-0.0"])
 near_numbers = st.sampled_from([
     "01", "1__2", "_1", "1_", "+0x1", "0X1", "0x", ".5", "5.", "1e", "1.e5", "0.1.2",
     "infinity", "NaN", "True", "-0b1", "0o8", "1e_5", "1_.5", "0_0", "00.5", "+-1",
 ])
-dates = st.from_regex(
-    r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
-    r"([Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,8})?"
-    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?",
-    fullmatch=True,
-) | st.from_regex(r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,8})?", fullmatch=True)
+# Any year, month and day of month (so 2023-02-30 and year 0 too), maybe a time, maybe an
+# offset; or a time alone. Fractions of up to 8 digits: TOML keeps at least 6.
+times = joined_tuple(
+    two_digits(0, 23), st.just(":"), two_digits(0, 59), st.just(":"), two_digits(0, 59),
+    optional(st.text(DIGITS, min_size=1, max_size=8).map(".".__add__)),
+)
+offsets = st.sampled_from(["", "Z", "z"]) | joined_tuple(
+    st.sampled_from("+-"), two_digits(0, 23), st.just(":"), two_digits(0, 59))
+dates = joined_tuple(
+    st.integers(0, 9999).map("{:04d}".format), st.just("-"), two_digits(1, 12), st.just("-"),
+    two_digits(1, 31), optional(joined_tuple(st.sampled_from("Tt "), times, offsets)),
+) | times
 scalars = (
     strings | decimal_integers | radix_integers | floats | dates
     | st.sampled_from(["true", "false"]) | rarely(near_numbers, decimal_integers, one_in=3)
 )
 
+BARE_KEY_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 # Mostly two names, so that tables, dotted keys and arrays of tables collide often.
 NAMES = st.sampled_from(["a", "b"])
 key_parts = rarely(
     st.sampled_from(["c", "1", "-", "a-b", "true", "0x1", '""', "''"])
-    | st.from_regex(r"[A-Za-z0-9_-]{1,4}", fullmatch=True) | basic_strings | literal_strings,
+    | st.text(BARE_KEY_CHARS, min_size=1, max_size=4) | basic_strings | literal_strings,
     NAMES | NAMES.map(lambda w: f'"{w}"') | NAMES.map(lambda w: f"'{w}'"),
     one_in=4,
 )
