@@ -17,7 +17,10 @@ import vegavisor
 
 # TOML_DIFF_EXAMPLES=20000 runs the differential test long enough to flush out rare cases.
 DIFF_EXAMPLES = int(os.environ.get("TOML_DIFF_EXAMPLES", "150"))
-ROUND_TRIP_EXAMPLES = int(os.environ.get("TOML_ROUND_TRIP_EXAMPLES", "200"))
+# 100, not 200: each written document now goes through both readers, and 100 documents
+# already fail on every seed tried when the writer misses the escape of a quote, a backslash,
+# \x1f or \x7f, the sign of -nan or the header of an empty table.
+ROUND_TRIP_EXAMPLES = int(os.environ.get("TOML_ROUND_TRIP_EXAMPLES", "100"))
 READERS = [
     pytest.param(vegavisor._parse_toml, id="own-reader"),
     pytest.param(vegavisor.read_toml_text, id="read_toml_text"),
