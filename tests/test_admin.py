@@ -161,7 +161,7 @@ answer_bytes = st.binary(max_size=300) | st.builds(
 
 
 # 250, not 500: the answers are shaped like core's now, so about one in five is a status and
-# most reach a check of the result, where 500 of random JSON never got past the id check.
+# nearly half reach the result's checks, where 500 of random JSON never got past the id check.
 # ADMIN_STATUS_EXAMPLES=5000 runs it long.
 @settings(max_examples=int(os.environ.get("ADMIN_STATUS_EXAMPLES", "250")), deadline=None)
 @given(answer_bytes)
