@@ -357,9 +357,12 @@ CONFIG_PATHS = sorted(key_paths(vegavisor.CONFIG_SCHEMA)) + [("upgradeFolders", 
 RUN_CONFIG_PATHS = sorted(key_paths(vegavisor.RUN_CONFIG_SCHEMA))
 toml_scalars = (st.booleans() | st.integers() | st.floats() | st.text(max_size=200)
                 | st.datetimes() | st.dates() | st.times())
-toml_values = st.recursive(toml_scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-                           max_leaves=10)
+# Any TOML value two levels deep: a scalar of any kind, a list or a table where a key needs
+# another (st.recursive drew the same kinds of value at several times the cost).
+toml_flat = (toml_scalars | st.lists(toml_scalars, max_size=4)
+             | st.dictionaries(st.text(max_size=10), toml_scalars, max_size=4))
+toml_values = toml_flat | st.lists(toml_flat, max_size=4) | st.dictionaries(
+    st.text(max_size=10), toml_flat, max_size=4)
 
 
 def put(doc: dict, path, value) -> dict:

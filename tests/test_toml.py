@@ -17,7 +17,10 @@ import vegavisor
 
 # TOML_DIFF_EXAMPLES=20000 runs the differential test long enough to flush out rare cases.
 DIFF_EXAMPLES = int(os.environ.get("TOML_DIFF_EXAMPLES", "150"))
-ROUND_TRIP_EXAMPLES = int(os.environ.get("TOML_ROUND_TRIP_EXAMPLES", "200"))
+# 100, not 200: each written document now goes through both readers, and 100 documents
+# already fail on every seed tried when the writer misses the escape of a quote, a backslash,
+# \x1f or \x7f, the sign of -nan or the header of an empty table.
+ROUND_TRIP_EXAMPLES = int(os.environ.get("TOML_ROUND_TRIP_EXAMPLES", "100"))
 READERS = [
     pytest.param(vegavisor._parse_toml, id="own-reader"),
     pytest.param(vegavisor.read_toml_text, id="read_toml_text"),
@@ -232,22 +235,27 @@ def joined(pieces: st.SearchStrategy, max_size: int = 6) -> st.SearchStrategy:
     return st.lists(pieces, max_size=max_size).map("".join)
 
 
+@st.composite
 def rarely(
-    pieces: st.SearchStrategy, otherwise: st.SearchStrategy = st.just(""), one_in: int = 16
-) -> st.SearchStrategy:
-    """A piece one time in 16 (most generated documents should be valid), else `otherwise`."""
-    return st.tuples(st.integers(1, one_in), pieces, otherwise).map(
-        lambda t: t[1] if t[0] == one_in else t[2]
-    )
+    draw: st.DrawFn, pieces: st.SearchStrategy, otherwise: st.SearchStrategy = st.just(""),
+    one_in: int = 16,
+) -> str:
+    """A piece one time in 16 (most generated documents should be valid), else `otherwise`.
+    Only the one chosen is drawn: drawing both and dropping one doubled the work."""
+    return draw(pieces) if draw(st.integers(1, one_in)) == one_in else draw(otherwise)
 
 
 plain_chars = st.text(
     st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\"'\\"), max_size=4
 ) | st.sampled_from(["\t", "é", "✓", "\U0001F600", "#", "a.b", " ", "=", "[", "x"])
 rare_chars = st.sampled_from(["\x00", "\x1f", "\x7f", "\r", "\b", "\n"])
+HEX = "0123456789abcdefABCDEF"
 escapes = st.sampled_from([
     "\\b", "\\t", "\\n", "\\f", "\\r", '\\"', "\\\\", "\\u00e9", "\\U0001F600",
-]) | st.from_regex(r"\\u[0-9a-fA-F]{4}|\\U000[0-9a-fA-F]{5}|\\U0010[0-9a-fA-F]{4}", fullmatch=True)
+]) | st.tuples(  # \uXXXX (surrogates too), \U000XXXXX, \U0010XXXX
+    st.sampled_from([("\\u", 4), ("\\U000", 5), ("\\U0010", 4)]),
+    st.text(HEX, min_size=5, max_size=5),
+).map(lambda p: p[0][0] + p[1][:p[0][1]])
 bad_escapes = st.sampled_from(
     ["\\uD800", "\\U00110000", "\\x41", "\\e", "\\u12", "\\ ", "\\", "\\ x"]
 )
@@ -268,34 +276,71 @@ multiline_literal_strings = st.tuples(
 ).map(lambda p: f"'''{p[0]}{p[1]}'''{p[2]}")
 strings = basic_strings | literal_strings | multiline_basic_strings | multiline_literal_strings
 
-decimal_integers = st.from_regex(r"[+-]?(0|[1-9](_?[0-9]){0,6})", fullmatch=True)
-radix_integers = st.from_regex(
-    r"0x[0-9A-Fa-f](_?[0-9A-Fa-f]){0,5}|0o[0-7](_?[0-7]){0,5}|0b[01](_?[01]){0,8}", fullmatch=True
+DIGITS = "0123456789"
+SIGNS = st.sampled_from(["", "+", "-"])
+
+
+@st.composite
+def digit_runs(draw: st.DrawFn, first: str, rest: str, most: int) -> str:
+    """What the regex [first](_?[rest]){0,most} matches: one of `first`, then up to `most`
+    of `rest`, each maybe after an underscore. Three choices, where st.from_regex drew one
+    or more for every character at several times the cost."""
+    tail = draw(st.text(rest, max_size=most))
+    underscores = draw(st.integers(0, 2 ** len(tail) - 1))
+    return draw(st.sampled_from(first)) + "".join(
+        "_" * (underscores >> i & 1) + digit for i, digit in enumerate(tail))
+
+
+def two_digits(low: int, high: int) -> st.SearchStrategy:
+    return st.integers(low, high).map("{:02d}".format)
+
+
+def joined_tuple(*parts: st.SearchStrategy) -> st.SearchStrategy:
+    return st.tuples(*parts).map("".join)
+
+
+def optional(part: st.SearchStrategy) -> st.SearchStrategy:
+    return st.just("") | part
+
+
+decimal_integers = joined_tuple(SIGNS, st.just("0") | digit_runs("123456789", DIGITS, 6))
+radix_integers = (
+    digit_runs("0123456789ABCDEFabcdef", "0123456789ABCDEFabcdef", 5).map("0x".__add__)
+    | digit_runs("01234567", "01234567", 5).map("0o".__add__)
+    | digit_runs("01", "01", 8).map("0b".__add__)
 )
-floats = st.from_regex(
-    r"[+-]?(0|[1-9](_?[0-9]){0,3})(\.[0-9](_?[0-9]){0,3})?([eE][+-]?[0-9](_?[0-9]){0,2})?",
-    fullmatch=True,
+floats = joined_tuple(
+    SIGNS, st.just("0") | digit_runs("123456789", DIGITS, 3),
+    optional(digit_runs(DIGITS, DIGITS, 3).map(".".__add__)),
+    optional(joined_tuple(st.sampled_from("eE"), SIGNS, digit_runs(DIGITS, DIGITS, 2))),
 ) | st.sampled_from(["inf", "+inf", "-inf", "nan", "+nan", "-nan", "1e400", "-0.0"])
 near_numbers = st.sampled_from([
     "01", "1__2", "_1", "1_", "+0x1", "0X1", "0x", ".5", "5.", "1e", "1.e5", "0.1.2",
     "infinity", "NaN", "True", "-0b1", "0o8", "1e_5", "1_.5", "0_0", "00.5", "+-1",
 ])
-dates = st.from_regex(
-    r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
-    r"([Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,8})?"
-    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?",
-    fullmatch=True,
-) | st.from_regex(r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,8})?", fullmatch=True)
+# Any year, month and day of month (so 2023-02-30 and year 0 too), maybe a time, maybe an
+# offset; or a time alone. Fractions of up to 8 digits: TOML keeps at least 6.
+times = joined_tuple(
+    two_digits(0, 23), st.just(":"), two_digits(0, 59), st.just(":"), two_digits(0, 59),
+    optional(st.text(DIGITS, min_size=1, max_size=8).map(".".__add__)),
+)
+offsets = st.sampled_from(["", "Z", "z"]) | joined_tuple(
+    st.sampled_from("+-"), two_digits(0, 23), st.just(":"), two_digits(0, 59))
+dates = joined_tuple(
+    st.integers(0, 9999).map("{:04d}".format), st.just("-"), two_digits(1, 12), st.just("-"),
+    two_digits(1, 31), optional(joined_tuple(st.sampled_from("Tt "), times, offsets)),
+) | times
 scalars = (
     strings | decimal_integers | radix_integers | floats | dates
     | st.sampled_from(["true", "false"]) | rarely(near_numbers, decimal_integers, one_in=3)
 )
 
+BARE_KEY_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 # Mostly two names, so that tables, dotted keys and arrays of tables collide often.
 NAMES = st.sampled_from(["a", "b"])
 key_parts = rarely(
     st.sampled_from(["c", "1", "-", "a-b", "true", "0x1", '""', "''"])
-    | st.from_regex(r"[A-Za-z0-9_-]{1,4}", fullmatch=True) | basic_strings | literal_strings,
+    | st.text(BARE_KEY_CHARS, min_size=1, max_size=4) | basic_strings | literal_strings,
     NAMES | NAMES.map(lambda w: f'"{w}"') | NAMES.map(lambda w: f"'{w}'"),
     one_in=4,
 )
@@ -414,37 +459,49 @@ def test_own_reader_agrees_with_tomllib(text):
 
 # --- writer ---
 
-writer_keys = st.text(max_size=6) | st.sampled_from(["a", "b-c", "socketPath", "a.b", ""])
+# The characters the writer or a reader treats specially, and a few of each kind they must
+# let through untouched: quotes and backslash; ASCII controls (escaped as \b \t \n \f \r
+# or \uXXXX); the ones str.splitlines() breaks at (\x0b \x0c \x1c \x85 \u2028); a C1
+# control, a no-break and an ideographic space, a BOM; non-ASCII digits and letters
+# (a bare key is ASCII only); an astral and the last code point. Strings over this small
+# alphabet reach every case the writer has at a fraction of st.text()'s cost; a short
+# st.text() beside it still tries any other character.
+WRITER_CHARS = (
+    "aZ09-_ .=#[]{},\"'\\\x00\x01\x08\t\n\x0b\x0c\r\x1b\x1c\x1f\x7f\x80\x85\xa0"
+    "é²٣\u2028\u3000\ufeff✓\U0001F600\U0010FFFF"
+)
+writer_text = st.text(WRITER_CHARS, max_size=8) | st.text(max_size=3)
+writer_keys = writer_text | st.sampled_from(["a", "b-c", "socketPath", "a.b", ""])
 writer_scalars = (
-    st.text()
+    writer_text
     | st.integers(min_value=-(2 ** 63), max_value=2 ** 63 - 1)
     | st.floats()
+    | st.sampled_from([math.nan, -math.nan, math.inf, -math.inf, -0.0, 5e-324, 1e16])
     | st.booleans()
 )
+# Few leaves, yet nested and empty arrays and tables, values beside sections: every shape the
+# writer has (a header only for a table with values of its own or with nothing in it).
 writer_values = st.recursive(
-    writer_scalars, lambda inner: st.lists(inner, max_size=3), max_leaves=6
+    writer_scalars, lambda inner: st.lists(inner, max_size=3), max_leaves=4
 )
 writer_documents = st.dictionaries(
     writer_keys,
     st.recursive(
-        writer_values, lambda inner: st.dictionaries(writer_keys, inner, max_size=4), max_leaves=12
+        writer_values, lambda inner: st.dictionaries(writer_keys, inner, max_size=3), max_leaves=8
     ),
-    max_size=5,
+    max_size=4,
 )
 
 
 @pytest.mark.timeout(60)
 @settings(max_examples=ROUND_TRIP_EXAMPLES, deadline=None)
 @given(doc=writer_documents)
-def test_write_toml_round_trips_through_read_toml_text(doc):
-    assert same(vegavisor.read_toml_text(vegavisor.write_toml(doc)), doc, ordered=False)
-
-
-@pytest.mark.timeout(60)
-@settings(max_examples=ROUND_TRIP_EXAMPLES, deadline=None)
-@given(doc=writer_documents)
-def test_write_toml_round_trips_through_own_reader(doc):
-    assert same(vegavisor._parse_toml(vegavisor.write_toml(doc)), doc, ordered=False)
+def test_write_toml_round_trips_through_both_readers(doc):
+    """One written document read back by the module's own reader and by read_toml_text
+    (tomllib where there is one): generating a document costs far more than reading it."""
+    text = vegavisor.write_toml(doc)
+    assert same(vegavisor._parse_toml(text), doc, ordered=False), "own reader"
+    assert same(vegavisor.read_toml_text(text), doc, ordered=False), "read_toml_text"
 
 
 @pytest.mark.timeout(60)
