@@ -73,7 +73,7 @@ def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
 # except in these modules: the fault matrices and the rehearsals run vegavisor as the
 # real world does to check what a user sees, through decisions the in-process tests
 # cover line by line. Coverage starts in each process it measures (0.16 s of CPU), and
-# measuring their 300 runs took a minute of the suite's CPU for 30 lines that small
+# measuring their 330 runs took a minute of the suite's CPU for 30 lines that small
 # tests of their own now reach. What such a test starts runs as under CI, only
 # unmeasured: coverage passes itself on in these variables, which are left out of the
 # environment while the test runs.
