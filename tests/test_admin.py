@@ -800,6 +800,16 @@ def test_call_upgrade_status_uses_a_connection_once(serve):
 # --- AdminClient against the fake core ---
 
 @pytest.mark.timeout(60)
+def listening(path: Path) -> bool:
+    """A connection is accepted: the socket file appears at bind(), a moment before."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def test_polls_survive_a_core_restart_without_a_failed_poll(short_tmp):
     sock = short_tmp / "core.sock"
     record = short_tmp / "record.jsonl"
@@ -809,7 +819,7 @@ def test_polls_survive_a_core_restart_without_a_failed_poll(short_tmp):
                                  str(sock), "--record", str(record), "--upgrade-tag", "v9",
                                  "--upgrade-height", "100000"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(sock.exists, 20, "the fake core's admin socket")
+        wait_for(lambda: listening(sock), 20, "the fake core's admin socket")
         return core
 
     def stop_core(core: subprocess.Popen) -> None:
