@@ -208,8 +208,10 @@ class Home:
         self.dn_home = root / "dn"
 
     def init(self, with_data_node: bool = False) -> None:
+        """`vegavisor.py init` through run_main: the home is what a test starts from, not
+        what it checks (test_init runs the command itself), so no Python start for it."""
         args = ["init", "--home", str(self.path)] + (["--with-data-node"] if with_data_node else [])
-        done = run_vegavisor(args)
+        done = run_main(args)
         assert done.returncode == 0, done.stderr
 
     def set_config(self, **keys: object) -> None:
@@ -980,16 +982,3 @@ class Ctx:
         self.height, self.data_node = HEIGHT, False
         self.facts: Dict[str, Any] = {}
         self.own: List[subprocess.Popen] = []  # processes the test started itself
-
-
-# --- a home without a process start ---
-
-def init_in_process(root: Path) -> Home:
-    """What the `home` fixture makes (init, FAST_CONFIG), with `init` run through
-    run_main: 0.1 s of Python start less a test. A module whose tests mostly run
-    nothing overrides `home` with it."""
-    home = Home(root)
-    done = run_main(["init", "--home", str(home.path)])
-    assert done.returncode == 0, done.stderr
-    home.set_config(**FAST_CONFIG)
-    return home

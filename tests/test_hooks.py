@@ -19,7 +19,6 @@ import vegavisor
 from conftest import FakeChain
 from conftest import FakeHook
 from conftest import FakeWorld
-from conftest import init_in_process
 from conftest import lines
 from conftest import make_fake_home
 from conftest import run_in_process
@@ -354,14 +353,6 @@ def test_old_journal_fields_and_hook_records_round_trip():
 
 
 # --- real hooks around a real upgrade (fake core, shell scripts) ---
-
-@pytest.fixture
-def home(short_tmp):
-    """conftest's `home`, its `init` run in-process."""
-    home = init_in_process(short_tmp)
-    yield home
-    home.kill_leftovers()
-
 
 UPGRADE = ["--block-interval", "0.05", "--upgrade-tag", "v2", "--accept-height", "2",
            "--upgrade-height", "8"]

@@ -22,7 +22,6 @@ import vegavisor
 from conftest import ROOT
 from conftest import FakeChain
 from conftest import FakeWorld
-from conftest import init_in_process
 from conftest import lines
 from conftest import make_fake_home
 from conftest import run_in_process
@@ -31,14 +30,6 @@ from conftest import write_fake_binary
 from conftest import write_run_config
 
 BLOCKS = ["--block-interval", "0.05"]
-
-
-@pytest.fixture
-def home(short_tmp):
-    """conftest's `home`, its `init` run in-process."""
-    home = init_in_process(short_tmp)
-    yield home
-    home.kill_leftovers()
 
 
 class FakeSystemd:

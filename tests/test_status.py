@@ -18,7 +18,6 @@ import pytest
 
 from conftest import FakeChain
 from conftest import FakeWorld
-from conftest import init_in_process
 from conftest import make_fake_home
 from conftest import point_current
 from conftest import run_in_process
@@ -35,14 +34,6 @@ REPORT_KEYS = {"home", "current", "installed", "node", "run", "prefetch", "lastU
                "upgradeInProgress", "hooks", "problems"}
 NODE_KEYS = {"reachable", "answered", "readyToUpgrade", "acceptedReleaseTag", "upgradeBlockHeight", "error",
              "socket"}
-
-
-@pytest.fixture
-def home(short_tmp):
-    """conftest's `home`, its `init` run in-process."""
-    home = init_in_process(short_tmp)
-    yield home
-    home.kill_leftovers()
 
 
 def status(home, output="json"):
