@@ -153,13 +153,16 @@ def test_a_missing_binary_exits_1_naming_it(tmp_path, folder, problem):
 
 
 def test_a_sigterm_in_the_restart_backoff_ends_the_run_at_once(tmp_path):
-    home = make_fake_home(tmp_path, "restartsDelaySeconds = 60\n")
+    home = make_fake_home(tmp_path, "restartsDelaySeconds = 60\n", data_node=True)
     world = FakeWorld(home)
+    queries = []
+    world.query = lambda argv: queries.append(argv) or '{"LatestSegment": {"to_height": 500}}'
     world.on_step = crash_after(1)
     world.stop_at(30)
     code, log = run_in_process(home, world)
     assert code == 0
     assert len(world.started()) == 1, "no restart after the signal"
+    assert queries == [], "nor the data node's history asked for one"
     assert lines(log, "INFO  restarting delay=60.0 restart=1 limit=3")
     assert log.splitlines()[-1].endswith("INFO  vegavisor stopped signal=SIGTERM")
     assert world.clock == 30, "the backoff was cut short by the signal"
