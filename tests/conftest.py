@@ -410,6 +410,8 @@ def set_table(home: Home, table: str, **keys: object) -> None:
 # --- shared fixtures of the upgrade and fault tests ---
 
 MONITOR_PERIOD_SECONDS = 0.005
+# A command line is read this far: a core's holds the test's folder in its first words.
+CMDLINE_READ_BYTES = 65536
 
 
 class CoreMonitor:
@@ -442,11 +444,16 @@ class CoreMonitor:
         for name in os.listdir("/proc"):
             if not name.isdigit():
                 continue
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    cmdline = f.read()
+            try:  # os.read, not open(): half the CPU of a scan, 200 scans a second
+                fd = os.open(f"/proc/{name}/cmdline", os.O_RDONLY)
             except OSError:
                 continue
+            try:
+                cmdline = os.read(fd, CMDLINE_READ_BYTES)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
             if self.marker not in cmdline:
                 continue  # not ours; a zombie's cmdline is empty: it is dead
             argv = cmdline.split(b"\0")
