@@ -329,9 +329,9 @@ def run_main(args: Sequence[str], env: Optional[Dict[str, str]] = None
              ) -> subprocess.CompletedProcess:
     """`vegavisor.py ARGS` as run_vegavisor gives it (exit code, stdout, stderr), but through
     vegavisor.main in this process: the same command without a Python start and a compile
-    of the module (~0.2 s of CPU each). For the commands that read and report (validate,
-    status, config, version); `run` and anything about signals or the script's own start
-    go through run_vegavisor."""
+    of the module (~0.2 s of CPU each). For the commands that make a home or read and
+    report (init, validate, status, config, version); `run` and anything about signals or
+    the script's own start go through run_vegavisor."""
     import vegavisor
     out, err = io.StringIO(), io.StringIO()
     with contextlib.ExitStack() as stack:
@@ -854,8 +854,9 @@ def read_json(path: Path) -> Dict[str, Any]:
         return {}
 
 
-def journal(home) -> Dict[str, Any]:
-    return read_json(home.path / ".upgrade-journal.json")
+def journal(home: "Home | Path") -> Dict[str, Any]:
+    """HOME/.upgrade-journal.json of a Home or a home folder; {} while there is none."""
+    return read_json(Path(getattr(home, "path", home)) / ".upgrade-journal.json")
 
 
 def write_journal(home, step: str, height: int = HEIGHT) -> None:

@@ -134,6 +134,7 @@ json_flat = (json_scalars | st.lists(json_scalars, max_size=3)
 any_json = json_flat | st.lists(json_flat, max_size=3) | st.dictionaries(ADMIN_KEYS, json_flat,
                                                                           max_size=3)
 
+
 @st.composite
 def mostly(draw: st.DrawFn, right: st.SearchStrategy) -> object:
     """A value of the right kind three times in four (and when shrunk), else any JSON."""
@@ -799,7 +800,6 @@ def test_call_upgrade_status_uses_a_connection_once(serve):
 
 # --- AdminClient against the fake core ---
 
-@pytest.mark.timeout(60)
 def listening(path: Path) -> bool:
     """A connection is accepted: the socket file appears at bind(), a moment before."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
@@ -810,6 +810,7 @@ def listening(path: Path) -> bool:
     return True
 
 
+@pytest.mark.timeout(60)
 def test_polls_survive_a_core_restart_without_a_failed_poll(short_tmp):
     sock = short_tmp / "core.sock"
     record = short_tmp / "record.jsonl"

@@ -22,6 +22,7 @@ from conftest import FakeChain
 from conftest import FakeProc
 from conftest import FakeWorld
 from conftest import Row
+from conftest import journal
 from conftest import lines
 from conftest import make_fake_home
 from conftest import rows
@@ -31,9 +32,6 @@ from conftest import write_run_config
 
 AUTO = "[autoInstall]\nenabled = true\n"
 
-
-def journal(home: Path) -> dict:
-    return json.loads((home / ".upgrade-journal.json").read_text())
 
 
 def run_state(home: Path) -> dict:

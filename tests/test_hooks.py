@@ -19,6 +19,7 @@ import vegavisor
 from conftest import FakeChain
 from conftest import FakeHook
 from conftest import FakeWorld
+from conftest import journal
 from conftest import lines
 from conftest import make_fake_home
 from conftest import run_in_process
@@ -56,9 +57,6 @@ def upgrade_world(home: Path, stop: float = 120, **chain: object) -> FakeWorld:
     world.stop_at(stop)
     return world
 
-
-def journal(home: Path) -> dict:
-    return json.loads((home / ".upgrade-journal.json").read_text())
 
 
 def event_time(world: FakeWorld, kind: str, *match: object) -> float:
@@ -402,7 +400,7 @@ def test_real_hooks_see_the_upgrade_in_their_environment(home, start_visor):
             < log.index("upgrade complete") < log.index("hook started hook=postUpgrade"))
     assert re.search(rf'hook finished hook=postUpgrade argv="{home.root}/post.sh x" code=0 '
                      rf'seconds=[\d.]+', log)
-    record = json.loads((home.path / ".upgrade-journal.json").read_text())
+    record = journal(home)
     assert (record["preUpgrade"]["state"], record["postUpgrade"]["state"]) == ("ok", "ok")
     visor.signal(signal.SIGTERM)
     assert visor.wait_exit() == 0

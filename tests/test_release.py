@@ -604,8 +604,8 @@ def test_a_release_list_that_is_not_a_list_is_one_line(installer, github):
     github.fail(r"/releases/tags/v2", 404)
     github.fail(r"/releases\?", 200, body='{"message": "a list, once"}')
     assert_install_fails(installer, load_config(installer.home, github.url),
-                         r"^cannot install v2 from vegaprotocol/vega: http://127\.0\.0\.1:\d+/repos/vegaprotocol/vega/"
-                         r"releases did not answer a list$")
+                         r"^cannot install v2 from vegaprotocol/vega: http://127\.0\.0\.1:\d+/"
+                         r"repos/vegaprotocol/vega/releases did not answer a list$")
 
 
 @pytest.mark.timeout(30)
@@ -828,7 +828,8 @@ def test_a_pin_that_differs_from_githubs_digest_refuses_both(installer, github, 
     pin = "sha256:" + "0" * 64
     set_table(installer.home, "autoInstall.checksums", v2=pin)
     assert_install_fails(installer, load_config(installer.home, github.url), (
-        rf"^cannot install v2 from vegaprotocol/vega: \[autoInstall.checksums\] pins v2 to {pin} but GitHub says {host_asset_name()} has "
+        rf"^cannot install v2 from vegaprotocol/vega: \[autoInstall.checksums\] pins v2 to "
+        rf"{pin} but GitHub says {host_asset_name()} has "
         rf"sha256:{hashlib.sha256(data).hexdigest()}; refusing both$"))
     assert not [r for r in github.requests if r.path.startswith("/objects/")], \
         "nothing was downloaded"
@@ -839,8 +840,9 @@ def test_a_download_reset_midway_is_one_line_naming_the_asset(installer, github,
     github.add_release("v2", {host_asset_name(): release_zip(short_tmp)})
     github.reset(r"/objects/", after_bytes=100)
     assert_install_fails(installer, load_config(installer.home, github.url),
-                         rf"^cannot install v2 from vegaprotocol/vega: download of {host_asset_name()} \(http://127\.0\.0\.1:\d+/repos/"
-                         rf"vegaprotocol/vega/releases/assets/\d+\) failed after \d+ bytes: ")
+                         rf"^cannot install v2 from vegaprotocol/vega: download of "
+                         rf"{host_asset_name()} \(http://127\.0\.0\.1:\d+/repos/vegaprotocol/"
+                         rf"vega/releases/assets/\d+\) failed after \d+ bytes: ")
 
 
 @pytest.mark.timeout(30)
@@ -850,12 +852,12 @@ def test_an_asset_url_that_is_not_http_is_never_fetched(installer, github):
     github.fail(r"/releases/tags/v2", 200,
                 body=json.dumps({"tag_name": "v2", "id": 1, "assets": [asset]}))
     assert_install_fails(installer, load_config(installer.home, github.url),
-                         r"^cannot install v2 from vegaprotocol/vega: refused to fetch: 'file:///etc/passwd' is not an https:// URL$")
+                         r"^cannot install v2 from vegaprotocol/vega: refused to fetch: "
+                         r"'file:///etc/passwd' is not an https:// URL$")
 
 
 @pytest.mark.timeout(30)
 def test_a_pinned_checksum_verifies_an_asset_without_digest(installer, github, short_tmp):
-    import hashlib
     data = release_zip(short_tmp)
     github.add_release("v2", {host_asset_name(): data}, digest=None)
     set_table(installer.home, "autoInstall.checksums",

@@ -14,6 +14,7 @@ import pytest
 import vegavisor
 from conftest import FakeChain
 from conftest import FakeWorld
+from conftest import journal
 from conftest import lines
 from conftest import make_fake_home
 from conftest import run_in_process
@@ -26,9 +27,6 @@ AUTO = "[autoInstall]\nenabled = true\n"
 def state(home: Path) -> dict:
     return json.loads((home / ".run-state.json").read_text())
 
-
-def journal(home: Path) -> dict:
-    return json.loads((home / ".upgrade-journal.json").read_text())
 
 
 def test_an_upgrade_stops_switches_and_starts_the_new_core_from_the_snapshot(tmp_path):

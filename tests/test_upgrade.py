@@ -20,6 +20,7 @@ from conftest import FakeChain
 from conftest import FakeJob
 from conftest import FakeWorld
 from conftest import host_asset_name
+from conftest import journal
 from conftest import lines
 from conftest import make_fake_home
 from conftest import make_release_zip
@@ -45,9 +46,6 @@ def prepare(home, folder: str, version: str, data_node: bool = False) -> None:
     write_run_config(home / folder, version, data_node=data_node)
     write_fake_binary(home / folder / "vega", version)
 
-
-def journal(home) -> dict:
-    return json.loads((home / ".upgrade-journal.json").read_text())
 
 
 def upgrade_world(home, stop: float = 60) -> FakeWorld:
@@ -347,7 +345,7 @@ def test_sigterm_during_a_stalled_lookup_at_the_block_is_never_an_install(
     assert "has no run-config.toml" not in log
     assert not (home.path / "v2").exists()
     assert [p.name for p in home.path.iterdir() if p.name.startswith(".staging")] == []
-    assert json.loads((home.path / ".upgrade-journal.json").read_text())["step"] == "stopped"
+    assert journal(home)["step"] == "stopped"
 
 
 # --- commands that need no node, in-process through vegavisor.main ---
