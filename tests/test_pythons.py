@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -92,6 +93,35 @@ def fake_venv(folder, version: str) -> None:
     python.chmod(0o755)
 
 
+# The interpreter behind the venv running these tests: scripts/test is given it, as a
+# developer gives python3. (The venv's own python may have no pip: scripts/test makes its
+# venvs without one where the interpreter's pip can install into them.)
+BASE_PYTHON = os.path.realpath(sys.executable)
+
+
+def can_install_into_another_environment(python: str) -> bool:
+    """pip >= 22.3 (its --python), as scripts/test asks."""
+    return subprocess.run([python, "-c", "import pip, sys; sys.exit(tuple(int(n) for n in "
+                           "pip.__version__.split('.')[:2]) < (22, 3))"],
+                          stderr=subprocess.DEVNULL, timeout=30).returncode == 0
+
+
+def hand_made_wheel(folder) -> str:
+    """A wheel of one module, vvprobe, that pip installs from its path with no index."""
+    path = folder / "vvprobe-1.0-py3-none-any.whl"
+    files = {"vvprobe.py": "ANSWER = 42\n",
+             "vvprobe-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: vvprobe\n"
+                                               "Version: 1.0\n",
+             "vvprobe-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\n"
+                                            "Root-Is-Purelib: true\nTag: py3-none-any\n"}
+    files["vvprobe-1.0.dist-info/RECORD"] = "".join(f"{name},,\n" for name in files) + \
+        "vvprobe-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(name, text)
+    return str(path)
+
+
 def identity(python: str) -> str:
     return subprocess.run([python, "-c", "import sys, platform; "
                            "print(platform.python_version(), sys.base_prefix)"],
@@ -114,12 +144,22 @@ def test_its_own_venv_from_another_python_is_rebuilt(tmp_path):
     script = checkout_copy(tmp_path)
     minor = "%d.%d" % sys.version_info[:2]
     fake_venv(tmp_path / f".venv-{minor}", "3.6.15")
-    done = run_script_test(script, timeout=110, PYTHON=sys.executable)
+    (tmp_path / "requirements-dev.txt").write_text(hand_made_wheel(tmp_path) + "\n")
+    done = run_script_test(script, timeout=110, PYTHON=BASE_PYTHON)
     assert (f"scripts/test: .venv-{minor} was made by Python 3.6.15 /opt/another-python, "
-            f"not by {sys.executable}") in done.stderr
+            f"not by {BASE_PYTHON}") in done.stderr
     assert "rebuilding it" in done.stderr
-    assert identity(str(tmp_path / f".venv-{minor}" / "bin" / "python")) == identity(sys.executable)
-    # Nothing was installed into the new venv, so coverage cannot run: that fails.
+    python = str(tmp_path / f".venv-{minor}" / "bin" / "python")
+    assert identity(python) == identity(BASE_PYTHON)
+    installed = subprocess.run([python, "-c", "import vvprobe; print(vvprobe.ANSWER)"],
+                               stdout=subprocess.PIPE, text=True, timeout=30)
+    assert installed.stdout == "42\n", "requirements-dev.txt is installed into the new venv"
+    # Made without a pip of its own (ensurepip took 6 s) where the interpreter's can
+    # install into it; with one where not (Debian's python3 has no pip).
+    has_pip = subprocess.run([python, "-c", "import pip"], stderr=subprocess.DEVNULL,
+                             timeout=30).returncode == 0
+    assert has_pip != can_install_into_another_environment(BASE_PYTHON)
+    # coverage is not among the requirements, so it cannot run: that fails.
     assert done.returncode != 0
 
 
@@ -149,7 +189,7 @@ def test_a_run_that_collects_no_tests_fails(tmp_path):
     script = checkout_copy(tmp_path)
     # No workers: what is checked is scripts/test's exit status, and four xdist workers
     # would each start up for nothing to run.
-    done = run_script_test(script, timeout=110, PYTHON=sys.executable, VEGAVISOR_VENV=sys.prefix,
+    done = run_script_test(script, timeout=110, PYTHON=BASE_PYTHON, VEGAVISOR_VENV=sys.prefix,
                            VEGAVISOR_TEST_WORKERS="0")
     assert done.returncode == 5, done.stderr
     assert "scripts/test: pytest collected no tests (exit 5)" in done.stderr
