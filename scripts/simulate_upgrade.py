@@ -16,17 +16,20 @@ copied into a temporary home (H is never written), the fake core stands in for
 every binary the run-configs name (the operator's args, rpc settings, data node
 and folder mappings kept), and vegavisor is driven through an upgrade to TAG
 once per scenario, each in a fresh copy. Each scenario prints its timeline and
-a PASS, FAIL or SKIP line; --junit writes them as a JUnit XML report. Exits 0
-only when no scenario failed.
+a PASS, FAIL or SKIP line; --junit writes them as a JUnit XML report. --jobs N
+runs up to N scenarios at once; the output stays in scenario order. Exits 0 only
+when no scenario failed.
 
     python3 scripts/simulate_upgrade.py --home H [--to TAG] [--scenario NAME ...]
                                         [--junit FILE] [--core-start-seconds S]
+                                        [--jobs N]
 """
 from __future__ import annotations
 
 import argparse
 import calendar
 import collections
+import concurrent.futures
 import contextlib
 import json
 import math
@@ -196,8 +199,10 @@ def simulate(python: str, workdir: Path) -> int:
 # --- rehearsal of an operator's home (--home) ---
 # Everything below only reads the operator's home. Each scenario gets a fresh
 # temporary copy under /tmp (unix socket paths are short there), its own fake
-# GitHub, its own fake cores, and every process it started is gone before the
-# next one begins.
+# GitHub (its own port), its own fake cores and admin sockets, and every process
+# it started is gone when it returns. Scenarios share nothing else, so --jobs can
+# run several at once, each in a thread: the only shared things are the Plan
+# (read-only) and vegavisor's parsers (pure); only the main thread prints.
 
 SCENARIOS = ("plain", "slow-core", "crash-before-block", "github-down-then-up",
              "kill-visor-mid-upgrade", "wrong-version-asset")
@@ -222,6 +227,14 @@ WRONG_VERSION = "v0.0.0-wrong-asset"
 REFUSAL_WATCH_SECONDS = 2.0
 # Fixed part of a scenario's deadline; the operator's delays are added to it.
 SCENARIO_DEADLINE_SECONDS = 45.0
+# Scenarios run one after the other unless --jobs says otherwise: a validator's CI
+# runner may be small, the scenarios' margins (slow-core's second, the restart
+# delays) assume a core to spare, and a rehearsal that fails because its scenarios
+# starved each other of CPU costs an operator more than one that takes a minute.
+DEFAULT_JOBS = 1
+# While stopping scenarios (Ctrl-C, or one that raised), their processes are killed
+# this often until every scenario has returned: one may be starting another.
+STOP_SWEEP_SECONDS = 0.1
 # The files of a home that say how it runs; state files and binaries are not copied.
 HOME_CONFIG = "config.toml"
 RUN_CONFIG = "run-config.toml"
@@ -899,8 +912,10 @@ class Run:
 
 
 def kill_leftovers(root: Path) -> None:
-    """Every process still running from this stage's folder (fake cores, vegavisor)."""
-    marker = str(root).encode()
+    """Every process still running from this folder (fake cores, vegavisor): a stage's,
+    or the whole rehearsal's. The trailing slash keeps scenario `a` off scenario `a-b`'s
+    processes when they run side by side."""
+    marker = os.path.join(str(root), "").encode()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
@@ -1162,9 +1177,47 @@ def print_scenario(scenario: Scenario, shown: set) -> None:
     print(f"{word} {scenario.name} ({scenario.seconds:.1f}s): {scenario.message}", flush=True)
 
 
+def run_scenarios(plan: Plan, names: Sequence[str], python: str, workdir: Path,
+                  core_start_seconds: float, jobs: int,
+                  report: Callable[[Scenario], None]) -> List[Scenario]:
+    """Up to `jobs` scenarios at once, each in a thread (a scenario mostly waits on its
+    processes). report() gets each in the order of names, once it and every one before
+    it have ended: the output reads as if they had run one after the other."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs,
+                                                 thread_name_prefix="scenario")
+    futures: List[Any] = []
+    scenarios: List[Scenario] = []
+    try:
+        for name in names:
+            futures.append(pool.submit(run_scenario, plan, name, python, workdir,
+                                       core_start_seconds))
+        for future in futures:
+            scenarios.append(future.result())
+            report(scenarios[-1])
+    except BaseException:  # Ctrl-C, or a scenario that raised: none may outlive us
+        stop_scenarios(futures, workdir)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    return scenarios
+
+
+def stop_scenarios(futures: Sequence[Any], workdir: Path) -> None:
+    """Cancel the scenarios not started yet and kill the processes of those running
+    until each has returned (a dead vegavisor ends its scenario's waits at once)."""
+    for future in futures:
+        future.cancel()
+    while not all(future.done() for future in futures):
+        try:
+            kill_leftovers(workdir)
+            concurrent.futures.wait(futures, timeout=STOP_SWEEP_SECONDS)
+        except KeyboardInterrupt:
+            pass  # a second Ctrl-C: still stopping, which takes a second or two
+
+
 def rehearse(home: Path, to: Optional[str], names: Sequence[str], junit: Optional[Path],
              python: str, keep: bool, core_start_seconds: float,
-             run_hooks: bool = False) -> int:
+             run_hooks: bool = False, jobs: int = DEFAULT_JOBS) -> int:
     began = time.monotonic()
     scenarios: List[Scenario] = []
     shown: set = set()
@@ -1183,10 +1236,8 @@ def rehearse(home: Path, to: Optional[str], names: Sequence[str], junit: Optiona
               f"{len(names)} scenario(s)", flush=True)
         workdir = Path(tempfile.mkdtemp(prefix="vegavisor-rehearse-", dir="/tmp"))
         try:
-            for name in names:
-                scenario = run_scenario(plan, name, python, workdir, core_start_seconds)
-                scenarios.append(scenario)
-                print_scenario(scenario, shown)
+            scenarios = run_scenarios(plan, names, python, workdir, core_start_seconds, jobs,
+                                      lambda scenario: print_scenario(scenario, shown))
         finally:
             if keep:
                 print(f"kept {workdir}")
@@ -1200,6 +1251,17 @@ def rehearse(home: Path, to: Optional[str], names: Sequence[str], junit: Optiona
     print(f"\n{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} "
           f"skipped in {seconds:.1f}s" + (f"; JUnit report: {junit}" if junit else ""))
     return 1 if counts["failed"] else 0
+
+
+def job_count(text: str) -> int:
+    """--jobs: a whole number of scenarios, at least one."""
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"{jobs} would run no scenario: give 1 or more")
+    return jobs
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -1221,14 +1283,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--run-hooks", action="store_true",
                         help="run H's [hooks] programs (default: a stand-in for each says "
                         "it would have run; they are the validator host's, not CI's)")
+    parser.add_argument("--jobs", type=job_count, metavar="N",
+                        help="run up to N scenarios at once, reported in scenario order; "
+                        "they mostly wait, so --jobs 6 takes about the longest one's time, "
+                        f"not the sum (default: {DEFAULT_JOBS}, one after the other: a small "
+                        "CI runner may have no core to spare, and the scenarios' timing "
+                        "margins assume one; with --run-hooks, your hooks may run side by "
+                        "side)")
     args = parser.parse_args(argv)
     if args.home is None:
-        for flag in ("to", "scenario", "junit"):
+        for flag in ("to", "scenario", "junit", "jobs"):
             if getattr(args, flag) is not None:
                 parser.error(f"--{flag} needs --home")
     else:
         return rehearse(args.home.resolve(), args.to, args.scenario or SCENARIOS, args.junit,
-                        args.python, args.keep, args.core_start_seconds, args.run_hooks)
+                        args.python, args.keep, args.core_start_seconds, args.run_hooks,
+                        args.jobs or DEFAULT_JOBS)
     # Unix socket paths are short: the folder lives directly under /tmp.
     workdir = Path(tempfile.mkdtemp(prefix="vegavisor-sim-", dir="/tmp"))
     try:

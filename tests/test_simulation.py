@@ -120,18 +120,20 @@ def test_simulate_upgrade_brings_core_and_data_node_back_on_v2():
 
 # --- a Go Visor home through every scenario (one run, many checks) ---
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(150)
 def test_a_go_visor_home_is_rehearsed_through_every_scenario(tmp_path):
-    """One rehearsal (about a minute), checked four ways: one test, so that it runs once
-    whichever worker runs it (a module fixture would run again on each worker)."""
+    """One rehearsal, the six scenarios at once (--jobs 6: about the longest one's time,
+    not the sum), checked five ways: one test, so that it runs once whichever worker runs
+    it (a module fixture would run again on each worker)."""
     root = Path(os.path.realpath(tmp_path))
     home = write_operator_home(root)
     before = snapshot(home)
-    full_rehearsal = root, home, before, rehearse(home, timeout=170)
+    full_rehearsal = root, home, before, rehearse(home, "--jobs", "6", timeout=140)
     check_every_scenario_passes_with_a_junit_report(full_rehearsal)
     check_the_timeline_shows_each_step_of_the_upgrade_in_order(full_rehearsal)
     check_the_operators_home_is_never_written(full_rehearsal)
     check_the_fake_core_runs_with_the_operators_args(full_rehearsal)
+    check_the_scenarios_ran_at_once(full_rehearsal)
 
 
 def check_every_scenario_passes_with_a_junit_report(full_rehearsal):
@@ -199,6 +201,65 @@ def check_the_fake_core_runs_with_the_operators_args(full_rehearsal):
     data_node = next(line for line in timeline if f'node: data node {NEXT} started: ' in line)
     assert data_node.endswith("datanode start --home /home/vega/.data-node")
     assert f"core {NEXT} listening on" in "\n".join(timeline)
+
+
+def check_the_scenarios_ran_at_once(full_rehearsal):
+    _, _, _, result = full_rehearsal
+    each = [float(case.get("time")) for case in result.cases.values()]
+    # One after the other, the whole would take at least the sum.
+    assert float(result.suite.get("time")) < sum(each) / 2, (result.suite.get("time"), each)
+
+
+# --- --jobs: scenarios at once, reported in scenario order ---
+
+@pytest.mark.timeout(90)
+def test_scenarios_run_at_once_are_reported_in_scenario_order(tmp_path):
+    """plain runs for seconds; slow-core, after it, fails at once (the retry limit is too
+    short, by arithmetic): its result is known first, and still comes after plain's."""
+    config = GO_VISOR_CONFIG.replace("maxNumberOfFirstConnectionRetries = 175000",
+                                     "maxNumberOfFirstConnectionRetries = 3")
+    home = write_operator_home(tmp_path, config)
+    result = rehearse(home, "--jobs", "2", *scenario_args("plain", "slow-core"))
+    assert result.code == 1, result.out + result.err
+    lines = result.out.splitlines()
+    heads = [i for i, line in enumerate(lines) if line.startswith(("-- ", "PASS ", "FAIL "))]
+    assert [lines[i].split(" (")[0] for i in heads] == ["-- plain", "PASS plain",
+                                                         "FAIL slow-core"], result.out
+    plain = lines[heads[0] + 1:heads[1]]  # its timeline, whole, between its two lines
+    assert plain and all(line.startswith("  ") for line in plain), result.out
+    assert "vegavisor started" in "\n".join(plain)
+    assert result.line("FAIL", "slow-core").startswith("FAIL slow-core (0.0s): ")
+    assert float(result.cases["plain"].get("time")) > 1  # slow-core had long finished
+    assert list(result.cases) == ["plain", "slow-core"]
+    assert lines[-1].startswith("1 passed, 1 failed, 0 skipped in ")
+
+
+@pytest.mark.parametrize("args, says", [
+    pytest.param(["--jobs", "0"], "argument --jobs: 0 would run no scenario: give 1 or more",
+                 id="zero"),
+    pytest.param(["--jobs", "-2"], "argument --jobs: -2 would run no scenario: give 1 or more",
+                 id="negative"),
+    pytest.param(["--jobs", "two"], "argument --jobs: 'two' is not a whole number",
+                 id="a-word"),
+    pytest.param(["--jobs=1.5"], "argument --jobs: '1.5' is not a whole number",
+                 id="a-fraction"),
+    pytest.param(["--jobs"], "argument --jobs: expected one argument", id="no-value"),
+])
+def test_a_jobs_value_that_is_no_count_of_scenarios_is_refused(capsys, args, says):
+    with pytest.raises(SystemExit) as exited:
+        load_script().main(["--home", "my-home"] + args)
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.endswith(f": error: {says}\n"), err
+
+
+def test_jobs_without_home_is_refused(capsys):
+    """--jobs is the rehearsal's; the built-in simulation has one scenario."""
+    with pytest.raises(SystemExit) as exited:
+        load_script().main(["--jobs", "2"])
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.endswith(": error: --jobs needs --home\n"), err
 
 
 # --- homes with a mistake fail the matching scenario, naming the key ---
