@@ -63,6 +63,8 @@ OLD, NEW = "v1", "v2"
 BLOCK_SECONDS = 0.1
 ACCEPT_HEIGHT, UPGRADE_HEIGHT = 10, 40  # accepted after 1 s, upgrade block after 4 s
 DEADLINE_SECONDS = 60
+# How long vegavisor may take to stop its node when the simulation is interrupted.
+STOP_SECONDS = 10
 
 # Visor log messages that make the timeline, in the words shown for them.
 MILESTONES = (
@@ -178,10 +180,14 @@ def simulate(python: str, workdir: Path) -> int:
                 problem = wait_until_upgraded(visor, workdir / "events.jsonl")
                 visor.send_signal(signal.SIGTERM)
                 status = visor.wait(30)
-            finally:
+            finally:  # interrupted: SIGTERM first, so that vegavisor stops its node itself
                 if visor.poll() is None:
-                    visor.kill()
-                    visor.wait()
+                    visor.terminate()
+                    try:
+                        visor.wait(STOP_SECONDS)
+                    except subprocess.TimeoutExpired:
+                        visor.kill()
+                        visor.wait()
     output = log_path.read_text(errors="replace")
     print()
     for seconds, words in timeline(output):
@@ -232,6 +238,8 @@ SCENARIO_DEADLINE_SECONDS = 45.0
 # delays) assume a core to spare, and a rehearsal that fails because its scenarios
 # starved each other of CPU costs an operator more than one that takes a minute.
 DEFAULT_JOBS = 1
+# Signals that stop the script as Ctrl-C does (see stop_as_on_ctrl_c).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 # While stopping scenarios (Ctrl-C, or one that raised), their processes are killed
 # this often until every scenario has returned: one may be starting another.
 STOP_SWEEP_SECONDS = 0.1
@@ -1295,7 +1303,30 @@ def main(argv: Optional[List[str]] = None) -> int:
         for flag in ("to", "scenario", "junit", "jobs"):
             if getattr(args, flag) is not None:
                 parser.error(f"--{flag} needs --home")
-    else:
+    handlers = {number: signal.signal(number, stop_as_on_ctrl_c) for number in STOP_SIGNALS}
+    try:
+        return run(args)
+    except KeyboardInterrupt as stop:
+        number = int(stop.args[0]) if stop.args else int(signal.SIGINT)
+        print(f"{Path(__file__).name}: stopped by {signal.Signals(number).name}: the processes "
+              f"it started are stopped" + ("" if args.keep else
+                                           " and its temporary folder removed"),
+              file=sys.stderr)
+        return 128 + number
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+
+
+def stop_as_on_ctrl_c(number: int, frame: Any) -> None:
+    """SIGTERM (a CI job cancelled or timed out) or SIGHUP (the terminal gone): the same
+    clean-up as Ctrl-C. Left to their defaults, they ended the script at once and left
+    vegavisor running the scenarios, with their fake cores, for good."""
+    raise KeyboardInterrupt(number)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.home is not None:
         return rehearse(args.home.resolve(), args.to, args.scenario or SCENARIOS, args.junit,
                         args.python, args.keep, args.core_start_seconds, args.run_hooks,
                         args.jobs or DEFAULT_JOBS)

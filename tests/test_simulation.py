@@ -10,6 +10,8 @@ naming the key to fix, the timeline, the JUnit report, and a home left as it was
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -25,6 +27,7 @@ from conftest import GO_VISOR_CONFIG
 from conftest import ROOT
 from conftest import make_fake_home
 from conftest import snapshot
+from conftest import wait_for
 
 SCRIPT = ROOT / "scripts" / "simulate_upgrade.py"
 SCENARIOS = ["plain", "slow-core", "crash-before-block", "github-down-then-up",
@@ -232,6 +235,71 @@ def test_scenarios_run_at_once_are_reported_in_scenario_order(tmp_path):
     assert float(result.cases["plain"].get("time")) > 1  # slow-core had long finished
     assert list(result.cases) == ["plain", "slow-core"]
     assert lines[-1].startswith("1 passed, 1 failed, 0 skipped in ")
+
+
+def children_running_vegavisor(parent: int) -> List[str]:
+    """The command lines of `vegavisor.py run` processes whose parent is `parent`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1]
+                                           .split()[1]) == parent:
+                argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+                if "vegavisor.py" in " ".join(argv) and "run" in argv:
+                    found.append(" ".join(argv))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def processes_naming(marker: str) -> List[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and marker in argv:
+            found.append(argv.replace("\0", " "))
+    return found
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT],
+                         ids=["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_rehearsal_stopped_by_a_signal_leaves_no_process_nor_folder(tmp_path, sig):
+    """A CI job cancelled or timed out sends SIGTERM; a closed terminal, SIGHUP. Left to
+    their defaults, they ended the script at once, and vegavisor went on running the
+    scenarios, with their fake cores, for good."""
+    home = write_operator_home(tmp_path)
+    script = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--home", str(home), "--jobs", "2"]
+        + scenario_args("plain", "crash-before-block"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's
+    workdir = None
+    try:
+        [run, *_] = wait_for(lambda: children_running_vegavisor(script.pid), 30,
+                             "vegavisor started by the rehearsal")
+        workdir = Path(run.split("--home ", 1)[1].split()[0]).parent.parent
+        wait_for(lambda: len(processes_naming(f"{workdir}/")) >= 3, 30,
+                 "the scenarios' fake cores")
+        script.send_signal(sig)
+        out, err = script.communicate(timeout=30)
+        left, kept = processes_naming(f"{workdir}/"), workdir.exists()
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.communicate()
+        if workdir is not None:  # what a failing script left is not left to later tests
+            load_script().kill_leftovers(workdir)
+            shutil.rmtree(workdir, ignore_errors=True)
+    assert script.returncode == 128 + sig, out + err
+    assert err.splitlines()[-1] == (f"simulate_upgrade.py: stopped by {sig.name}: the processes "
+                                    f"it started are stopped and its temporary folder removed")
+    assert "Traceback" not in err
+    assert left == []
+    assert not kept
 
 
 @pytest.mark.parametrize("args, says", [
