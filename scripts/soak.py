@@ -883,6 +883,10 @@ def rate(text: str) -> float:
     return value
 
 
+def stop_as_on_ctrl_c(number: int, frame: Any) -> None:
+    raise KeyboardInterrupt(number)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upgrades", type=int, default=20, help="upgrades in a row (20)")
@@ -903,7 +907,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="the fake cores ignore SIGTERM (and the parent-death signal): "
                         "vegavisor must SIGKILL them after stopSignalTimeoutSeconds")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder "
-                        "(kept anyway when an invariant broke)")
+                        "(kept anyway when an invariant broke, or when Ctrl-C, SIGTERM or "
+                        "SIGHUP stopped the soak: every process it started is stopped then)")
     parser.add_argument("--check-record", type=Path, metavar="FILE",
                         help="only check a fake-core record file; exit 1 on a violation")
     args = parser.parse_args(argv)
@@ -916,15 +921,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Unix socket paths are short: the folder lives directly under /tmp.
     workdir = Path(tempfile.mkdtemp(prefix="vv-soak-", dir="/tmp"))
     figures: Dict[str, Any] = {}
+    # SIGTERM (a cancelled CI job) and SIGHUP (a closed terminal) stop it as Ctrl-C does;
+    # left to their defaults they ended it at once, with vegavisor and its core running on.
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, stop_as_on_ctrl_c)
     try:
-        figures = soak(workdir, Settings(args.upgrades, seed, rates, args.core_stop_delay,
-                                         args.core_ignores_sigterm))
-    finally:
-        kill_everything_under(str(workdir).encode())
-        if args.keep or not figures or figures["invariant_violations"]:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            figures = soak(workdir, Settings(args.upgrades, seed, rates, args.core_stop_delay,
+                                             args.core_ignores_sigterm))
+        finally:
+            kill_everything_under(str(workdir).encode())
+            if args.keep or not figures or figures["invariant_violations"]:
+                print(f"kept {workdir}", flush=True)
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+    except KeyboardInterrupt as stop:
+        number = int(stop.args[0]) if stop.args else int(signal.SIGINT)
+        print(f"soak.py: stopped by {signal.Signals(number).name}: no process it started is "
+              f"left; its folder is kept to look at", file=sys.stderr)
+        return 128 + number
     for violation in figures["violations"]:
         print(f"violation: {violation}")
     print(summary(figures))

@@ -891,6 +891,34 @@ def staging(home) -> List[str]:
     return sorted(p.name for p in home.path.iterdir() if p.name.startswith(".staging"))
 
 
+def children_running_vegavisor(parent: int) -> List[str]:
+    """The command lines of `vegavisor.py run` processes whose parent is `parent`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1]
+                                           .split()[1]) == parent:
+                argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+                if "vegavisor.py" in " ".join(argv) and "run" in argv:
+                    found.append(" ".join(argv))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def processes_naming(marker: str) -> List[str]:
+    """The command lines (spaces for NULs) of the processes whose argv holds `marker`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and marker in argv:
+            found.append(argv.replace("\0", " "))
+    return found
+
+
 def dead_pid() -> int:
     """A pid that was a process a moment ago and is not one now (as a killed visor's)."""
     done = subprocess.Popen(["true"])

@@ -25,7 +25,9 @@ import pytest
 
 from conftest import GO_VISOR_CONFIG
 from conftest import ROOT
+from conftest import children_running_vegavisor
 from conftest import make_fake_home
+from conftest import processes_naming
 from conftest import snapshot
 from conftest import wait_for
 
@@ -235,33 +237,6 @@ def test_scenarios_run_at_once_are_reported_in_scenario_order(tmp_path):
     assert float(result.cases["plain"].get("time")) > 1  # slow-core had long finished
     assert list(result.cases) == ["plain", "slow-core"]
     assert lines[-1].startswith("1 passed, 1 failed, 0 skipped in ")
-
-
-def children_running_vegavisor(parent: int) -> List[str]:
-    """The command lines of `vegavisor.py run` processes whose parent is `parent`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1]
-                                           .split()[1]) == parent:
-                argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-                if "vegavisor.py" in " ".join(argv) and "run" in argv:
-                    found.append(" ".join(argv))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
-
-
-def processes_naming(marker: str) -> List[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if proc.name.isdigit() and marker in argv:
-            found.append(argv.replace("\0", " "))
-    return found
 
 
 @pytest.mark.timeout(90)

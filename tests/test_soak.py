@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from conftest import children_running_vegavisor
+from conftest import processes_naming
 from conftest import wait_for
 
 SOAK = ROOT / "scripts" / "soak.py"
@@ -73,6 +77,36 @@ def test_a_short_soak_with_kills_crashes_and_github_faults_holds_every_invariant
     assert figures["kills"] >= 1 and figures["crashes"] >= 1
     assert figures["max_cores_alive"] == 1 and figures["proc_scans"] > 100
     assert [u["to"] for u in figures["per_upgrade"]] == ["v2", "v3", "v4"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_soak_stopped_by_a_signal_leaves_no_process_and_keeps_its_folder(sig):
+    """A cancelled CI job sends SIGTERM, a closed terminal SIGHUP: they ended the soak at
+    once, and vegavisor and its core ran on for good."""
+    soak = subprocess.Popen([sys.executable, str(SOAK), "--upgrades", "3", "--seed", "7"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workdir = None
+    try:
+        [run, *_] = wait_for(lambda: children_running_vegavisor(soak.pid), 30,
+                             "vegavisor started by the soak")
+        workdir = Path(run.split("--home ", 1)[1].split()[0]).parent
+        wait_for(lambda: len(processes_naming(f"{workdir}/")) >= 2, 30, "the soak's core")
+        soak.send_signal(sig)
+        out, err = soak.communicate(timeout=30)
+        left = processes_naming(f"{workdir}/")
+    finally:
+        if soak.poll() is None:
+            soak.kill()
+            soak.communicate()
+        if workdir is not None:  # what a failing soak left is not left to later tests
+            load_soak().kill_everything_under(f"{workdir}/".encode())
+            shutil.rmtree(workdir, ignore_errors=True)
+    assert soak.returncode == 128 + sig, out + err
+    assert err == (f"soak.py: stopped by {sig.name}: no process it started is left; its "
+                   f"folder is kept to look at\n")
+    assert out.splitlines()[-1] == f"kept {workdir}"
+    assert left == []
 
 
 @pytest.mark.timeout(30)
