@@ -61,6 +61,13 @@ VALID = [
      {"a": [{"x": 1}, {"b": {"y": 2}}, {"b": {}}]}),
     ("nested-array-of-tables", "[[a]]\n[[a.b]]\nx = 1\n[[a.b]]\n",
      {"a": [{"b": [{"x": 1}, {}]}]}),
+    # each [[a]] element has its own sub-tables, whatever the one before declared
+    ("array-of-tables-each-own-subtable", "[[a]]\n[a.b]\nx = 1\n[[a]]\n[a.b]\nx = 2\n",
+     {"a": [{"b": {"x": 1}}, {"b": {"x": 2}}]}),
+    ("array-of-tables-inline-table-then-subtable", "[[a]]\nb = {x = 1}\n[[a]]\n[a.b]\nx = 2\n",
+     {"a": [{"b": {"x": 1}}, {"b": {"x": 2}}]}),
+    ("array-of-tables-array-then-dotted-key", "[[a]]\nb = [1]\n[[a]]\nb.c = 2\n",
+     {"a": [{"b": [1]}, {"b": {"c": 2}}]}),
     ("dotted-table-then-subtable", "[a]\nb.c = 1\n[a.b.d]\n", {"a": {"b": {"c": 1, "d": {}}}}),
     ("basic-escapes", r'''s = "\b\t\n\f\r\"\\\u00e9\U0001F600"''',
      {"s": "\b\t\n\f\r\"\\\u00e9\U0001F600"}),
@@ -128,6 +135,9 @@ INVALID = [
     ("extend-static-array", "a = [{}]\n[[a]]", 2, 4),
     ("table-over-array-of-tables", "[[a]]\n[a]", 2, 3),
     ("array-of-tables-over-table", "[a]\n[[a]]", 2, 4),
+    ("array-of-tables-subtable-twice-in-one-element", "[[a]]\n[a.b]\n[[a]]\n[a.b]\n[a.b]", 5, 5),
+    ("table-twice-around-array-of-tables", "[t]\n[[a]]\n[t]", 3, 3),
+    ("sibling-table-twice-around-array-of-tables", "[a.t]\n[[a.b]]\n[a.t]", 3, 5),
     ("inline-table-duplicate", "a = {b = 1, b = 2}", 1, 18),
     ("inline-table-trailing-comma", "a = {b = 1,}", 1, 12),
     ("inline-table-newline", "a = {b = 1,\nc = 2}", 1, 12),
@@ -137,14 +147,21 @@ INVALID = [
     ("unterminated-string", "a = \"abc", 1, 9),
     ("newline-in-string", "a = \"ab\nc\"", 1, 8),
     ("newline-in-literal", "a = 'ab\nc'", 1, 8),
+    ("newline-first-in-literal", "a = '\nb'", 1, 6),
+    ("newline-in-literal-key", "'\n' = 1", 1, 2),
+    ("del-first-in-literal", "a = '\x7f'", 1, 6),
     ("unterminated-multiline", "a = '''ab\nc", 2, 2),
     ("bad-escape", r'a = "\x41"', 1, 8),
     ("short-unicode-escape", r'a = "\u12"', 1, 8),
     ("surrogate-escape", r'a = "\uD800"', 1, 12),
     ("too-big-unicode-escape", r'a = "\U00110000"', 1, 16),
     ("backslash-space-in-basic", 'a = """a\\ b"""', 1, 11),
+    ("backslash-space-then-text-before-newline", 'a = """a\\ x\n"""', 1, 11),
     ("control-character-in-string", "a = \"\x01\"", 1, 6),
     ("control-character-in-comment", "a = 1 # \x7f", 1, 9),
+    ("del-right-after-hash", "a = 1 #\x7f", 1, 8),
+    ("del-in-comment-line", "#\x7f\na = 1", 1, 2),
+    ("control-character-in-comment-in-array", "a = [ #\x01\n1]", 1, 8),
     ("lone-carriage-return", "a = 1\rb = 2", 1, 6),
     ("leading-zero", "a = 01", 1, 6),
     ("double-underscore", "a = 1__0", 1, 6),
@@ -182,6 +199,7 @@ def test_invalid_documents(read, text, line, col):
     with pytest.raises(vegavisor.TomlError) as info:
         read(text)
     assert (info.value.line, info.value.col) == (line, col)
+    assert "\n" not in str(info.value)  # one line for the operator, whatever the input held
 
 
 @pytest.mark.timeout(60)
