@@ -294,6 +294,22 @@ CASES = {
     "run-data-node-not-a-table": ("run", "data_node = 'vega'\n" + run_config_with(),
                                   'data_node must be a table, got "vega"'),
 }
+# Each check of seconds (any, a poll interval, more than zero) refuses what only looks like a
+# number of seconds, naming the key: a bool (an int to Python), a string of digits, nan,
+# inf, a negative, and an integer too big for a float (float() of it raises OverflowError).
+NOT_SECONDS = {
+    "bool": ("true", "expected a number of seconds, got true"),
+    "string": ('"5"', 'expected a number of seconds, got "5"'),
+    "nan": ("nan", "expected a number of seconds >= 0 and <= 1e+09, got nan"),
+    "inf": ("inf", "expected a number of seconds >= 0 and <= 1e+09, got inf"),
+    "negative": ("-1", "expected a number of seconds >= 0 and <= 1e+09, got -1"),
+    "beyond-float": ("1" + "0" * 400, "expected a number of seconds >= 0 and <= 1e+09, got 10"),
+}
+CASES.update({
+    f"{key}-{kind}": ("config", f"{key} = {value}", f"{key}: {problem}")
+    for key in ("restartsDelaySeconds", "pollIntervalSeconds", "rpcTimeoutSeconds")
+    for kind, (value, problem) in NOT_SECONDS.items()
+})
 PARSERS = {"config": (vegavisor.parse_config, vegavisor.check_config, CONFIG),
            "run": (vegavisor.parse_run_config, vegavisor.check_run_config, RUN_CONFIG)}
 
