@@ -99,10 +99,26 @@ def test_parse_latest_segment(output, height):
     assert vegavisor.parse_latest_segment(output) == height
 
 
-@pytest.mark.parametrize("output", ["", "{}", '{"LatestSegment":{"to_height":"x"}}'])
-def test_parse_latest_segment_rejects(output):
-    with pytest.raises(vegavisor.VisorError):
+def segment(height: str) -> str:
+    return '{"LatestSegment":{"from_height":1,"to_height":%s}}' % height
+
+
+NOT_A_HEIGHT = "latest-history-segment to_height is not a height: "
+
+
+@pytest.mark.parametrize(("output", "problem"), [
+    pytest.param("", "unexpected latest-history-segment output: ''", id="empty"),
+    pytest.param("{}", "unexpected latest-history-segment output: '{}'", id="no-segment"),
+    pytest.param(segment('"x"'), NOT_A_HEIGHT + "'x'", id="string"),
+    # a bool is an int to Python: true is no block to restart core from
+    pytest.param(segment("true"), NOT_A_HEIGHT + "True", id="bool"),
+    pytest.param(segment("-1"), NOT_A_HEIGHT + "-1", id="negative"),
+    pytest.param(segment("1.5"), NOT_A_HEIGHT + "1.5", id="float"),
+])
+def test_parse_latest_segment_rejects(output, problem):
+    with pytest.raises(vegavisor.VisorError) as error:
         vegavisor.parse_latest_segment(output)
+    assert str(error.value) == problem
 
 
 @pytest.mark.parametrize(("url", "problem"), [
