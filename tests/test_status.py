@@ -322,6 +322,24 @@ def test_an_unfinished_upgrade_without_run_is_a_problem(home):
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize(("name", "record", "why"), [
+    pytest.param(".upgrade-journal.json",
+                 {"tag": "v2", "height": True, "from": "genesis", "to": "v2", "step": "stopped"},
+                 "Journal record (height is true)", id="journal-height"),
+    pytest.param(".run-state.json",
+                 {"pid": 1, "phase": "running", "version": "v1", "upgradeHeight": True},
+                 "RunState record (upgradeHeight is true)", id="run-state-height"),
+])
+def test_a_bool_for_a_height_in_a_state_file_is_a_problem_naming_it(home, name, record, why):
+    """A bool is an int to Python: true must not pass as block 1, which a resumed upgrade
+    would restart core from (SPEC 3.3.9: a garbage state file is reported by name)."""
+    home.install_version("genesis", "v1")
+    write_state(home, name, record)
+    assert f"{home.path / name} is not a valid {why}; `vegavisor run` rewrites it" in \
+        status(home)["problems"]
+
+
+@pytest.mark.timeout(30)
 def test_a_run_state_left_by_a_dead_visor_is_stale_and_its_live_children_a_problem(
         home, sleeper):
     home.install_version("genesis", "v1")
