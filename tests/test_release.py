@@ -172,8 +172,9 @@ def test_a_tag_must_be_a_plain_bounded_name(tag: str, ok: bool) -> None:
 @pytest.mark.parametrize(("name", "ok"), [
     ("vega", True), ("bin/vega", True), ("../vega", False), ("/usr/bin/vega", False),
     ("bin/../vega", False), ("bin//vega", False), ("./vega", False), ("", False),
+    ("bin/..", False), ("bin/../../vega", False),
 ], ids=["plain", "subfolder", "parent", "absolute", "inner-parent", "empty-part", "dot",
-        "empty"])
+        "empty", "trailing-parent", "inner-parent-escaping"])
 def test_binary_name_stays_inside_the_release_folder(name: str, ok: bool) -> None:
     assert (vegavisor.binary_name_problem(name) is None) is ok
 
