@@ -258,15 +258,7 @@ class Home:
 
     def kill_leftovers(self) -> None:
         """Children run in their own sessions: kill any process still running from here."""
-        marker = str(self.root).encode()
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit() or int(proc.name) == os.getpid():
-                continue
-            try:
-                if marker in (proc / "cmdline").read_bytes():
-                    os.kill(int(proc.name), signal.SIGKILL)
-            except (OSError, ProcessLookupError):
-                continue
+        kill_processes_under(self.root)
 
 
 class Visor:
@@ -906,17 +898,17 @@ def children_running_vegavisor(parent: int) -> List[str]:
     return found
 
 
-def processes_naming(marker: str) -> List[str]:
-    """The command lines (spaces for NULs) of the processes whose argv holds `marker`."""
-    found = []
+def kill_processes_under(root: Path) -> None:
+    """SIGKILL every process whose command line names `root` (a test's folder)."""
+    marker = str(root).encode()
     for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
-        if proc.name.isdigit() and marker in argv:
-            found.append(argv.replace("\0", " "))
-    return found
+        try:
+            if marker in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
 
 
 def dead_pid() -> int:

@@ -26,8 +26,9 @@ import pytest
 from conftest import GO_VISOR_CONFIG
 from conftest import ROOT
 from conftest import children_running_vegavisor
+from conftest import kill_processes_under
+from conftest import live_processes
 from conftest import make_fake_home
-from conftest import processes_naming
 from conftest import snapshot
 from conftest import wait_for
 
@@ -257,17 +258,17 @@ def test_a_rehearsal_stopped_by_a_signal_leaves_no_process_nor_folder(tmp_path, 
         [run, *_] = wait_for(lambda: children_running_vegavisor(script.pid), 30,
                              "vegavisor started by the rehearsal")
         workdir = Path(run.split("--home ", 1)[1].split()[0]).parent.parent
-        wait_for(lambda: len(processes_naming(f"{workdir}/")) >= 3, 30,
+        wait_for(lambda: len(live_processes(workdir)) >= 3, 30,
                  "the scenarios' fake cores")
         script.send_signal(sig)
         out, err = script.communicate(timeout=30)
-        left, kept = processes_naming(f"{workdir}/"), workdir.exists()
+        left, kept = live_processes(workdir), workdir.exists()
     finally:
         if script.poll() is None:
             script.kill()
             script.communicate()
         if workdir is not None:  # what a failing script left is not left to later tests
-            load_script().kill_leftovers(workdir)
+            kill_processes_under(workdir)
             shutil.rmtree(workdir, ignore_errors=True)
     assert script.returncode == 128 + sig, out + err
     assert err.splitlines()[-1] == (f"simulate_upgrade.py: stopped by {sig.name}: the processes "

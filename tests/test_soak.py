@@ -15,7 +15,8 @@ import pytest
 
 from conftest import ROOT
 from conftest import children_running_vegavisor
-from conftest import processes_naming
+from conftest import kill_processes_under
+from conftest import live_processes
 from conftest import wait_for
 
 SOAK = ROOT / "scripts" / "soak.py"
@@ -91,16 +92,16 @@ def test_a_soak_stopped_by_a_signal_leaves_no_process_and_keeps_its_folder(sig):
         [run, *_] = wait_for(lambda: children_running_vegavisor(soak.pid), 30,
                              "vegavisor started by the soak")
         workdir = Path(run.split("--home ", 1)[1].split()[0]).parent
-        wait_for(lambda: len(processes_naming(f"{workdir}/")) >= 2, 30, "the soak's core")
+        wait_for(lambda: len(live_processes(workdir)) >= 2, 30, "the soak's core")
         soak.send_signal(sig)
         out, err = soak.communicate(timeout=30)
-        left = processes_naming(f"{workdir}/")
+        left = live_processes(workdir)
     finally:
         if soak.poll() is None:
             soak.kill()
             soak.communicate()
         if workdir is not None:  # what a failing soak left is not left to later tests
-            load_soak().kill_everything_under(f"{workdir}/".encode())
+            kill_processes_under(workdir)
             shutil.rmtree(workdir, ignore_errors=True)
     assert soak.returncode == 128 + sig, out + err
     assert err == (f"soak.py: stopped by {sig.name}: no process it started is left; its "
