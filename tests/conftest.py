@@ -898,6 +898,41 @@ def children_running_vegavisor(parent: int) -> List[str]:
     return found
 
 
+class Stopped(NamedTuple):
+    """A script stopped by a signal mid-run (stop_mid_run)."""
+    code: int
+    out: str
+    err: str
+    folder: Path  # the script's work folder
+    left: List[str]  # processes still naming it once the script had ended
+    kept: bool  # the folder still there then
+
+
+def stop_mid_run(script: subprocess.Popen, sig: int, levels: int, processes: int) -> Stopped:
+    """Once `script` runs vegavisor and `processes` processes name its work folder (the
+    folder `levels` up from vegavisor's --home), send `sig` and wait for the script's end.
+    What a failing script leaves there is killed and removed after, not left to later
+    tests."""
+    folder = None
+    try:
+        [run, *_] = wait_for(lambda: children_running_vegavisor(script.pid), 30,
+                             "vegavisor started by the script")
+        folder = Path(run.split("--home ", 1)[1].split()[0]).parents[levels - 1]
+        wait_for(lambda: len(live_processes(folder)) >= processes, 30,
+                 f"{processes} processes under the work folder")
+        script.send_signal(sig)
+        out, err = script.communicate(timeout=30)
+        return Stopped(script.returncode, out, err, folder, live_processes(folder),
+                       folder.exists())
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.communicate()
+        if folder is not None:
+            kill_processes_under(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def kill_processes_under(root: Path) -> None:
     """SIGKILL every process whose command line names `root` (a test's folder)."""
     marker = str(root).encode()

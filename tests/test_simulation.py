@@ -10,7 +10,6 @@ naming the key to fix, the timeline, the JUnit report, and a home left as it was
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,12 +24,9 @@ import pytest
 
 from conftest import GO_VISOR_CONFIG
 from conftest import ROOT
-from conftest import children_running_vegavisor
-from conftest import kill_processes_under
-from conftest import live_processes
 from conftest import make_fake_home
 from conftest import snapshot
-from conftest import wait_for
+from conftest import stop_mid_run
 
 SCRIPT = ROOT / "scripts" / "simulate_upgrade.py"
 SCENARIOS = ["plain", "slow-core", "crash-before-block", "github-down-then-up",
@@ -253,29 +249,14 @@ def test_a_rehearsal_stopped_by_a_signal_leaves_no_process_nor_folder(tmp_path, 
         + scenario_args("plain", "crash-before-block"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's
-    workdir = None
-    try:
-        [run, *_] = wait_for(lambda: children_running_vegavisor(script.pid), 30,
-                             "vegavisor started by the rehearsal")
-        workdir = Path(run.split("--home ", 1)[1].split()[0]).parent.parent
-        wait_for(lambda: len(live_processes(workdir)) >= 3, 30,
-                 "the scenarios' fake cores")
-        script.send_signal(sig)
-        out, err = script.communicate(timeout=30)
-        left, kept = live_processes(workdir), workdir.exists()
-    finally:
-        if script.poll() is None:
-            script.kill()
-            script.communicate()
-        if workdir is not None:  # what a failing script left is not left to later tests
-            kill_processes_under(workdir)
-            shutil.rmtree(workdir, ignore_errors=True)
-    assert script.returncode == 128 + sig, out + err
-    assert err.splitlines()[-1] == (f"simulate_upgrade.py: stopped by {sig.name}: the processes "
-                                    f"it started are stopped and its temporary folder removed")
-    assert "Traceback" not in err
-    assert left == []
-    assert not kept
+    stopped = stop_mid_run(script, sig, levels=2, processes=3)
+    assert stopped.code == 128 + sig, stopped.out + stopped.err
+    assert stopped.err.splitlines()[-1] == (
+        f"simulate_upgrade.py: stopped by {sig.name}: the processes it started are stopped "
+        f"and its temporary folder removed")
+    assert "Traceback" not in stopped.err
+    assert stopped.left == []
+    assert not stopped.kept
 
 
 @pytest.mark.parametrize("args, says", [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,9 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from conftest import children_running_vegavisor
-from conftest import kill_processes_under
-from conftest import live_processes
+from conftest import stop_mid_run
 from conftest import wait_for
 
 SOAK = ROOT / "scripts" / "soak.py"
@@ -87,27 +84,12 @@ def test_a_soak_stopped_by_a_signal_leaves_no_process_and_keeps_its_folder(sig):
     once, and vegavisor and its core ran on for good."""
     soak = subprocess.Popen([sys.executable, str(SOAK), "--upgrades", "3", "--seed", "7"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    workdir = None
-    try:
-        [run, *_] = wait_for(lambda: children_running_vegavisor(soak.pid), 30,
-                             "vegavisor started by the soak")
-        workdir = Path(run.split("--home ", 1)[1].split()[0]).parent
-        wait_for(lambda: len(live_processes(workdir)) >= 2, 30, "the soak's core")
-        soak.send_signal(sig)
-        out, err = soak.communicate(timeout=30)
-        left = live_processes(workdir)
-    finally:
-        if soak.poll() is None:
-            soak.kill()
-            soak.communicate()
-        if workdir is not None:  # what a failing soak left is not left to later tests
-            kill_processes_under(workdir)
-            shutil.rmtree(workdir, ignore_errors=True)
-    assert soak.returncode == 128 + sig, out + err
-    assert err == (f"soak.py: stopped by {sig.name}: no process it started is left; its "
-                   f"folder is kept to look at\n")
-    assert out.splitlines()[-1] == f"kept {workdir}"
-    assert left == []
+    stopped = stop_mid_run(soak, sig, levels=1, processes=2)
+    assert stopped.code == 128 + sig, stopped.out + stopped.err
+    assert stopped.err == (f"soak.py: stopped by {sig.name}: no process it started is left; "
+                           f"its folder is kept to look at\n")
+    assert stopped.out.splitlines()[-1] == f"kept {stopped.folder}"
+    assert stopped.left == []
 
 
 @pytest.mark.timeout(30)
